@@ -1,0 +1,297 @@
+"""The job config: one pydantic tree that every medxfer command reads.
+
+Why one tree: a run folder, a model bundle and a Kubernetes ConfigMap all carry the same
+YAML, so a result can always be traced back to exactly the settings that produced it.
+Every model forbids unknown keys, so a typo fails loudly instead of silently falling back
+to a default (see ``medxfer.config_io`` for the loader and the error messages).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the labelled images are and how to split and subsample them."""
+
+    manifest: str | None = Field(
+        None,
+        description="URI of the manifest (CSV, JSON lines or Parquet) with columns path,label "
+        "and optional split, patient_id. Relative paths resolve against the manifest's folder.",
+    )
+    extra_manifests: list[str] = Field(
+        default_factory=list,
+        description="More manifests pooled with `manifest` (multi-source training/pretraining); "
+        "their union is used and per-source counts go into the dataset card.",
+    )
+    task: Literal["multiclass", "multilabel", "ordinal"] = Field(
+        "multiclass",
+        description="multiclass: one class per image; multilabel: several '|'-separated findings; "
+        "ordinal: an integer grade (e.g. retinopathy 0-4), trained as regression.",
+    )
+    classes: list[str] | None = Field(
+        None,
+        description="Class (or finding) names in output order. Default: sorted labels found in the "
+        "manifest. For ordinal tasks, the grades in order.",
+    )
+    split_fractions: tuple[float, float, float] = Field(
+        (0.7, 0.1, 0.2),
+        description="train/val/test fractions used only when the manifest has no split column; "
+        "the split is stratified and grouped by patient_id when present.",
+    )
+    split_seed: int = Field(0, description="Seed of the split made when the manifest has none.")
+    label_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Keep this stratified fraction of the training labels (label-efficiency "
+        "studies). Validation and test are never subsampled.",
+    )
+    label_seed: int = Field(0, description="Seed of the label_fraction subsample.")
+    bad_files: Literal["fail", "skip"] = Field(
+        "skip",
+        description="What to do with an undecodable image: stop, or skip and count it.",
+    )
+    max_bad_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="With bad_files=skip, fail anyway when more than this fraction is bad.",
+    )
+    max_pixels: int = Field(
+        178_956_970,
+        gt=0,
+        description="Refuse images with more pixels than this (decompression-bomb guard; "
+        "the default matches Pillow's).",
+    )
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"must be three non-negative fractions summing to 1, got {list(v)}")
+        return v
+
+
+class PreprocessConfig(_Section):
+    """How an image becomes a tensor. Frozen: it is hashed into the cache key and travels in bundles."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: Literal[1, 3] = Field(1, description="Output channels: 1 (grayscale) or 3 (RGB).")
+    size: int = Field(64, ge=8, le=2048, description="Output height and width in pixels.")
+    resize: Literal["letterbox", "stretch", "center_crop"] = Field(
+        "letterbox",
+        description="letterbox keeps the aspect ratio and pads; stretch ignores it; "
+        "center_crop crops the short side's square then resizes.",
+    )
+    clahe: bool = Field(False, description="Apply CLAHE (local contrast equalisation) before resizing.")
+    clahe_clip_limit: float = Field(2.0, gt=0, description="CLAHE clip limit.")
+    clahe_tile_grid: int = Field(8, ge=1, le=64, description="CLAHE tiles per side.")
+    window: tuple[float, float] | None = Field(
+        None,
+        description="DICOM window (center, width) in modality units. Default: the file's VOI LUT "
+        "or window, else the full range.",
+    )
+    frame: int = Field(0, ge=0, description="Frame of multi-frame DICOM files to use.")
+    mean: list[float] = Field(default_factory=lambda: [0.5], description="Per-channel mean, on [0,1] pixels.")
+    std: list[float] = Field(default_factory=lambda: [0.5], description="Per-channel std, on [0,1] pixels.")
+    dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the cached tensors (float16 halves the cache)."
+    )
+
+    @model_validator(mode="after")
+    def _norm_matches_channels(self) -> PreprocessConfig:
+        for name in ("mean", "std"):
+            vals = getattr(self, name)
+            if len(vals) not in (1, self.channels):
+                raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(vals)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class ModelConfig(_Section):
+    """Which network, and where its starting weights come from."""
+
+    backbone: str = Field(
+        "resnet18",
+        description="Backbone name: resnet18, resnet34, resnet50, densenet121, efficientnet_b0, smallcnn.",
+    )
+    init: str = Field(
+        "scratch",
+        description="Starting weights: 'scratch', 'imagenet' (torchvision weights, downloaded on "
+        "first use), or the URI of a medxfer model bundle (source training or pretraining).",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the classification head.")
+    name: str = Field(
+        "medxfer-model", description="Model name in the registry (registry/<name>/)."
+    )
+
+
+class EarlyStoppingConfig(_Section):
+    metric: str = Field("val_auroc", description="Validation metric that picks the best checkpoint.")
+    mode: Literal["max", "min"] = Field("max", description="Whether larger or smaller is better.")
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without improvement (None: never)."
+    )
+
+
+class TrainConfig(_Section):
+    """The worker loop: optimiser, schedule, loss, augmentation and fine-tuning strategy."""
+
+    epochs: int = Field(10, ge=1, le=10_000, description="Total epochs of the run.")
+    max_epochs_this_run: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many epochs in this invocation (the next run with the same "
+        "name resumes). Useful to split long runs and to test resume.",
+    )
+    batch_size: int = Field(64, ge=1, description="Images per worker per step.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimiser.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (of the head, with backbone_lr_mult).")
+    weight_decay: float = Field(1e-4, ge=0, description="Decoupled weight decay (AdamW) or L2 (SGD).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up before the cosine decay.")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="LR schedule after warm-up.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing (multiclass).")
+    loss: Literal["ce", "weighted_ce", "focal"] = Field(
+        "ce", description="Loss for multiclass: cross-entropy, class-weighted, or focal."
+    )
+    class_weights: Literal["auto", "none"] | list[float] = Field(
+        "auto",
+        description="Class weights for weighted_ce/focal: 'auto' (inverse training frequency), "
+        "'none', or explicit values.",
+    )
+    focal_gamma: float = Field(2.0, ge=0, description="Focal loss gamma.")
+    augment: bool = Field(True, description="Random flips and small affine on the training tensors.")
+    hflip: bool = Field(True, description="Allow horizontal flips (turn off when laterality matters).")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip gradient norm (None: off).")
+    amp: Literal["auto", "off"] = Field("auto", description="Mixed precision on GPU (bf16 where supported).")
+    freeze: str = Field(
+        "none",
+        description="Fine-tuning: 'none', 'backbone' (train the head only; linear probing), "
+        "or 'partial:N' (train the last N stages and the head).",
+    )
+    backbone_lr_mult: float = Field(
+        1.0, gt=0, description="Backbone LR = lr * this (layer-wise LR for fine-tuning)."
+    )
+    head_warmup_epochs: int = Field(
+        0, ge=0, description="Train only the head for this many epochs, then everything (LP-FT)."
+    )
+    l2sp: float = Field(0.0, ge=0, description="L2-SP strength: pull weights toward the source weights.")
+    reinit_last_stage: bool = Field(False, description="Re-initialise the backbone's last stage.")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    seed: int = Field(0, description="Seed of weights init, shuffling and augmentation.")
+    num_checkpoints_to_keep: int = Field(2, ge=1, description="Checkpoints kept (best by metric).")
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_form(cls, v: str) -> str:
+        if v in ("none", "backbone"):
+            return v
+        if v.startswith("partial:") and v.split(":", 1)[1].isdigit() and int(v.split(":", 1)[1]) >= 1:
+            return v
+        raise ValueError(f"expected 'none', 'backbone' or 'partial:N' (N >= 1), got {v!r}")
+
+
+class PretrainConfig(_Section):
+    """Self-supervised source pretraining (medxfer pretrain)."""
+
+    method: Literal["simsiam", "byol", "simclr"] = Field("simsiam", description="SSL method.")
+    projection_dim: int = Field(256, ge=8, description="Projector output size.")
+    temperature: float = Field(0.2, gt=0, description="SimCLR temperature.")
+    ema_momentum: float = Field(0.99, gt=0, lt=1, description="BYOL target-network EMA momentum.")
+    crop_scale: tuple[float, float] = Field((0.4, 1.0), description="Random resized crop scale range.")
+    rotation_deg: float = Field(10.0, ge=0, description="Max random rotation in degrees.")
+    brightness: float = Field(0.3, ge=0, description="Max brightness jitter.")
+    contrast: float = Field(0.3, ge=0, description="Max contrast jitter.")
+    blur_prob: float = Field(0.3, ge=0, le=1, description="Probability of Gaussian blur.")
+
+
+class ScalingSection(_Section):
+    """How many Ray Train workers and what each gets."""
+
+    num_workers: int = Field(1, ge=1, description="Data-parallel workers.")
+    use_gpu: Literal["auto"] | bool = Field("auto", description="'auto' uses GPUs when the cluster has them.")
+    cpus_per_worker: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs per worker. Keep total below the cluster's CPUs so Ray Data has CPU left.",
+    )
+    gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when using GPUs.")
+
+
+class FailureSection(_Section):
+    max_failures: int = Field(
+        2, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited)."
+    )
+
+
+class StorageSection(_Section):
+    """Where datasets, caches, runs and the registry live."""
+
+    root: str = Field(
+        "./medxfer-runs",
+        description="Local folder or s3://bucket/prefix holding datasets/, cache/, runs/, registry/.",
+    )
+    retries: int = Field(8, ge=0, description="Retries for transient S3 errors (boto3 and pyarrow).")
+
+
+class EvaluateSection(_Section):
+    split: Literal["train", "val", "test"] = Field("test", description="Split to report on.")
+    operating_point: str = Field(
+        "youden",
+        description="Threshold rule chosen on validation: 'youden', 'sensitivity>=X', "
+        "'specificity>=X', or a fixed 'threshold=X'.",
+    )
+    positive_class: str | None = Field(
+        None, description="Class treated as positive for binary metrics (default: the last class)."
+    )
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the confidence intervals.")
+    seed: int = Field(0, description="Bootstrap seed.")
+    batch_size: int = Field(256, ge=1, description="Inference batch size.")
+
+
+class PromotionSection(_Section):
+    """When a challenger replaces the champion."""
+
+    metric: str = Field("auroc", description="Headline metric compared on the holdout.")
+    margin: float = Field(0.005, ge=0, description="Challenger must beat the champion by this much.")
+    no_sensitivity_drop: bool = Field(
+        True, description="Also refuse a challenger whose sensitivity at the operating point is lower."
+    )
+
+
+class PredictSection(_Section):
+    batch_size: int = Field(64, ge=1, description="Images per inference batch.")
+    fail_on_bad: bool = Field(False, description="Stop on the first undecodable file.")
+
+
+class JobConfig(_Section):
+    """A medxfer job. Every section has laptop-friendly defaults."""
+
+    name: str = Field(
+        "medxfer-run",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Run name: runs/<name>/ in storage. The same name resumes the same run.",
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    failure: FailureSection = Field(default_factory=FailureSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    promotion: PromotionSection = Field(default_factory=PromotionSection)
+    predict: PredictSection = Field(default_factory=PredictSection)

@@ -1,0 +1,152 @@
+"""Load, override, validate and dump job configs, with errors a person can act on.
+
+A config error is reported as one line per problem — file, field path, what was expected,
+what was found — and an unknown key comes with the nearest valid key, because the usual
+mistake in a YAML job file is a typo, and a traceback would hide it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from medxfer.config import JobConfig
+from medxfer.errors import ConfigError
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys at the parent of ``loc`` (the place an unknown key was found)."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        # Unwrap Optional / unions to the pydantic model inside, if any.
+        candidates = getattr(ann, "__args__", (ann,))
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return []
+        cur = nxt
+    return list(getattr(cur, "model_fields", {}).keys())
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = tuple(err.get("loc", ()))
+    path = ".".join(str(p) for p in loc) or "<root>"
+    found = err.get("input")
+    found_s = json.dumps(found, default=str) if not isinstance(found, dict) else "a mapping"
+    if len(found_s) > 60:
+        found_s = found_s[:57] + "..."
+    if err.get("type") == "extra_forbidden":
+        valid = _field_names(JobConfig, loc)
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else (
+            f"valid keys here: {', '.join(valid)}"
+        )
+        return f"{source}: {path}: unknown key; {hint}"
+    msg = str(err.get("msg", "a valid value"))
+    for prefix in ("Input should be ", "Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return f"{source}: {path}: expected {msg}; found {found_s}"
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """Turn ``["train.lr=0.01", "name=x"]`` into a nested dict; values are YAML scalars."""
+    out: dict = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError([f"--set {item}: expected section.key=value"])
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError([f"--set {item}: empty key"])
+        cur = out
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ConfigError([f"--set {item}: {p} is set both as a value and a section"])
+        cur[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml_text(text: str, source: str) -> dict:
+    """Parse YAML safely (no tags, no object construction) into a mapping."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError([f"{source}: not valid YAML{where}: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: <root>: expected a mapping of sections; found {type(data).__name__}"])
+    return data
+
+
+def validate_dict(data: dict, source: str = "<config>") -> JobConfig:
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError([_describe(err, source) for err in e.errors()]) from None
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Load a job config from a local path or storage URI (or defaults), then apply ``--set``."""
+    data: dict = {}
+    source = "<defaults>"
+    if path:
+        source = str(path)
+        text = _read_text(path)
+        data = read_yaml_text(text, source)
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+        source = f"{source} (with --set)"
+    return validate_dict(data, source)
+
+
+def _read_text(path: str) -> str:
+    if "://" in path:
+        from medxfer import storage
+
+        return storage.read_bytes(path).decode("utf-8")
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError([f"{path}: file not found; check the path (relative to {Path.cwd()})"])
+    try:
+        return p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not a UTF-8 text file"]) from None
+
+
+def dump_yaml(cfg: JobConfig) -> str:
+    """The effective config as YAML (all defaults filled in), as stored in runs and bundles."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def json_schema() -> dict:
+    return JobConfig.model_json_schema()

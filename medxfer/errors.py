@@ -1,0 +1,50 @@
+"""Errors medxfer raises on purpose. The CLI prints them as messages, not tracebacks.
+
+Each names the thing that is wrong and, where there is one, the fix. ``exit_code``
+follows the CLI convention: 2 for bad input a user can correct, 1 for everything else.
+"""
+
+from __future__ import annotations
+
+
+class MedxferError(Exception):
+    """Base of all expected failures; the CLI prints ``str(e)`` and exits ``exit_code``."""
+
+    exit_code = 1
+
+
+class ConfigError(MedxferError):
+    """An invalid job config. ``problems`` holds one line per problem."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class StorageError(MedxferError):
+    """A storage operation failed; the message names the URI and the cause."""
+
+
+class DataError(MedxferError):
+    """Bad input data: a manifest, a label, an image. The message says which and how to fix it."""
+
+    exit_code = 2
+
+
+class ImageDecodeError(DataError):
+    """One image could not be decoded; ``path`` and ``reason`` go into skip lists and reports."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class BundleError(MedxferError):
+    """A model bundle is missing, incomplete or fails its integrity check."""
+
+
+class RegistryError(MedxferError):
+    """A registry operation could not be completed (e.g. lost a promotion race)."""

@@ -1,0 +1,60 @@
+"""Connecting to Ray: the cluster in ``RAY_ADDRESS`` when set, else a local Ray sized to the machine.
+
+Why: the same command must work on a laptop (the embedded default, no cluster needed) and
+inside ``ray job submit`` on a cluster, where Ray sets ``RAY_ADDRESS`` for the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("medxfer")
+
+_SHAREABLE = {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"}
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Initialise Ray once per process; a no-op when already connected."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Train V2 is the default in Ray 2.60; make it explicit so behaviour does not drift.
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        # On a cluster, workers get credentials from their own pods (Secret or workload
+        # identity); only non-secret settings travel in the runtime environment.
+        env_vars = {k: v for k, v in os.environ.items() if k in _SHAREABLE or k.startswith("MEDXFER_")}
+        ray.init(
+            address=address,
+            runtime_env={"env_vars": env_vars} if env_vars else None,
+            log_to_driver=True,
+            logging_level=logging.WARNING,
+        )
+        return
+    # A local Ray lives in this process's machine: hand workers the same AWS settings the
+    # driver has (credentials included) so a test or laptop S3 endpoint works in workers too.
+    env_vars = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MEDXFER_"))}
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))

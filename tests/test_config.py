@@ -1,0 +1,130 @@
+"""Job config: parsing, --set overrides, and the messages a person sees on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from medxfer.config_io import load_config, parse_overrides
+from medxfer.errors import ConfigError
+
+
+def _write(tmp_path, text: str, name: str = "job.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_load_without_a_file():
+    cfg = load_config(None)
+    assert cfg.storage.root == "./medxfer-runs"
+    assert cfg.model.backbone == "resnet18"
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = _write(tmp_path, "name: run-a\ntrain:\n  lr: 0.01\n  epochs: 3\n")
+    cfg = load_config(path, ["train.lr=3e-4", "scaling.use_gpu=false", "data.classes=[a, b]"])
+    assert cfg.name == "run-a"
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.train.epochs == 3
+    assert cfg.scaling.use_gpu is False
+    assert cfg.data.classes == ["a", "b"]
+
+
+def test_override_values_are_yaml_scalars():
+    assert parse_overrides(["a.b=1", "a.c=true", "a.d=x y", "e=null"]) == {
+        "a": {"b": 1, "c": True, "d": "x y"},
+        "e": None,
+    }
+
+
+def test_unknown_key_suggests_nearest(tmp_path):
+    path = _write(tmp_path, "train:\n  learning_rate: 0.1\n  epochz: 3\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    lines = ei.value.problems
+    assert any("train.epochz: unknown key; did you mean 'train.epochs'?" in line for line in lines)
+    assert all(line.startswith(path) for line in lines)
+
+
+def test_wrong_type_names_path_expected_and_found(tmp_path):
+    path = _write(tmp_path, "train:\n  batch_size: many\npreprocess:\n  channels: 2\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    text = "\n".join(ei.value.problems)
+    assert "train.batch_size: expected a valid integer" in text and '"many"' in text
+    assert "preprocess.channels" in text and "found 2" in text
+
+
+def test_out_of_range_and_cross_field_checks(tmp_path):
+    path = _write(tmp_path, "data:\n  label_fraction: 0\n  split_fractions: [0.5, 0.5, 0.5]\ntrain:\n  freeze: half\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    text = "\n".join(ei.value.problems)
+    assert "data.label_fraction" in text
+    assert "data.split_fractions" in text and "summing to 1" in text
+    assert "train.freeze" in text and "partial:N" in text
+
+
+def test_empty_file_is_defaults_and_bad_yaml_is_reported(tmp_path):
+    assert load_config(_write(tmp_path, "")).name == "medxfer-run"
+    with pytest.raises(ConfigError, match="not valid YAML at line 2"):
+        load_config(_write(tmp_path, "a: 1\n b: [\n", "bad.yaml"))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(_write(tmp_path, "- 1\n- 2\n", "list.yaml"))
+
+
+def test_unsafe_yaml_tags_are_refused(tmp_path):
+    path = _write(tmp_path, "name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "medxfer", *args], capture_output=True, text=True)
+
+
+def test_cli_validate_exit_codes(tmp_path):
+    good = _write(tmp_path, "name: ok\n", "good.yaml")
+    bad = _write(tmp_path, "trian:\n  lr: 1\n", "bad.yaml")
+    r = _cli("config", "validate", good)
+    assert r.returncode == 0, r.stderr
+    r = _cli("config", "validate", bad)
+    assert r.returncode == 2
+    assert "trian: unknown key; did you mean 'train'?" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_schema_is_json_schema():
+    r = _cli("config", "schema")
+    schema = json.loads(r.stdout)
+    assert schema["type"] == "object" and "train" in schema["properties"]
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_cli_show_fills_defaults(tmp_path):
+    r = _cli("config", "show", _write(tmp_path, "name: shown\n"), "--set", "train.epochs=7")
+    assert r.returncode == 0, r.stderr
+    assert "name: shown" in r.stdout and "epochs: 7" in r.stdout and "backbone: resnet18" in r.stdout
+
+
+def test_every_subcommand_has_help():
+    from medxfer.cli import build_parser
+
+    parser = build_parser()
+    r = _cli("--help")
+    assert r.returncode == 0 and "finetune" in r.stdout
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in sub.choices:
+        r = _cli(name, "--help")
+        assert r.returncode == 0, (name, r.stderr)
