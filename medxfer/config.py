@@ -132,6 +132,11 @@ class ModelConfig(_Section):
         "first use), or the URI of a medxfer model bundle (source training or pretraining).",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the classification head.")
+    stem: Literal["auto", "small", "standard"] = Field(
+        "auto",
+        description="First-conv stride: 'small' uses stride 1 (keeps detail in 28-64 px images, "
+        "pretrained kernels still load, 4x compute); 'auto' picks small when preprocess.size <= 64.",
+    )
     name: str = Field(
         "medxfer-model", description="Model name in the registry (registry/<name>/)."
     )
@@ -259,6 +264,15 @@ class EvaluateSection(_Section):
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the confidence intervals.")
     seed: int = Field(0, description="Bootstrap seed.")
     batch_size: int = Field(256, ge=1, description="Inference batch size.")
+    engine: Literal["auto", "ray", "local"] = Field(
+        "auto",
+        description="Where inference runs: 'ray' (Ray Data actor pool of model replicas, GPU when "
+        "present), 'local' (in the driver process), or 'auto': local when the evaluated images "
+        "number at most local_max_images (actor start-up would dominate), Ray otherwise.",
+    )
+    local_max_images: int = Field(
+        5000, ge=0, description="With engine=auto, the most images scored in-process."
+    )
 
 
 class PromotionSection(_Section):
@@ -269,11 +283,52 @@ class PromotionSection(_Section):
     no_sensitivity_drop: bool = Field(
         True, description="Also refuse a challenger whose sensitivity at the operating point is lower."
     )
+    lock_ttl_s: int = Field(
+        6 * 3600,
+        ge=60,
+        description="medxfer retrain: a run lock older than this is considered abandoned (crashed run) "
+        "and may be taken over by the next tick.",
+    )
 
 
 class PredictSection(_Section):
     batch_size: int = Field(64, ge=1, description="Images per inference batch.")
     fail_on_bad: bool = Field(False, description="Stop on the first undecodable file.")
+
+
+class ExperimentArm(_Section):
+    """One arm of an experiment: a name and the config overrides that make it (as ``--set``)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.+-]{1,64}$", description="Arm name in tables and plots.")
+    set: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict,
+        description="Overrides applied to this job config, e.g. {model.init: scratch, train.freeze: backbone}.",
+    )
+
+
+class ExperimentSection(_Section):
+    """``medxfer experiment label-efficiency``: arms x label fractions x seeds."""
+
+    fractions: list[float] = Field(
+        default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0],
+        description="Fractions of the target's training labels (stratified, seeded subsamples).",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="Seeds: subsample and training.")
+    arms: list[ExperimentArm] = Field(
+        default_factory=lambda: [ExperimentArm(name="scratch", set={"model.init": "scratch"})],
+        description="What is compared; the arm named 'scratch' is the baseline for differences.",
+    )
+    parallel: int | None = Field(
+        None, ge=1, description="Trials run at once as Ray tasks (default: the cluster's CPUs)."
+    )
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs (and torch threads) per trial.")
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_in_range(cls, v: list[float]) -> list[float]:
+        if not v or any(not (0 < f <= 1) for f in v):
+            raise ValueError(f"fractions must be in (0, 1], got {v}")
+        return sorted(set(v))
 
 
 class JobConfig(_Section):
@@ -295,3 +350,4 @@ class JobConfig(_Section):
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     promotion: PromotionSection = Field(default_factory=PromotionSection)
     predict: PredictSection = Field(default_factory=PredictSection)
+    experiment: ExperimentSection = Field(default_factory=ExperimentSection)

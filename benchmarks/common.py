@@ -1,0 +1,69 @@
+"""Shared helpers for medxfer benchmarks: the machine description and result recording.
+
+Every benchmark prints one JSON object and stores it under ``benchmarks/results/`` with the
+machine it ran on, so a number in the README can always be traced to where it came from.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_data_dir() -> Path:
+    return Path(os.environ.get("MEDXFER_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def machine() -> dict:
+    """CPU count, CPU model, GPU (if any) and the versions that matter for the numbers."""
+    info: dict = {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+    for mod in ("torch", "torchvision", "ray", "cv2", "numpy", "pyarrow"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            info[mod] = None
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["torch_threads"] = torch.get_num_threads()
+    except Exception:  # noqa: BLE001
+        info["gpu"] = None
+    return info
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def record(name: str, result: dict) -> Path:
+    """Print the result and store it as benchmarks/results/<name>.json (latest run wins)."""
+    payload = {
+        "benchmark": name,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **result,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(payload, indent=2))
+    return out

@@ -1,0 +1,541 @@
+"""Preprocess a manifest once with Ray Data, cache the tensors as Parquet, reuse them everywhere.
+
+Why a content-keyed cache: decoding DICOMs from S3 and running CLAHE is the expensive part of an
+epoch; doing it once per (manifest content, spec) and reading compact tensors afterwards makes
+every later epoch, fine-tuning run and evaluation cheap, and makes "which pixels did this model
+see" answerable by a key.
+
+Layout under ``<storage.root>/cache/<key>/``::
+
+    shards-<attempt>/<split>/part-<first row>.parquet   columns row, path, label, image (raw bytes)
+    dataset.json                                        the card; written LAST, marks completion
+
+The key is the sha256 of the *resolved* manifest (paths, labels, splits — so split settings and
+the manifest's location are included), the spec, the task, the classes and the pixel limit.
+``label_fraction`` is not in the key: subsampling is applied when reading, so label-efficiency
+runs share one cache. A folder without ``dataset.json`` is an interrupted run and is rebuilt; each
+attempt writes its own ``shards-<attempt>`` folder and ``dataset.json`` is created with
+put-if-absent, so two concurrent preprocess jobs cannot corrupt each other.
+
+The pipeline: ``from_pandas`` of the manifest split into blocks -> ``map_batches`` that reads each
+file's bytes (pyarrow S3 filesystem with a few I/O threads, or local), applies
+:func:`medxfer.data.preprocess.preprocess_bytes`' steps, and writes its Parquet shard straight to
+storage; it returns only small metadata rows (errors, original sizes) for the card. Tasks ask for
+0.25 CPU and their number is capped at the cluster's CPU count, so all cores are busy and the
+pipeline still schedules while Ray Train workers hold whole CPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from medxfer import storage
+from medxfer.config import JobConfig, PreprocessConfig
+from medxfer.data.manifest import (
+    SPLITS,
+    encode_labels,
+    fingerprint,
+    label_subsample,
+    load_manifest,
+    split_counts,
+)
+from medxfer.errors import DataError, ImageDecodeError
+
+log = logging.getLogger("medxfer.data")
+
+CACHE_VERSION = 1
+DATA_CPUS = 0.25  # per Ray Data task: leaves room next to Ray Train workers
+_IO_THREADS = 8
+_MAX_LISTED_BAD = 1000
+
+
+# ----------------------------------------------------------------------------- key
+
+
+def spec_dict(spec: PreprocessConfig) -> dict:
+    return spec.model_dump(mode="json")
+
+
+def cache_key(df: pd.DataFrame, cfg: JobConfig, classes: list[str]) -> str:
+    payload = {
+        "version": CACHE_VERSION,
+        "manifest": fingerprint(df),
+        "spec": spec_dict(cfg.preprocess),
+        "task": cfg.data.task,
+        "classes": list(classes),
+        "max_pixels": cfg.data.max_pixels,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _read_all(paths: list[str]) -> list[bytes | Exception]:
+    """Read file bytes; S3 through one pyarrow filesystem and a few threads (latency-bound)."""
+    s3fs = None
+    if any(p.startswith("s3://") for p in paths):
+        s3fs = storage.pyarrow_s3fs()
+
+    def one(p: str) -> bytes | Exception:
+        try:
+            if p.startswith("s3://"):
+                with s3fs.open_input_stream(p[len("s3://"):]) as f:
+                    return f.read()
+            with open(p, "rb") as f:
+                return f.read()
+        except Exception as e:  # noqa: BLE001 - becomes a per-file reason
+            return e
+
+    if s3fs is None or len(paths) == 1:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=_IO_THREADS) as pool:
+        return list(pool.map(one, paths))
+
+
+def _write_parquet(table, uri: str) -> None:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.pyarrow_fs(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(table, path, filesystem=fs, compression="zstd")
+
+
+def _process_block(batch: pd.DataFrame, spec_json: str, shards: str, max_pixels: int) -> pd.DataFrame:
+    """One block of manifest rows -> Parquet shard(s) per split + metadata rows for the card."""
+    import cv2
+    import pyarrow as pa
+
+    from medxfer.data.decode import decode
+    from medxfer.data.preprocess import preprocess_pixels
+
+    cv2.setNumThreads(1)  # one core per task; Ray schedules the parallelism
+    spec = PreprocessConfig.model_validate_json(spec_json)
+    paths = batch["path"].tolist()
+    blobs = _read_all(paths)
+    images: list[bytes | None] = []
+    errors: list[str | None] = []
+    hs, ws, fmts, colors = [], [], [], []
+    for p, blob in zip(paths, blobs, strict=True):
+        if isinstance(blob, Exception):
+            images.append(None)
+            errors.append(f"could not read the file: {type(blob).__name__}: {str(blob)[:200]}")
+            hs.append(0), ws.append(0), fmts.append(""), colors.append(False)
+            continue
+        try:
+            d = decode(blob, p, frame=spec.frame, window=spec.window, max_pixels=max_pixels)
+            arr = preprocess_pixels(d.pixels, spec, d.bits)
+            images.append(arr.tobytes())
+            errors.append(None)
+            hs.append(d.pixels.shape[0]), ws.append(d.pixels.shape[1]), fmts.append(d.fmt)
+            colors.append(d.pixels.ndim == 3)
+        except ImageDecodeError as e:
+            images.append(None)
+            errors.append(e.reason)
+            hs.append(0), ws.append(0), fmts.append(""), colors.append(False)
+        except Exception as e:  # noqa: BLE001 - a bad file must not kill the pipeline
+            images.append(None)
+            errors.append(f"unexpected decode failure ({type(e).__name__}: {str(e)[:200]})")
+            hs.append(0), ws.append(0), fmts.append(""), colors.append(False)
+    ok = np.array([e is None for e in errors])
+    rows = batch["row"].to_numpy()
+    splits = batch["split"].to_numpy()
+    labels = batch["label"].to_numpy()
+    for sp in np.unique(splits[ok]) if ok.any() else []:
+        sel = np.flatnonzero(ok & (splits == sp))
+        table = pa.table(
+            {
+                "row": pa.array(rows[sel], pa.int64()),
+                "path": pa.array([paths[i] for i in sel], pa.string()),
+                "label": pa.array([labels[i] for i in sel], pa.string()),
+                "image": pa.array([images[i] for i in sel], pa.binary()),
+            }
+        )
+        # Named by the block's first row: a retried task overwrites its own file (idempotent).
+        _write_parquet(table, storage.join(shards, str(sp), f"part-{int(rows[sel[0]]):09d}.parquet"))
+    return pd.DataFrame(
+        {"row": rows, "error": errors, "height": hs, "width": ws, "fmt": fmts, "color": colors}
+    )
+
+
+def _decode_rows(
+    batch: dict, shape: tuple, dtype: str, classes: list[str], task: str, keep: np.ndarray | None
+) -> dict:
+    """Parquet rows -> image float32 (B,C,H,W), encoded label, path (Ray Data map_batches)."""
+    rows = np.asarray(batch["row"])
+    mask = np.isin(rows, keep) if keep is not None else np.ones(len(rows), dtype=bool)
+    blobs = [b for b, m in zip(batch["image"], mask, strict=True) if m]
+    n = len(blobs)
+    if n:
+        img = np.frombuffer(b"".join(blobs), dtype=dtype).reshape((n, *shape)).astype(np.float32)
+    else:
+        img = np.zeros((0, *shape), dtype=np.float32)
+    labels = [str(x) for x, m in zip(batch["label"], mask, strict=True) if m]
+    y = encode_labels(labels, classes, task)
+    if task == "multilabel" and n == 0:
+        y = np.zeros((0, len(classes)), dtype=np.float32)
+    return {"image": img, "label": y, "path": np.asarray([str(p) for p, m in zip(batch["path"], mask, strict=True) if m], dtype=object)}
+
+
+# ----------------------------------------------------------------------------- prepared data
+
+
+@dataclass
+class PreparedData:
+    """A complete cache: its card plus readers for Ray (``dataset``) and plain numpy (``numpy``)."""
+
+    key: str
+    uri: str
+    card: dict
+    label_fraction: float = 1.0
+    label_seed: int = 0
+    hit: bool = False
+    _kept: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, uri: str, label_fraction: float = 1.0, label_seed: int = 0) -> PreparedData:
+        """Open an existing cache folder (``.../cache/<key>``) by its card."""
+        card_uri = storage.join(uri, "dataset.json")
+        if not storage.exists(card_uri):
+            raise DataError(f"{uri}: not a complete medxfer cache (no dataset.json); run medxfer preprocess")
+        card = storage.read_json(card_uri)
+        return cls(card["key"], storage.normalize(uri), card, label_fraction, label_seed, hit=True)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def task(self) -> str:
+        return self.card["task"]
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.task == "ordinal" else len(self.classes)
+
+    @property
+    def spec(self) -> PreprocessConfig:
+        return PreprocessConfig.model_validate(self.card["spec"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.card["image_shape"])
+
+    def split_uri(self, split: str) -> str:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        return storage.join(self.uri, self.card["shards"], split)
+
+    def _table(self, split: str, columns: list[str]):
+        import pyarrow as pa
+        import pyarrow.dataset as pads
+
+        if self.card["counts"][split]["total"] == 0:
+            return None
+        fs, path = storage.pyarrow_fs(self.split_uri(split))
+        t = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
+        order = pa.compute.sort_indices(t, sort_keys=[("row", "ascending")])
+        return t.take(order)
+
+    def kept_rows(self, split: str) -> np.ndarray | None:
+        """Row ids kept by ``label_fraction`` (train only); None = all rows."""
+        if split != "train" or self.label_fraction >= 1.0:
+            return None
+        if split not in self._kept:
+            t = self._table(split, ["row", "path", "label"])
+            if t is None:
+                return np.zeros(0, dtype=np.int64)
+            mask = label_subsample(
+                pd.Series(t.column("label").to_pylist()),
+                pd.Series(t.column("path").to_pylist()),
+                self.label_fraction,
+                self.label_seed,
+            )
+            self._kept[split] = t.column("row").to_numpy()[mask]
+        return self._kept[split]
+
+    def dataset(self, split: str, with_path: bool = True):
+        """A Ray Dataset with ``image`` float32 (C,H,W), ``label`` (encoded, see contract) and ``path``.
+
+        ``with_path=False`` drops the string column, which ``iter_torch_batches`` cannot convert.
+        """
+        import ray.data
+
+        if self.card["counts"][split]["total"] == 0:
+            return ray.data.from_items([])
+        from medxfer.runtime import cluster_cpus, init_ray
+
+        init_ray()
+        # Capped concurrency: fractional CPUs would otherwise let Ray start 4 worker processes per
+        # core, and on small machines spawning them costs more than reading the cache.
+        conc = max(1, int(round(cluster_cpus())))
+        fs, path = storage.pyarrow_fs(self.split_uri(split))
+        ds = ray.data.read_parquet(
+            path,
+            filesystem=fs,
+            columns=["row", "path", "label", "image"],
+            partitioning=None,
+            num_cpus=DATA_CPUS,
+            concurrency=conc,
+        )
+        ds = ds.map_batches(
+            _decode_rows,
+            batch_format="numpy",
+            fn_kwargs={
+                "shape": self.image_shape,
+                "dtype": self.card["dtype"],
+                "classes": self.classes,
+                "task": self.task,
+                "keep": self.kept_rows(split),
+            },
+            num_cpus=DATA_CPUS,
+            concurrency=conc,
+        )
+        return ds if with_path else ds.drop_columns(["path"])
+
+    def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(X float32 (N,C,H,W), y)`` read with pyarrow (no Ray), ordered by manifest row."""
+        t = self._table(split, ["row", "label", "image"])
+        shape = self.image_shape
+        if t is None:
+            return np.zeros((0, *shape), np.float32), encode_labels([], self.classes, self.task)
+        keep = self.kept_rows(split)
+        if keep is not None:
+            import pyarrow as pa
+
+            t = t.filter(pa.compute.is_in(t.column("row"), value_set=pa.array(keep, pa.int64())))
+        d = _decode_rows(
+            {"row": t.column("row").to_numpy(), "image": t.column("image").to_pylist(),
+             "label": t.column("label").to_pylist(), "path": [""] * t.num_rows},
+            shape, self.card["dtype"], self.classes, self.task, None,
+        )
+        return d["image"], d["label"]
+
+    def paths(self, split: str) -> list[str]:
+        """Image paths in ``numpy(split)`` order."""
+        t = self._table(split, ["row", "path"])
+        if t is None:
+            return []
+        keep = self.kept_rows(split)
+        rows, paths = t.column("row").to_numpy(), t.column("path").to_pylist()
+        if keep is None:
+            return paths
+        m = np.isin(rows, keep)
+        return [p for p, k in zip(paths, m, strict=True) if k]
+
+    def class_counts(self, split: str) -> list[int]:
+        """Images per class (multilabel: positives per finding; ordinal: per grade) in the split as served."""
+        keep = self.kept_rows(split)
+        if keep is None:
+            per = self.card["counts"][split]["per_class"]
+            return [int(per.get(c, 0)) for c in self.classes]
+        t = self._table(split, ["row", "label"])
+        rows = t.column("row").to_numpy()
+        labels = pd.Series(t.column("label").to_pylist())[np.isin(rows, keep)]
+        df = pd.DataFrame({"label": labels.to_numpy(), "split": split})
+        per = split_counts(df, self.classes, self.task)[split]["per_class"]
+        return [int(per.get(c, 0)) for c in self.classes]
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def _blocks(df: pd.DataFrame, cpus: float) -> list[pd.DataFrame]:
+    n = len(df)
+    per = int(min(512, max(8, math.ceil(n / max(1.0, 4 * cpus)))))
+    return [df.iloc[i : i + per].reset_index(drop=True) for i in range(0, n, per)]
+
+
+def _stats(values: pd.Series) -> dict:
+    if values.empty:
+        return {}
+    return {"min": int(values.min()), "median": float(values.median()), "max": int(values.max())}
+
+
+def _run_pipeline(df: pd.DataFrame, cfg: JobConfig, shards: str) -> pd.DataFrame:
+    import ray
+    import ray.data
+
+    from medxfer.runtime import cluster_cpus, init_ray
+
+    init_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    cpus = cluster_cpus()
+    blocks = _blocks(df[["row", "path", "label", "split"]], cpus)
+    ds = ray.data.from_pandas(blocks)
+    ds = ds.map_batches(
+        _process_block,
+        batch_size=None,
+        batch_format="pandas",
+        fn_kwargs={
+            "spec_json": cfg.preprocess.model_dump_json(),
+            "shards": shards,
+            "max_pixels": cfg.data.max_pixels,
+        },
+        num_cpus=DATA_CPUS,
+        concurrency=max(1, min(len(blocks), int(round(cpus)))),
+    )
+    try:
+        meta = ds.to_pandas()
+    except ray.exceptions.RayError as e:
+        raise DataError(f"preprocessing failed in a Ray task: {str(e).strip().splitlines()[-1][:300]}") from None
+    return meta.sort_values("row").reset_index(drop=True)
+
+
+def prepare(cfg: JobConfig) -> PreparedData:
+    """Return the cache for ``cfg``'s manifest(s) and spec, building it with Ray Data on a miss."""
+    t0 = time.time()
+    df = load_manifest(None, cfg.data, check_files=False)
+    classes = df.attrs["classes"]
+    key = cache_key(df, cfg, classes)
+    root = storage.Layout(cfg.storage.root).cache(key)
+    card_uri = storage.join(root, "dataset.json")
+    lf, ls = cfg.data.label_fraction, cfg.data.label_seed
+    if storage.exists(card_uri):
+        log.info("cache hit %s", root)
+        return PreparedData(key, root, storage.read_json(card_uri), lf, ls, hit=True)
+
+    # Miss: the expensive checks (every file exists) now, then decode.
+    df = load_manifest(None, cfg.data, check_files=True)
+    df["row"] = np.arange(len(df), dtype=np.int64)
+    attempt = f"shards-{uuid.uuid4().hex[:8]}"
+    shards = storage.join(root, attempt)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    log.info("preprocessing %d images into %s", len(df), root)
+    from medxfer.runtime import init_ray
+
+    init_ray()  # before the clock: cluster start-up is not decoding time
+    t1 = time.time()
+    try:
+        meta = _run_pipeline(df, cfg, shards)
+        decode_s = time.time() - t1
+        card = _make_card(df, meta, cfg, classes, key, root, attempt, started, decode_s, time.time() - t0)
+    except BaseException:
+        _quiet_delete(shards)
+        raise
+    won = storage.put_if_absent(card_uri, (json.dumps(card, indent=2, default=str) + "\n").encode("utf-8"))
+    if not won:  # another job finished the same key first: use its result
+        _quiet_delete(shards)
+        return PreparedData(key, root, storage.read_json(card_uri), lf, ls, hit=True)
+    for name in storage.list_dir(root):
+        if name.startswith("shards-") and name != attempt:
+            _quiet_delete(storage.join(root, name))
+    return PreparedData(key, root, card, lf, ls, hit=False)
+
+
+def _quiet_delete(uri: str) -> None:
+    try:
+        storage.delete(uri, recursive=True)
+    except Exception as e:  # noqa: BLE001 - cleanup is best effort
+        log.warning("could not clean up %s: %s", uri, e)
+
+
+def _make_card(df, meta, cfg: JobConfig, classes, key, root, attempt, started, decode_s, total_s) -> dict:
+    merged = df.merge(meta, on="row", how="left", validate="one_to_one")
+    bad = merged[merged["error"].notna()]
+    n, nbad = len(merged), len(bad)
+    listed = [{"path": p, "reason": r} for p, r in zip(bad["path"], bad["error"], strict=True)]
+    if nbad and cfg.data.bad_files == "fail":
+        raise DataError(
+            f"{nbad} of {n} image(s) could not be decoded (data.bad_files=fail), e.g. "
+            + "; ".join(f"{b['path']}: {b['reason']}" for b in listed[:5])
+        )
+    if nbad and nbad / n > cfg.data.max_bad_fraction:
+        raise DataError(
+            f"{nbad} of {n} image(s) ({nbad / n:.1%}) could not be decoded, above data.max_bad_fraction="
+            f"{cfg.data.max_bad_fraction}; e.g. " + "; ".join(f"{b['path']}: {b['reason']}" for b in listed[:5])
+        )
+    good = merged[merged["error"].isna()]
+    if (good["split"] == "train").sum() == 0:
+        raise DataError("no decodable training image left after skipping bad files")
+    spec = cfg.preprocess
+    sources = {
+        str(s): {sp: int(((good["source"] == s) & (good["split"] == sp)).sum()) for sp in SPLITS}
+        for s in sorted(good["source"].unique())
+    }
+    return {
+        "format": "medxfer-cache",
+        "version": CACHE_VERSION,
+        "key": key,
+        "uri": root,
+        "shards": attempt,
+        "created_at": started,
+        "medxfer_version": _version(),
+        "task": cfg.data.task,
+        "classes": list(classes),
+        "num_outputs": 1 if cfg.data.task == "ordinal" else len(classes),
+        "spec": spec_dict(spec),
+        "image_shape": [spec.channels, spec.size, spec.size],
+        "dtype": spec.dtype,
+        "manifests": [storage.normalize(u) for u in df.attrs.get("manifests", [])],
+        "manifest_fingerprint": fingerprint(df.drop(columns=["row"])),
+        "split_settings": {
+            "made_by_medxfer": list(df.attrs.get("split_made", [])),
+            "split_fractions": list(cfg.data.split_fractions),
+            "split_seed": cfg.data.split_seed,
+        },
+        "max_pixels": cfg.data.max_pixels,
+        "input_rows": n,
+        "total": int(len(good)),
+        "counts": split_counts(good, list(classes), cfg.data.task),
+        "sources": sources,
+        "image_stats": {
+            "height": _stats(good["height"]),
+            "width": _stats(good["width"]),
+            "formats": {str(k): int(v) for k, v in good["fmt"].value_counts().items()},
+            "color": int(good["color"].sum()),
+        },
+        "bad_files": {
+            "policy": cfg.data.bad_files,
+            "count": nbad,
+            "fraction": round(nbad / n, 6) if n else 0.0,
+            "files": listed[:_MAX_LISTED_BAD],
+        },
+        "timing": {
+            "decode_seconds": round(decode_s, 3),
+            "total_seconds": round(total_s, 3),
+            "images_per_second": round(n / decode_s, 1) if decode_s > 0 else None,
+        },
+    }
+
+
+def _version() -> str:
+    try:
+        from medxfer import __version__
+
+        return str(__version__)
+    except ImportError:
+        return "unknown"
+
+
+def cmd_preprocess(args) -> int:
+    """``medxfer preprocess --config FILE``: build (or find) the cache and print where it is."""
+    from medxfer.config_io import load_config
+
+    cfg = load_config(args.config, args.set)
+    p = prepare(cfg)
+    counts = ", ".join(f"{s} {p.card['counts'][s]['total']}" for s in SPLITS)
+    if p.hit:
+        print(f"cache hit: {p.uri} ({counts}); nothing decoded")
+    else:
+        bad = p.card["bad_files"]["count"]
+        print(
+            f"preprocessed {p.card['input_rows']} images in {p.card['timing']['decode_seconds']} s "
+            f"({p.card['timing']['images_per_second']} img/s) -> {p.uri} ({counts}"
+            + (f"; {bad} bad file(s) skipped, listed in dataset.json" if bad else "") + ")"
+        )
+    print(f"key: {p.key}")
+    return 0

@@ -1,0 +1,352 @@
+"""Backbones created by name, each wrapped the same way: ``backbone`` (pooled features) + ``head``.
+
+Why one wrapper: freezing, layer-wise learning rates, partial loading of source weights and
+the model bundle all need to know "which tensors are the head" and "what are the stages".
+With every backbone wrapped as ``Classifier(backbone=..., head=Linear)`` the head is always
+``head.*`` and the stages are listed once per backbone in :data:`BACKBONES`, as timm keeps a
+pretrained config next to each model.
+
+Grayscale: when a 3-channel pretrained first convolution meets 1-channel images, its RGB
+kernels are summed (timm's ``adapt_input_conv``), which gives the same response to a gray
+image as the RGB network gives to that image replicated on three channels.
+
+Small images: ``stem="small"`` sets the first convolution's stride to 1 (kernel unchanged,
+so ImageNet or source weights still load). A 28x28 image then reaches the last stage as a
+2x2 map instead of 1x1 (64x64: 4x4 instead of 2x2), at 4x the compute of the standard stem.
+``stem_for_size`` picks it automatically for inputs of 64 pixels or less.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medxfer.errors import ConfigError, MedxferError
+
+log = logging.getLogger("medxfer.models")
+
+SMALL_INPUT_MAX = 64
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one torchvision backbone and where its parts are."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    weights: str  # torchvision weights enum name, for model.init=imagenet
+    first_conv: str  # attribute path of the first convolution inside the torchvision model
+    classifier: str  # attribute path of the torchvision classifier, replaced by Identity
+    num_features: int
+    stages: tuple[tuple[str, ...], ...]  # module prefixes (inside the backbone), input -> output
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks (32-64-128-256 channels) for tiny images such as 28x28 MedMNIST.
+
+    Fast enough for CPU tests and laptops; not pretrained on anything.
+    """
+
+    def __init__(self, in_chans: int = 3):
+        super().__init__()
+        chans = [in_chans, 32, 64, 128, 256]
+        for i in range(4):
+            layers: list[nn.Module] = [
+                nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False),
+                nn.BatchNorm2d(chans[i + 1]),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1, bias=False),
+                nn.BatchNorm2d(chans[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
+            if i < 3:
+                layers.append(nn.MaxPool2d(2))
+            setattr(self, f"block{i + 1}", nn.Sequential(*layers))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(4):
+            x = getattr(self, f"block{i + 1}")(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _tv(name: str) -> Callable[..., nn.Module]:
+    def build(weights=None):
+        import torchvision.models as tvm
+
+        return getattr(tvm, name)(weights=weights)
+
+    return build
+
+
+_RESNET_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec(
+        "resnet18", _tv("resnet18"), "ResNet18_Weights.IMAGENET1K_V1", "conv1", "fc", 512, _RESNET_STAGES
+    ),
+    "resnet34": BackboneSpec(
+        "resnet34", _tv("resnet34"), "ResNet34_Weights.IMAGENET1K_V1", "conv1", "fc", 512, _RESNET_STAGES
+    ),
+    "resnet50": BackboneSpec(
+        "resnet50", _tv("resnet50"), "ResNet50_Weights.IMAGENET1K_V2", "conv1", "fc", 2048, _RESNET_STAGES
+    ),
+    "densenet121": BackboneSpec(
+        "densenet121",
+        _tv("densenet121"),
+        "DenseNet121_Weights.IMAGENET1K_V1",
+        "features.conv0",
+        "classifier",
+        1024,
+        (
+            ("features.conv0", "features.norm0"),
+            ("features.denseblock1", "features.transition1"),
+            ("features.denseblock2", "features.transition2"),
+            ("features.denseblock3", "features.transition3"),
+            ("features.denseblock4", "features.norm5"),
+        ),
+    ),
+    "efficientnet_b0": BackboneSpec(
+        "efficientnet_b0",
+        _tv("efficientnet_b0"),
+        "EfficientNet_B0_Weights.IMAGENET1K_V1",
+        "features.0.0",
+        "classifier",
+        1280,
+        (
+            ("features.0",),
+            ("features.1", "features.2"),
+            ("features.3",),
+            ("features.4", "features.5"),
+            ("features.6", "features.7", "features.8"),
+        ),
+    ),
+    "smallcnn": BackboneSpec(
+        "smallcnn",
+        lambda weights=None: SmallCNN(3),
+        "",
+        "block1.0",
+        "fc",
+        256,
+        (("block1",), ("block2",), ("block3",), ("block4",)),
+    ),
+}
+
+
+class Classifier(nn.Module):
+    """``head(dropout(backbone(x)))``; ``backbone`` returns pooled features."""
+
+    def __init__(self, backbone: nn.Module, spec: BackboneSpec, num_outputs: int, dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(spec.num_features, num_outputs)
+        self.backbone_name = spec.name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.backbone(x)))
+
+
+def list_backbones() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise ConfigError([f"model.backbone: unknown backbone {name!r}; valid: {', '.join(list_backbones())}"])
+    return BACKBONES[name]
+
+
+def stem_for_size(size: int, stem: str = "auto") -> str:
+    """'small' (first-conv stride 1) for images of SMALL_INPUT_MAX pixels or less when 'auto'."""
+    if stem == "auto":
+        return "small" if size <= SMALL_INPUT_MAX else "standard"
+    if stem not in ("small", "standard"):
+        raise ConfigError([f"model.stem: expected auto, small or standard; found {stem!r}"])
+    return stem
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    return module.get_submodule(path)
+
+
+def _set(module: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    setattr(module.get_submodule(parent_path) if parent_path else module, attr, new)
+
+
+def adapt_conv_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Adapt a conv kernel (O, I, kh, kw) to ``in_chans`` inputs.
+
+    3 -> 1 sums the RGB kernels (gray image == RGB replicated gives the same response);
+    otherwise the kernels are tiled and rescaled so the expected activation is unchanged.
+    """
+    src = weight.shape[1]
+    if src == in_chans:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_chans // src)
+    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (src / in_chans)
+
+
+def _replace_first_conv(net: nn.Module, spec: BackboneSpec, in_chans: int, stride1: bool) -> None:
+    old = _get(net, spec.first_conv)
+    assert isinstance(old, nn.Conv2d)
+    stride = (1, 1) if stride1 else old.stride
+    if old.in_channels == in_chans and old.stride == stride:
+        return
+    new = nn.Conv2d(
+        in_chans,
+        old.out_channels,
+        old.kernel_size,
+        stride=stride,
+        padding=old.padding,
+        dilation=old.dilation,
+        groups=old.groups,
+        bias=old.bias is not None,
+    )
+    with torch.no_grad():
+        new.weight.copy_(adapt_conv_weight(old.weight, in_chans))
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    _set(net, spec.first_conv, new)
+
+
+def _imagenet_weights(spec: BackboneSpec):
+    if not spec.weights:
+        raise ConfigError([f"model.init: no ImageNet weights for {spec.name}; use init: scratch or a bundle"])
+    import torchvision.models as tvm
+
+    enum_name, member = spec.weights.split(".")
+    return getattr(getattr(tvm, enum_name), member)
+
+
+def create_model(
+    backbone: str,
+    num_outputs: int,
+    in_chans: int,
+    dropout: float = 0.0,
+    pretrained: str | bool | None = None,
+    stem: str = "standard",
+) -> Classifier:
+    """Build a classifier by backbone name.
+
+    ``pretrained``: None/False/'scratch' for random weights, True/'imagenet' for torchvision's
+    ImageNet weights (downloaded to ``$TORCH_HOME/hub/checkpoints`` on first use).
+    ``stem``: 'standard' or 'small' (first-conv stride 1; see the module docstring).
+    """
+    spec = get_spec(backbone)
+    if num_outputs < 1:
+        raise ConfigError([f"num_outputs must be >= 1, got {num_outputs}"])
+    if stem not in ("standard", "small"):
+        raise ConfigError([f"model.stem: expected small or standard, got {stem!r}"])
+    use_imagenet = pretrained in (True, "imagenet")
+    if pretrained not in (None, False, "scratch", True, "imagenet"):
+        raise ConfigError([f"pretrained: expected None, 'scratch' or 'imagenet', got {pretrained!r}"])
+    weights = _imagenet_weights(spec) if use_imagenet else None
+    try:
+        net = spec.builder(weights=weights)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; a bad partial download a RuntimeError
+        if not use_imagenet:
+            raise
+        import torch.hub
+
+        cache = f"{torch.hub.get_dir()}/checkpoints"
+        url = getattr(weights, "url", "")
+        raise MedxferError(
+            f"could not get the ImageNet weights of {backbone} ({type(e).__name__}: {e}). Fix: run once with "
+            f"network access (they are cached in {cache}), or download {url} into that folder "
+            "(TORCH_HOME moves it), or set model.init: scratch"
+        ) from None
+    _replace_first_conv(net, spec, in_chans, stride1=(stem == "small"))
+    _set(net, spec.classifier, nn.Identity())
+    model = Classifier(net, spec, num_outputs, dropout)
+    model.stem = stem
+    return model
+
+
+# ----------------------------------------------------------------------------- stages and loading
+
+
+def stage_prefixes(model: nn.Module) -> list[tuple[str, ...]]:
+    """Stages of ``model`` as state-dict key prefixes (``backbone.layer4`` ...), input -> output."""
+    model = unwrap(model)
+    spec = get_spec(model.backbone_name)
+    return [tuple(f"backbone.{p}" for p in stage) for stage in spec.stages]
+
+
+def stage_of(name: str, stages: list[tuple[str, ...]]) -> int | None:
+    """Index of the stage a parameter belongs to (None: head or outside the listed stages)."""
+    for i, prefixes in enumerate(stages):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+def is_head(name: str) -> bool:
+    return name.startswith("head.")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def reinit_last_stage(model: nn.Module, seed: int = 0) -> list[str]:
+    """Re-initialise every module of the backbone's last stage; returns the module names."""
+    model = unwrap(model)
+    last = stage_prefixes(model)[-1]
+    torch.manual_seed(seed)
+    done = []
+    for name, mod in model.named_modules():
+        if any(name == p or name.startswith(p + ".") for p in last) and hasattr(mod, "reset_parameters"):
+            mod.reset_parameters()
+            done.append(name)
+    return done
+
+
+def _strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_source_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Copy every source tensor whose name and shape match; report what happened.
+
+    ``loaded``: copied (the first conv is adapted when only its input channels differ);
+    ``skipped``: present in the source but not used (shape changed, e.g. the head of a
+    different class count, or no such tensor in the model) with the reason;
+    ``new``: tensors of the model that keep their fresh initialisation.
+    """
+    target = unwrap(model)
+    own = target.state_dict()
+    src = _strip_prefix(dict(state_dict))
+    first_conv = f"backbone.{get_spec(target.backbone_name).first_conv}.weight"
+    loaded, skipped, new, to_load = [], [], [], {}
+    for name, t in own.items():
+        if name not in src:
+            new.append(name)
+            continue
+        s = src[name]
+        if tuple(s.shape) == tuple(t.shape):
+            to_load[name] = s.to(t.dtype)
+            loaded.append(name)
+        elif name == first_conv and s.ndim == 4 and s.shape[0] == t.shape[0] and s.shape[2:] == t.shape[2:]:
+            to_load[name] = adapt_conv_weight(s, t.shape[1]).to(t.dtype)
+            loaded.append(name)
+        else:
+            skipped.append(f"{name} (shape {tuple(s.shape)} -> {tuple(t.shape)})")
+            new.append(name)
+    skipped.extend(f"{k} (not in model)" for k in src if k not in own)
+    target.load_state_dict(to_load, strict=False)
+    log.info("source weights: %d loaded, %d skipped, %d new", len(loaded), len(skipped), len(new))
+    for s in skipped:
+        log.info("  skipped %s", s)
+    return {"loaded": loaded, "skipped": skipped, "new": new}

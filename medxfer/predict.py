@@ -1,0 +1,319 @@
+"""Batch prediction with Ray Data: decode on CPU tasks, model replicas in an actor pool.
+
+Why two stages: decoding a 2000x2000 DICOM costs far more CPU than a forward pass of a
+small network on a GPU, so decoding runs as plain Ray tasks that scale over every CPU of
+the cluster, while the model lives in a pool of long-lived actors (one GPU each when the
+cluster has GPUs) that load the bundle once and see only ready tensors.
+
+Every input gets exactly one output row. A file that cannot be read or decoded gets a row
+with an ``error`` (the reason) and empty predictions, so a clinician's worklist never
+loses a study silently; ``--fail-on-bad`` stops at the first such file instead. The
+preprocessing spec comes from the bundle, never from the command line, so the model sees
+images prepared exactly as in training.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from medxfer import storage
+from medxfer.errors import DataError, ImageDecodeError
+
+log = logging.getLogger("medxfer.predict")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".tif", ".tiff", ".bmp"}
+MANIFEST_SUFFIXES = {".csv", ".jsonl", ".json", ".parquet"}
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _suffix(uri: str) -> str:
+    return PurePosixPath(storage.basename(uri)).suffix.lower()
+
+
+def list_inputs(input_uri: str) -> tuple[list[str], list[str]]:
+    """``(images, skipped)`` for a folder (recursive) or a manifest with a ``path`` column.
+
+    In a folder, files with an image suffix are inputs, and so are files with no suffix
+    (DICOM files often have none); other files (``.txt``, ``.json``...) and hidden files are
+    skipped and reported, not predicted.
+    """
+    if _suffix(input_uri) in MANIFEST_SUFFIXES and not _is_dir(input_uri):
+        return read_manifest_paths(input_uri), []
+    files = storage.list_files(input_uri)
+    if not files:
+        raise DataError(f"{input_uri}: no files found; give a folder of images or a manifest (.csv/.parquet)")
+    images, skipped = [], []
+    for f in files:
+        name = storage.basename(f)
+        suffix = PurePosixPath(name).suffix.lower()
+        if name.startswith(".") or (suffix and suffix not in IMAGE_SUFFIXES):
+            skipped.append(f)
+        else:
+            images.append(f)
+    return images, skipped
+
+
+def _is_dir(uri: str) -> bool:
+    return (not storage.is_remote(uri)) and os.path.isdir(uri)
+
+
+def read_manifest_paths(uri: str) -> list[str]:
+    """The ``path`` column of a manifest (labels are not needed to predict); relative paths
+    resolve against the manifest's folder, as in training manifests."""
+    raw = storage.read_bytes(uri)
+    suffix = _suffix(uri)
+    try:
+        if suffix == ".parquet":
+            df = pd.read_parquet(io.BytesIO(raw))
+        elif suffix in (".jsonl", ".json"):
+            df = pd.read_json(io.BytesIO(raw), lines=True)
+        else:
+            df = pd.read_csv(io.BytesIO(raw))
+    except Exception as e:  # noqa: BLE001 - any parse error is a bad manifest
+        raise DataError(f"{uri}: cannot read the manifest ({e})") from None
+    if "path" not in df.columns:
+        raise DataError(f"{uri}: manifest needs a 'path' column; found {list(df.columns)}")
+    base = storage.parent(storage.normalize(uri))
+    out = []
+    for p in df["path"].astype(str):
+        if "://" in p or os.path.isabs(p):
+            out.append(p)
+        else:
+            out.append(storage.join(base, p))
+    return out
+
+
+# ----------------------------------------------------------------------------- Ray stages
+
+
+def decode_batch(batch: dict, spec: dict, max_pixels: int, fail_on_bad: bool) -> dict:
+    """Ray Data task: read + preprocess each path; bad files get a zero image and an error."""
+    from medxfer.config import PreprocessConfig
+    from medxfer.data.preprocess import output_shape, preprocess_bytes
+
+    sp = PreprocessConfig.model_validate(spec)
+    shape = output_shape(sp)
+    paths = [str(p) for p in batch["path"]]
+    images = np.zeros((len(paths), *shape), dtype=np.float32)
+    errors = []
+    for i, p in enumerate(paths):
+        err = ""
+        try:
+            images[i] = preprocess_bytes(storage.read_bytes(p), sp, path=p, max_pixels=max_pixels)
+        except ImageDecodeError as e:
+            err = e.reason
+        except Exception as e:  # noqa: BLE001 - one broken file must not stop a large run
+            err = f"{type(e).__name__}: {e}"
+        if err and fail_on_bad:
+            # DataError (one-argument) pickles cleanly across Ray; the CLI prints it.
+            raise DataError(f"{p}: {err} (stopped because of --fail-on-bad)")
+        errors.append(err)
+    return {"index": np.asarray(batch["index"]), "path": np.asarray(paths, dtype=object),
+            "image": images, "error": np.asarray(errors, dtype=object)}
+
+
+class BundlePredictor:
+    """Ray Data actor: one model replica, loaded once from the bundle, scoring ready tensors.
+
+    Rows whose ``error`` is set are passed through with NaN scores. The ``image`` column is
+    dropped from the output, so only small rows travel back.
+    """
+
+    def __init__(self, bundle_uri: str, batch_size: int = 256):
+        import torch
+
+        from medxfer.bundle import load_bundle
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":
+            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        b = load_bundle(bundle_uri)
+        self.task = b.task
+        self.k = len(b.classes)
+        self.model = b.build_model(self.device)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        from medxfer.inference import predict_arrays
+
+        images = batch.pop("image")
+        n = len(images)
+        ok = np.ones(n, dtype=bool)
+        if "error" in batch:
+            ok = np.array([not e for e in batch["error"]], dtype=bool)
+        width = 1 if self.task == "ordinal" else self.k
+        scores = np.full((n, width), np.nan, dtype=np.float32)
+        if ok.any():
+            s = predict_arrays(self.model, images[ok], self.task, self.batch_size, self.device)
+            scores[ok] = s.reshape(int(ok.sum()), width)
+        batch["scores"] = scores
+        return batch
+
+
+def actor_pool(max_size: int | None = None):
+    """``(compute, num_gpus)``: an autoscaling actor pool, one GPU per replica when there are GPUs."""
+    import ray
+
+    from medxfer.runtime import cluster_cpus, cluster_gpus
+
+    gpus = int(cluster_gpus())
+    if gpus >= 1:
+        size = gpus if max_size is None else min(gpus, max_size)
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=size), 1
+    size = max(1, int(cluster_cpus()) // 2) if max_size is None else max_size
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=size), None
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _col(name: str) -> str:
+    return "prob_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def predictions_table(df: pd.DataFrame, card: dict) -> pd.DataFrame:
+    """Rows of (index, path, scores, error) -> the output table: class, probabilities, decision."""
+    task, classes = card["task"], list(card["classes"])
+    op = card.get("operating_point") or {}
+    threshold = op.get("threshold")
+    pos_name = op.get("positive_class", classes[-1])
+    pos = classes.index(pos_name) if pos_name in classes else len(classes) - 1
+    scores = np.stack([np.asarray(s, dtype=np.float64).ravel() for s in df["scores"]]) if len(df) else (
+        np.zeros((0, 1)))
+    ok = (df["error"].fillna("") == "").to_numpy()
+    out = pd.DataFrame({"path": df["path"].astype(str).to_numpy()})
+    if task == "multiclass":
+        arg = np.where(ok, np.nan_to_num(scores, nan=-1).argmax(axis=1), -1)
+        out["predicted_class"] = [classes[i] if i >= 0 else None for i in arg]
+        for j, c in enumerate(classes):
+            out[_col(c)] = scores[:, j]
+        out["positive_class"] = pos_name
+        out["score"] = scores[:, pos]
+        out["threshold"] = threshold
+        if threshold is not None:
+            out["decision"] = [
+                (pos_name if s >= threshold else "not " + pos_name) if o else None
+                for s, o in zip(scores[:, pos], ok, strict=True)
+            ]
+        else:
+            out["decision"] = None
+    elif task == "multilabel":
+        for j, c in enumerate(classes):
+            out[_col(c)] = scores[:, j]
+        out["predicted_class"] = [
+            "|".join(c for j, c in enumerate(classes) if row[j] >= 0.5) if o else None
+            for row, o in zip(scores, ok, strict=True)
+        ]
+    else:  # ordinal
+        grade = scores[:, 0]
+        out["grade"] = grade
+        out["predicted_class"] = [
+            classes[int(np.clip(np.rint(g), 0, len(classes) - 1))] if o else None
+            for g, o in zip(grade, ok, strict=True)
+        ]
+    out["error"] = df["error"].fillna("").astype(str).to_numpy()
+    return out
+
+
+def _write_outputs(out: pd.DataFrame, output_uri: str) -> dict[str, str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(out, preserve_index=False), buf)
+    paths = {"parquet": storage.join(output_uri, "predictions.parquet"),
+             "csv": storage.join(output_uri, "predictions.csv")}
+    storage.write_bytes(paths["parquet"], buf.getvalue())
+    storage.write_bytes(paths["csv"], out.to_csv(index=False).encode())
+    return paths
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def predict(
+    bundle_uri: str,
+    input_uri: str,
+    output_uri: str,
+    batch_size: int = 64,
+    fail_on_bad: bool = False,
+    max_pixels: int | None = None,
+) -> dict:
+    """Predict every image of a folder or manifest; write predictions.parquet/.csv + summary.json."""
+    import ray
+
+    from medxfer.bundle import load_bundle
+    from medxfer.config import DataConfig
+    from medxfer.runtime import init_ray
+
+    bundle = load_bundle(bundle_uri)  # verify before starting any work
+    paths, skipped = list_inputs(input_uri)
+    if not paths:
+        raise DataError(f"{input_uri}: no image files (suffixes {sorted(IMAGE_SUFFIXES)} or none)")
+    if skipped:
+        log.warning("skipping %d non-image files (e.g. %s)", len(skipped), storage.basename(skipped[0]))
+    init_ray()
+    n = len(paths)
+    items = [{"index": i, "path": p} for i, p in enumerate(paths)]
+    compute, num_gpus = actor_pool()
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(n // 8, 512)))
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={
+            "spec": bundle.card["preprocess"],
+            "max_pixels": int(max_pixels or DataConfig().max_pixels),
+            "fail_on_bad": fail_on_bad,
+        },
+        batch_size=16,
+        batch_format="numpy",
+    )
+    ds = ds.map_batches(
+        BundlePredictor,
+        fn_constructor_kwargs={"bundle_uri": bundle_uri, "batch_size": batch_size},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=compute,
+        num_gpus=num_gpus,
+    )
+    rows = ds.to_pandas().sort_values("index").reset_index(drop=True)
+    if len(rows) != n:  # an invariant: one row per input, whatever happened to the file
+        raise DataError(f"prediction returned {len(rows)} rows for {n} inputs")
+    out = predictions_table(rows, bundle.card)
+    written = _write_outputs(out, output_uri)
+    bad = out[out["error"] != ""]
+    summary = {
+        "bundle": bundle_uri,
+        "bundle_id": bundle.id,
+        "input": input_uri,
+        "n_inputs": n,
+        "n_predicted": int(n - len(bad)),
+        "n_errors": int(len(bad)),
+        "errors": dict(zip(bad["path"], bad["error"], strict=True)),
+        "skipped_non_images": skipped,
+        "operating_point": bundle.card.get("operating_point"),
+        "outputs": written,
+    }
+    storage.write_json(storage.join(output_uri, "summary.json"), summary)
+    if "operating_point" not in bundle.card and bundle.task == "multiclass":
+        log.warning("%s has no operating point; the decision column is empty (run medxfer evaluate)", bundle_uri)
+    return summary
+
+
+def cmd_predict(args) -> int:
+    """``medxfer predict --bundle URI --input FOLDER_OR_MANIFEST --output FOLDER``."""
+    s = predict(args.bundle, args.input, args.output, batch_size=args.batch_size, fail_on_bad=args.fail_on_bad)
+    print(f"predicted {s['n_predicted']} of {s['n_inputs']} images -> {s['outputs']['parquet']}")
+    if s["n_errors"]:
+        print(f"{s['n_errors']} files could not be used (see the 'error' column):")
+        for p, e in list(s["errors"].items())[:20]:
+            print(f"  {p}: {e}")
+    return 0

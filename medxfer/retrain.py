@@ -1,0 +1,217 @@
+"""``medxfer retrain``: the scheduled job — preprocess, fine-tune, evaluate, promote only if better.
+
+What makes it safe to run from a cron schedule:
+
+- **One run per tick.** The run name is ``<name>-<tick as YYYYmmddTHH>``, so a retried or
+  repeated tick (the CronJob fired twice, a pod was rescheduled) lands on the same run:
+  training resumes from its checkpoint, a finished training is not repeated, and a tick
+  that already reached a decision just returns that decision.
+- **No overlapping runs.** A lock in storage (``locks/retrain-<model>/``) taken with a
+  conditional create; a second tick while one is running exits 0 with a message. A lock
+  older than ``promotion.lock_ttl_s`` belongs to a crashed run and is taken over. Each lock
+  holder gets its own numbered lock object, so taking over an expired lock is itself a
+  conditional create, and two ticks can never both take it.
+- **A fair comparison.** The champion is re-evaluated on *this* run's holdout (same
+  manifest rows, each model through its own preprocessing spec) instead of trusting a
+  report from an older holdout; then :func:`medxfer.registry.decide` applies the
+  ``promotion`` rule and the registry's conditional promotion moves the pointer.
+- **A record either way.** ``runs/<run>/decision.json`` (and a copy under the registry's
+  ``decisions/``) says what was compared, the numbers and why it was or was not promoted.
+  Not promoting is a normal outcome: exit 0. Only a failure exits non-zero.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+import time
+
+from medxfer import storage
+from medxfer.config import JobConfig
+from medxfer.errors import ConfigError
+from medxfer.registry import Registry, _dumps, _owner, json_safe
+
+log = logging.getLogger("medxfer.retrain")
+
+_LOCK = re.compile(r"^l(\d{8,})\.json$")
+
+
+def parse_tick(tick: str | _dt.datetime | None) -> _dt.datetime:
+    """The schedule time, in UTC, truncated to the hour (None: now)."""
+    if tick is None or tick == "":
+        t = _dt.datetime.now(_dt.timezone.utc)
+    elif isinstance(tick, _dt.datetime):
+        t = tick
+    else:
+        try:
+            t = _dt.datetime.fromisoformat(str(tick).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError([f"--tick {tick!r}: expected an ISO time such as 2026-11-25T02:00:00Z"]) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.astimezone(_dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def run_name_for(name: str, tick: _dt.datetime) -> str:
+    return f"{name}-{tick:%Y%m%dT%H}"
+
+
+class RunLock:
+    """A lease in storage: numbered lock objects ``lNNNNNNNN.json``, released by ``.released`` markers.
+
+    The holder is the highest-numbered lock that is neither released nor expired. Taking
+    the lock = creating the next number with put-if-absent, so exactly one contender wins.
+    """
+
+    def __init__(self, uri: str, ttl_s: int, run: str):
+        self.uri, self.ttl_s, self.run = uri, ttl_s, run
+        self.number: int | None = None
+
+    def _numbers(self) -> list[int]:
+        return sorted(int(m.group(1)) for m in (_LOCK.match(n) for n in storage.list_dir(self.uri)) if m)
+
+    def _path(self, n: int, suffix: str = "json") -> str:
+        return storage.join(self.uri, f"l{n:08d}.{suffix}")
+
+    def holder(self) -> dict | None:
+        """The active lock record, or None when the lock is free."""
+        nums = self._numbers()
+        if not nums:
+            return None
+        top = storage.read_json(self._path(nums[-1]))
+        if storage.exists(self._path(nums[-1], "released")) or time.time() > float(top["expires_epoch"]):
+            return None
+        return top
+
+    def acquire(self) -> tuple[bool, dict | None]:
+        """``(True, record)`` when taken; ``(False, current holder)`` otherwise."""
+        for _ in range(3):
+            nums = self._numbers()
+            current = self.holder()
+            if current is not None:
+                return False, current
+            n = (nums[-1] + 1) if nums else 1
+            now = time.time()
+            record = {
+                "run": self.run,
+                "owner": _owner(),
+                "acquired": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="seconds"),
+                "expires": _dt.datetime.fromtimestamp(now + self.ttl_s, _dt.timezone.utc).isoformat(timespec="seconds"),
+                "expires_epoch": now + self.ttl_s,
+                "number": n,
+            }
+            if nums and not storage.exists(self._path(nums[-1], "released")):
+                log.warning("taking over an expired retrain lock (%s)", self._path(nums[-1]))
+            if storage.put_if_absent(self._path(n), _dumps(record)):
+                self.number = n
+                return True, record
+        return False, self.holder()
+
+    def release(self) -> None:
+        if self.number is not None:
+            storage.put_if_absent(self._path(self.number, "released"), b"{}\n")
+            self.number = None
+
+
+def _headline(rep: dict | None) -> dict:
+    if not rep:
+        return {}
+    return {k: {"value": m.get("value"), "ci": m.get("ci")} for k, m in rep.get("metrics", {}).items()}
+
+
+def _find_registered(reg: Registry, bundle_uri: str, sha: str) -> str | None:
+    """A version already registered from this run's bundle (a tick resumed after registering)."""
+    for v in reg.list_versions():
+        if v.get("source_bundle") == bundle_uri and v.get("weights_sha256") == sha:
+            return v["version"]
+    return None
+
+
+def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
+    """One scheduled retraining tick; returns the decision record (also written to storage)."""
+    from medxfer.bundle import load_bundle
+    from medxfer.data.cache import prepare
+    from medxfer.evaluate import evaluate_bundle
+    from medxfer.train.jobs import run_training
+
+    t0 = time.time()
+    when = parse_tick(tick)
+    run = run_name_for(cfg.name, when)
+    run_cfg = cfg.model_copy(update={"name": run})
+    layout = storage.Layout(cfg.storage.root)
+    run_uri = layout.run(run)
+    decision_uri = storage.join(run_uri, "decision.json")
+    reg = Registry(cfg.storage.root, cfg.model.name)
+    lock = RunLock(storage.join(layout.root, "locks", f"retrain-{cfg.model.name}"), cfg.promotion.lock_ttl_s, run)
+
+    ok, holder = lock.acquire()
+    if not ok:
+        msg = (f"another retrain of {cfg.model.name} is running (run {holder.get('run')}, owner "
+               f"{holder.get('owner')}, lock expires {holder.get('expires')}); this tick ({run}) does nothing")
+        log.warning(msg)
+        return {"kind": "medxfer-retrain-decision/1", "run": run, "model": cfg.model.name,
+                "status": "skipped", "promoted": False, "reason": msg}
+    try:
+        if storage.exists(decision_uri):
+            rec = storage.read_json(decision_uri)
+            log.info("%s already decided (%s); nothing to do", run, rec.get("status"))
+            return {**rec, "repeated_tick": True}
+        prepared = prepare(run_cfg)
+        result_uri = storage.join(run_uri, "result.json")
+        result = storage.read_json(result_uri) if storage.exists(result_uri) else None
+        if result is None or result.get("status") != "complete":
+            result = run_training(run_cfg, "finetune", prepared=prepared)
+        else:
+            log.info("%s: training already complete; reusing %s", run, result["bundle"])
+        bundle_uri = result["bundle"]
+        split = cfg.evaluate.split
+        challenger = evaluate_bundle(bundle_uri, run_cfg, split, out=storage.join(run_uri, "report"))
+        before = reg.champion()
+        champion_reports = {}
+        champion_rep = None
+        if before is not None:
+            champion_rep = evaluate_bundle(reg.bundle_uri(before["version"]), run_cfg, split,
+                                           out=storage.join(run_uri, "champion-report"), update_card=False)
+            champion_reports[before["version"]] = champion_rep
+        sha = load_bundle(bundle_uri).card["weights_sha256"]
+        version = _find_registered(reg, bundle_uri, sha) or reg.register(bundle_uri, challenger, note=f"retrain {run}")
+        outcome = reg.try_promote(version, cfg.promotion, champion_reports=champion_reports)
+        record = {
+            "kind": "medxfer-retrain-decision/1",
+            "run": run,
+            "tick": when.isoformat(),
+            "model": cfg.model.name,
+            "status": "promoted" if outcome["promoted"] else "not-promoted",
+            "promoted": outcome["promoted"],
+            "reason": outcome["reason"],
+            "rule": cfg.promotion.model_dump(mode="json"),
+            "holdout": challenger["holdout"],
+            "challenger": {"version": version, "bundle": bundle_uri, "bundle_id": challenger["bundle_id"],
+                           "metrics": _headline(challenger), "report": challenger.get("report_uri")},
+            "champion_before": None if before is None else {
+                "version": before["version"], "metrics": _headline(champion_rep),
+                "report": champion_rep.get("report_uri") if champion_rep else None},
+            "champion_after": outcome["champion"],
+            "training": {k: result.get(k) for k in ("status", "epoch", "epochs_total", "resumed", "wall_time_s",
+                                                    "data_fingerprint")},
+            "data": {"cache_key": prepared.key, "cache_hit": bool(getattr(prepared, "hit", False))},
+            "decided_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - t0, 1),
+        }
+        record = json_safe(record)
+        storage.write_json(decision_uri, record)
+        storage.write_json(storage.join(reg.uri, "decisions", f"{run}.json"), record)
+        log.info("%s: %s — %s", run, record["status"], record["reason"])
+        return record
+    finally:
+        lock.release()
+
+
+def cmd_retrain(args) -> int:
+    """``medxfer retrain --config FILE [--tick ISO]``: exit 0 whether or not the model was promoted."""
+    from medxfer.config_io import load_config
+
+    rec = run_retrain(load_config(args.config, args.set), args.tick)
+    print(f"{rec['run']}: {rec['status']}: {rec['reason']}")
+    return 0

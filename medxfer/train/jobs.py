@@ -1,0 +1,283 @@
+"""``source-train`` and ``finetune``: one TorchTrainer per run, then the bundle and result.json.
+
+The driver's job is small: prepare the data (the cache is built on a miss), check the
+source bundle before any worker starts, size the workers, hand Ray Train the shards and
+the config, and after ``fit()`` turn the best checkpoint into a model bundle.
+
+Resume is Ray Train V2's own: the run's folder is ``<root>/runs/<name>`` (``storage_path``
++ ``name``); when it already holds a checkpoint manager snapshot, ``fit()`` restores it and
+workers find the latest checkpoint in ``ray.train.get_checkpoint()``. So re-running the same
+command continues a stopped run, and ``FailureConfig(max_failures)`` replaces dead workers
+from the last checkpoint within a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+
+from medxfer import storage
+from medxfer.config import JobConfig
+from medxfer.errors import ConfigError, DataError
+
+log = logging.getLogger("medxfer.train")
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+VALID_METRICS = ("val_auroc", "val_acc", "val_loss", "val_mae", "train_loss")
+STAGES = ("source", "finetune")
+
+
+def check_source(cfg: JobConfig):
+    """Load and verify the source bundle named by ``model.init`` (None for scratch/imagenet)."""
+    init = cfg.model.init
+    if init in ("scratch", "imagenet"):
+        return None
+    from medxfer.bundle import load_bundle
+
+    b = load_bundle(init)
+    if b.card["backbone"] != cfg.model.backbone:
+        raise ConfigError([
+            f"model.backbone: {cfg.model.backbone!r}, but the source bundle {init} holds a "
+            f"{b.card['backbone']!r}; set model.backbone: {b.card['backbone']}"
+        ])
+    return b
+
+
+def plan_run(cfg: JobConfig, prepared, n_train: int, use_gpu: bool) -> dict:
+    """Everything the workers need besides the config, computed once on the driver (pure)."""
+    from medxfer.models import stem_for_size
+    from medxfer.train.losses import resolve_class_weights
+
+    if cfg.train.early_stopping.metric not in VALID_METRICS:
+        raise ConfigError([f"train.early_stopping.metric: unknown metric {cfg.train.early_stopping.metric!r}; "
+                           f"valid: {', '.join(VALID_METRICS)}"])
+    world, bs = cfg.scaling.num_workers, cfg.train.batch_size
+    rows = n_train // world
+    if rows < 1:
+        raise DataError(f"{n_train} training images for {world} workers; lower scaling.num_workers")
+    counts = list(prepared.class_counts("train")) if prepared.task == "multiclass" else None
+    if counts is not None and cfg.train.loss in ("weighted_ce", "focal"):
+        resolve_class_weights(cfg.train.class_weights, counts, prepared.num_outputs)  # validates early
+    drop_last = rows >= bs  # a last batch of 1 breaks batch norm; equal shards keep step counts equal
+    return {
+        "task": prepared.task,
+        "num_outputs": int(prepared.num_outputs),
+        "num_grades": len(prepared.classes),
+        "in_chans": int(prepared.spec.channels),
+        "stem": stem_for_size(prepared.spec.size, cfg.model.stem),
+        "class_counts": counts,
+        "rows_per_worker": rows,
+        "drop_last": drop_last,
+        "steps_per_epoch": max(1, rows // bs if drop_last else math.ceil(rows / bs)),
+        "use_gpu": use_gpu,
+        "cpus_per_worker": cfg.scaling.cpus_per_worker,
+    }
+
+
+def _run_config(cfg: JobConfig, runs_uri: str):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    if storage.is_remote(runs_uri):
+        fs, path = storage.pyarrow_fs(runs_uri)
+    else:
+        storage.makedirs(runs_uri)
+        fs, path = None, runs_uri
+    return RunConfig(
+        name=cfg.name,
+        storage_path=path,
+        storage_filesystem=fs,
+        failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=cfg.train.num_checkpoints_to_keep,
+            checkpoint_score_attribute="score",  # = the early-stopping metric, NaN mapped to the worst
+            checkpoint_score_order=cfg.train.early_stopping.mode,
+        ),
+    )
+
+
+def _scaling(cfg: JobConfig):
+    from ray.train import ScalingConfig
+
+    from medxfer.runtime import cluster_cpus, cluster_gpus
+
+    sc = cfg.scaling
+    use_gpu = cluster_gpus() > 0 if sc.use_gpu == "auto" else bool(sc.use_gpu)
+    res = {"CPU": sc.cpus_per_worker}
+    if use_gpu:
+        res["GPU"] = sc.gpus_per_worker
+    if sc.num_workers * sc.cpus_per_worker >= cluster_cpus():
+        log.warning("workers take all %.0f CPUs; Ray Data may starve (lower scaling.cpus_per_worker)",
+                    cluster_cpus())
+    return ScalingConfig(num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=res), use_gpu
+
+
+def _count(prepared, split: str, ds) -> int:
+    """Rows in a split from the cache card (after label_fraction), without running the pipeline."""
+    try:
+        kept = prepared.kept_rows(split)
+        return len(kept) if kept is not None else int(prepared.card["counts"][split]["total"])
+    except (AttributeError, KeyError, TypeError):
+        return ds.count()
+
+
+def _read_checkpoint(checkpoint):
+    from medxfer.train.checkpoint import read_state, read_weights
+
+    with checkpoint.as_directory() as d:
+        return read_weights(d), read_state(d)
+
+
+def build_card(cfg: JobConfig, stage: str, prepared, plan: dict, source, best_metrics: dict) -> dict:
+    lineage = {"init": cfg.model.init, "stage": stage}
+    if source is not None:
+        lineage.update(
+            source_uri=cfg.model.init,
+            source_bundle_id=source.id,
+            source_weights_sha256=source.card["weights_sha256"],
+            source_data_fingerprint=source.card.get("data_fingerprint"),
+            source_lineage=source.card.get("lineage"),
+        )
+    spec = prepared.spec
+    return {
+        "name": cfg.model.name,
+        "run": cfg.name,
+        "task": prepared.task,
+        "classes": list(prepared.classes),
+        "backbone": cfg.model.backbone,
+        "stem": plan["stem"],
+        "in_chans": plan["in_chans"],
+        "num_outputs": plan["num_outputs"],
+        "dropout": cfg.model.dropout,
+        "preprocess": spec.model_dump(mode="json"),
+        "input": {"shape": [spec.channels, spec.size, spec.size], "dtype": "float32",
+                  "note": "output of medxfer.data.preprocess.preprocess_bytes with this spec"},
+        "lineage": lineage,
+        "data_fingerprint": prepared.key,
+        "data_uri": getattr(prepared, "uri", None),
+        "metrics": {"val": {k: v for k, v in best_metrics.items() if k.startswith("val_")},
+                    "epoch": best_metrics.get("epoch")},
+        "config": cfg.model_dump(mode="json"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
+    """Train (or resume) the run ``cfg.name``; write its bundle, config.yaml and result.json.
+
+    ``prepared``: an already prepared dataset (``medxfer.data.cache.prepare(cfg)``), when the
+    caller has one (experiments reuse it across runs); prepared here otherwise.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    from ray.train import DataConfig
+    from ray.train.torch import TorchTrainer
+
+    from medxfer.bundle import save_bundle
+    from medxfer.config_io import dump_yaml
+    from medxfer.runtime import init_ray
+    from medxfer.train.worker import train_func
+
+    t0 = time.time()
+    init_ray()
+    layout = storage.Layout(cfg.storage.root)
+    run_uri = layout.run(cfg.name)
+    source = check_source(cfg)
+    if prepared is None:
+        from medxfer.data.cache import prepare
+
+        prepared = prepare(cfg)
+    train_ds = prepared.dataset("train").select_columns(["image", "label"])
+    val_ds = prepared.dataset("val").select_columns(["image", "label", "path"])
+    n_train, n_val = _count(prepared, "train", train_ds), _count(prepared, "val", val_ds)
+    if n_val == 0:
+        raise DataError(f"{prepared.uri}: the validation split is empty; add a split column with 'val' rows "
+                        "or set data.split_fractions")
+    scaling, use_gpu = _scaling(cfg)
+    plan = plan_run(cfg, prepared, n_train, use_gpu)
+    resumed = storage.exists(storage.join(run_uri, SNAPSHOT))
+    storage.write_text(storage.join(run_uri, "config.yaml"), dump_yaml(cfg))
+    log.info("%s %s: %s on %d train / %d val images, %d worker(s)%s, %s", "resuming" if resumed else "starting",
+             stage, cfg.model.backbone, n_train, n_val, cfg.scaling.num_workers, " with GPUs" if use_gpu else "",
+             run_uri)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan},
+        datasets={"train": train_ds, "val": val_ds},
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # val: every rank reads all, keeps its hash part
+        scaling_config=scaling,
+        run_config=_run_config(cfg, layout.runs()),
+    )
+    t_fit = time.time()
+    result = trainer.fit()
+    best_ckpt = result.get_best_checkpoint("score", cfg.train.early_stopping.mode) or result.checkpoint
+    if best_ckpt is None:
+        raise DataError(f"{run_uri}: training reported no checkpoint")
+    weights, best_state = _read_checkpoint(best_ckpt)
+    _, last_state = _read_checkpoint(result.checkpoint) if result.checkpoint else (None, best_state)
+    best_metrics = best_state.history[-1] if best_state.history else {}
+    card = build_card(cfg, stage, prepared, plan, source, best_metrics)
+    bundle_uri = storage.join(run_uri, "bundle")
+    card = save_bundle(bundle_uri, weights, card)
+    # Metrics reported without a checkpoint are not kept by Ray: everything below comes from the
+    # checkpointed history; this invocation's epochs are those finished after fit() started.
+    history = last_state.history
+    this_run = [h for h in history if h.get("time", 0) >= t_fit]
+    epoch = last_state.epoch
+    es = cfg.train.early_stopping
+    if epoch >= cfg.train.epochs:
+        status = "complete"
+    elif es.patience and last_state.bad_epochs >= es.patience:
+        status = "early_stopped"
+    else:
+        status = "max_epochs_this_run"
+    out = {
+        "name": cfg.name,
+        "stage": stage,
+        "status": status,
+        "epoch": epoch,
+        "epochs_total": cfg.train.epochs,
+        "epochs_run": len(this_run),
+        "resumed": resumed,
+        "resumed_from_epoch": (this_run[0]["epoch"] - 1 if this_run else epoch) if resumed else None,
+        "best": {"epoch": best_state.best_epoch, "metric": cfg.train.early_stopping.metric, **best_metrics},
+        "final": history[-1] if history else {},
+        "wall_time_s": round(time.time() - t0, 2),
+        "images_per_s": (sum(h["images_per_s"] for h in this_run) / len(this_run)) if this_run else None,
+        "train_images": n_train,
+        "val_images": n_val,
+        "num_workers": cfg.scaling.num_workers,
+        "use_gpu": use_gpu,
+        "bundle": bundle_uri,
+        "bundle_id": card["id"],
+        "data_fingerprint": prepared.key,
+        "lineage": card["lineage"],
+        "history": history,
+    }
+    storage.write_json(storage.join(run_uri, "result.json"), out)
+    log.info("%s: %s after epoch %d/%d; best %s %.4f (epoch %s); bundle %s", cfg.name, out["status"], epoch,
+             cfg.train.epochs, cfg.train.early_stopping.metric, best_metrics.get(cfg.train.early_stopping.metric,
+                                                                                 float("nan")),
+             best_state.best_epoch, bundle_uri)
+    return out
+
+
+def cmd_source_train(args) -> int:
+    from medxfer.config_io import load_config
+
+    out = run_training(load_config(args.config, args.set), "source")
+    print(f"{out['name']}: {out['status']} (epoch {out['epoch']}/{out['epochs_total']}); bundle {out['bundle']}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from medxfer.config_io import load_config
+
+    cfg = load_config(args.config, args.set)
+    if getattr(args, "source", None):
+        cfg.model.init = args.source
+    out = run_training(cfg, "finetune")
+    print(f"{out['name']}: {out['status']} (epoch {out['epoch']}/{out['epochs_total']}); bundle {out['bundle']}"
+          f"; source {out['lineage'].get('source_bundle_id', cfg.model.init)}")
+    return 0

@@ -1,0 +1,63 @@
+"""Helpers shared by the evaluation-plane tests: tiny real bundles and synthetic reports."""
+
+from __future__ import annotations
+
+import torch
+
+from medxfer.bundle import save_bundle
+from medxfer.config import PreprocessConfig
+from medxfer.models import create_model
+
+
+def tiny_bundle(uri: str, classes=("malignant", "normal"), seed: int = 0, size: int = 28, task="multiclass") -> dict:
+    """An untrained smallcnn saved as a real bundle (weights differ by seed)."""
+    torch.manual_seed(seed)
+    n_out = 1 if task == "ordinal" else len(classes)
+    model = create_model("smallcnn", n_out, 1)
+    card = {
+        "name": "tiny",
+        "task": task,
+        "classes": list(classes),
+        "backbone": "smallcnn",
+        "in_chans": 1,
+        "num_outputs": n_out,
+        "stem": getattr(model, "stem", "standard"),
+        "preprocess": PreprocessConfig(size=size).model_dump(mode="json"),
+    }
+    return save_bundle(uri, model.state_dict(), card)
+
+
+def report(auroc: float, sensitivity: float, fingerprint: str = "holdout-1") -> dict:
+    """The parts of an evaluation report that promotion reads."""
+    return {
+        "metrics": {
+            "auroc": {"value": auroc, "ci": [auroc - 0.05, auroc + 0.05]},
+            "sensitivity": {"value": sensitivity, "ci": [sensitivity - 0.1, sensitivity + 0.1]},
+        },
+        "holdout": {"fingerprint": fingerprint, "split": "test", "n": 100},
+    }
+
+
+def breast_manifest(test_data, folder) -> str:
+    """BreastMNIST (real, 780 images) imported as PNGs + manifest.csv into ``folder``; returns the manifest."""
+    from medxfer.data.importers import import_medmnist
+
+    import_medmnist(test_data / "medmnist" / "breastmnist.npz", str(folder))
+    return str(folder / "manifest.csv")
+
+
+def breast_job(root: str, manifest: str, name: str = "breast-eval", **sections):
+    """A tiny, fast job config on BreastMNIST: 28 px, smallcnn, CPU, one worker."""
+    from medxfer.config_io import deep_merge, validate_dict
+
+    base = {
+        "name": name,
+        "data": {"manifest": manifest},
+        "preprocess": {"size": 28},
+        "model": {"backbone": "smallcnn", "init": "scratch", "name": "breast"},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "augment": False, "warmup_epochs": 0},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1, "use_gpu": False},
+        "evaluate": {"positive_class": "0", "operating_point": "sensitivity>=0.8", "bootstrap": 300},
+        "storage": {"root": root},
+    }
+    return validate_dict(deep_merge(base, sections))

@@ -1,0 +1,91 @@
+"""Batch prediction on a real local Ray cluster over real full-size X-rays and DICOMs."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from evalutil import tiny_bundle
+
+from medxfer import storage
+from medxfer.bundle import CARD
+from medxfer.errors import MedxferError
+from medxfer.predict import list_inputs, predict, predictions_table
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("pb") / "bundle")
+    tiny_bundle(uri, classes=("normal", "abnormal"), size=32)
+    card = json.loads(storage.read_bytes(storage.join(uri, CARD)))
+    card["operating_point"] = {"rule": "youden", "threshold": 0.5, "positive_class": "abnormal"}
+    storage.write_json(storage.join(uri, CARD), card)  # the hash covers the weights only
+    return uri
+
+
+def test_predict_folder_every_file_gets_a_row(ray_cluster, bundle, test_data, s3_root):
+    folder = test_data / "images"
+    inputs, skipped = list_inputs(str(folder))
+    assert any(p.endswith(".dcm") for p in inputs) and any(p.endswith(".jpg") for p in inputs)
+    assert any("Apache-2.0" in p for p in skipped)  # a licence text, not an image
+    out_uri = f"{s3_root}/predictions"
+    s = predict(bundle, str(folder), out_uri, batch_size=8)
+    df = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{out_uri}/predictions.parquet")))
+    csv = pd.read_csv(io.BytesIO(storage.read_bytes(f"{out_uri}/predictions.csv")), keep_default_na=False)
+    assert len(df) == len(inputs) == len(csv) == s["n_inputs"]
+    assert sorted(df["path"]) == sorted(inputs)
+    bad = df[df["error"] != ""]
+    good = df[df["error"] == ""]
+    # The extension-less licence file in images/dicom is not an image: reported, not dropped.
+    assert any(p.endswith("LICENSE-pydicom-MIT") for p in bad["path"])
+    assert all(len(e) > 5 for e in bad["error"])
+    assert bad["predicted_class"].isna().all() and bad["prob_abnormal"].isna().all()
+    # Every X-ray (PNG, JPEG, both DICOM photometric variants) is predicted.
+    for name in ("nih_00000001_000_cardiomegaly.png", "cxr_rgb_2373x2373.jpg", "siim_monochrome1.dcm",
+                 "siim_monochrome2.dcm", "CT_small.dcm"):
+        assert any(p.endswith(name) for p in good["path"]), name
+    probs = good[["prob_normal", "prob_abnormal"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert set(good["predicted_class"]) <= {"normal", "abnormal"}
+    want = np.where(good["prob_abnormal"] >= 0.5, "abnormal", "not abnormal")
+    assert list(good["decision"]) == list(want)
+    assert s["n_errors"] == len(bad) and set(s["errors"]) == set(bad["path"])
+    assert len(csv[csv["error"] != ""]) == len(bad)
+
+
+def test_predict_manifest_missing_file_and_fail_on_bad(ray_cluster, bundle, test_data, tmp_path):
+    cxr = test_data / "images" / "cxr"
+    man = tmp_path / "m.csv"
+    pd.DataFrame({"path": [str(cxr / "tbx11k_tb_tb0005.png"), "missing.png",
+                           str(cxr / "siim_monochrome2.dcm")]}).to_csv(man, index=False)
+    s = predict(bundle, str(man), str(tmp_path / "out"), batch_size=4)
+    df = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert list(df["path"]) == [str(cxr / "tbx11k_tb_tb0005.png"), str(tmp_path / "missing.png"),
+                                str(cxr / "siim_monochrome2.dcm")]
+    assert list(df["error"] == "") == [True, False, True]
+    assert "not found" in df["error"][1]
+    assert s["n_predicted"] == 2
+    with pytest.raises(Exception) as ei:
+        predict(bundle, str(man), str(tmp_path / "out2"), fail_on_bad=True)
+    assert "missing.png" in str(ei.value) and "fail-on-bad" in str(ei.value)
+    assert not (tmp_path / "out2" / "predictions.parquet").exists()
+
+
+def test_predictions_table_ordinal_and_multilabel():
+    rows = pd.DataFrame({"index": [0, 1], "path": ["a", "b"],
+                         "scores": [np.array([2.6]), np.array([np.nan])], "error": ["", "bad file"]})
+    out = predictions_table(rows, {"task": "ordinal", "classes": ["0", "1", "2", "3"]})
+    assert out["predicted_class"][0] == "3" and out["predicted_class"].isna()[1]
+    assert out["grade"][0] == pytest.approx(2.6)
+    rows["scores"] = [np.array([0.7, 0.2, 0.9]), np.array([np.nan] * 3)]
+    out = predictions_table(rows, {"task": "multilabel", "classes": ["a", "b", "c"]})
+    assert out["predicted_class"][0] == "a|c" and out["predicted_class"].isna()[1]
+    assert list(out["error"]) == ["", "bad file"]
+
+
+def test_predict_refuses_bad_input(tmp_path, bundle):
+    with pytest.raises(MedxferError, match="no files found"):
+        predict(bundle, str(tmp_path / "nothing"), str(tmp_path / "o"))

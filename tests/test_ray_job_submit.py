@@ -1,0 +1,201 @@
+"""`ray job submit` against a real Ray head, the way a user reaches a cluster.
+
+A head is started with `ray start --head --block` in its own temp dir, on its own ports and
+with token authentication, so it never meets the session's `ray_cluster` (or another
+process's Ray on this machine). It is stopped by terminating the `ray start` process group:
+`ray stop` would stop every Ray on the machine.
+
+The working dir is this repository: Ray ships it (minus .gitignore'd and .rayignore'd files),
+runs the entrypoint in it and puts it on the job's PYTHONPATH, so both `medxfer ...` (the
+installed console script) and `python -m medxfer` import the shipped copy of the package;
+the cluster's environment only has to provide the dependencies (on Kubernetes, the image).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _env(token_file: Path | None, home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HOME=str(home), RAY_USAGE_STATS_ENABLED="0")
+    if token_file is not None:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
+    return env
+
+
+class Head:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.token = tmp / "auth_token"
+        self.token.write_text(secrets.token_hex(32))
+        self.home = tmp / "home"
+        self.home.mkdir()
+        (gcs, dash, client, agent_http, agent_grpc, rt_env, metrics, nm, om) = _free_ports(9)
+        self.address = f"http://127.0.0.1:{dash}"
+        worker_lo = 20000 + (os.getpid() % 400) * 100
+        self.cmd = [
+            RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+            "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+            "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_http),
+            "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(rt_env),
+            "--metrics-export-port", str(metrics), "--node-manager-port", str(nm),
+            "--object-manager-port", str(om), "--min-worker-port", str(worker_lo),
+            "--max-worker-port", str(worker_lo + 99), "--num-cpus", "4",
+            "--temp-dir", str(tmp / "ray"), "--disable-usage-stats",
+        ]
+        self.log = open(tmp / "head.log", "wb")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=tmp)
+
+    @property
+    def env(self) -> dict:
+        return _env(self.token, self.home)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """The job API answers only once the head's agent is up; poll it with the token."""
+        deadline = time.time() + timeout
+        req = urllib.request.Request(f"{self.address}/api/jobs/",
+                                     headers={"Authorization": f"Bearer {self.token.read_text()}"})
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"Ray head not ready after {timeout}s: {self.log_tail()}")
+
+    def submit(self, *entrypoint: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+        """`ray job submit` with the repository as working dir; retried while the agent warms up."""
+        cmd = [RAY, "job", "submit", "--address", self.address, "--working-dir", str(REPO), "--", *entrypoint]
+        for _ in range(10):
+            p = subprocess.run(cmd, env=env or self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+            if "No available agent" not in p.stdout + p.stderr:
+                return p
+            time.sleep(2)
+        return p
+
+    def log_tail(self) -> str:
+        self.log.flush()
+        return (self.tmp / "head.log").read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        """Terminate this head's processes only: its process group, then any process still
+        naming this head's private temp dir (nothing else on the machine does)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # --block: ray start stops its own processes
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        marker = str(self.tmp).encode()
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if int(proc.name) != os.getpid() and marker in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    # A short path: Ray's unix sockets live under the temp dir and have a ~107 character limit.
+    tmp = Path(tempfile.mkdtemp(prefix="mxr-", dir="/tmp"))
+    head = Head(tmp)
+    try:
+        head.wait_ready()
+        yield head
+    finally:
+        head.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _out(p: subprocess.CompletedProcess) -> str:
+    return p.stdout + p.stderr
+
+
+def test_submit_ships_package_and_reports_success(ray_head):
+    p = ray_head.submit("bash", "-c", "medxfer config validate jobs/finetune.yaml && "
+                        "python -c 'import medxfer; print(\"imported\", medxfer.__file__)'")
+    assert p.returncode == 0, _out(p)
+    assert "jobs/finetune.yaml: valid (run name 'finetune-breast-resnet18')" in p.stdout
+    (imported,) = [line for line in p.stdout.splitlines() if line.startswith("imported ")]
+    assert "working_dir_files" in imported and str(REPO) not in imported, imported  # the shipped copy
+    assert "succeeded" in _out(p)
+
+
+def test_failing_job_gives_nonzero_status(ray_head):
+    p = ray_head.submit("medxfer", "config", "validate", "jobs/finetune.yaml", "--set", "train.epochs=0")
+    assert p.returncode != 0, _out(p)
+    assert "train.epochs" in _out(p)  # the job's own error reaches the submitter's log
+    assert "failed" in _out(p).lower()
+
+
+def test_submit_without_token_is_refused(ray_head, tmp_path):
+    p = ray_head.submit("python", "-c", "print('should not run')", env=_env(None, tmp_path))
+    assert p.returncode != 0
+    assert "should not run" not in p.stdout
+    assert "auth" in _out(p).lower()
+
+
+def test_submit_small_finetune(ray_head, test_data, tmp_path):
+    """The issue's acceptance test: a (tiny) fine-tune submitted as a Ray job succeeds."""
+    if not (REPO / "medxfer" / "train" / "jobs.py").exists() or not (REPO / "medxfer" / "data" / "importers.py").exists():
+        pytest.skip("training/data plane not in this tree yet")
+    root = tmp_path / "store"
+    dataset = root / "datasets" / "breastmnist"
+    imp = subprocess.run([str(BIN / "medxfer"), "import", "medmnist", "--npz",
+                          str(test_data / "medmnist" / "breastmnist.npz"), "--out", str(dataset)],
+                         env=ray_head.env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert imp.returncode == 0, _out(imp)
+    manifest = next(iter(sorted(dataset.glob("manifest.*"))))
+    p = ray_head.submit(
+        "python", "-m", "medxfer", "finetune", "--config", "jobs/finetune.yaml",
+        "--set", f"storage.root={root}", "--set", f"data.manifest={manifest}",
+        "--set", "name=submit-finetune", "--set", "model.init=scratch", "--set", "model.backbone=smallcnn",
+        "--set", "preprocess.size=28", "--set", "train.epochs=1", "--set", "train.batch_size=64",
+        "--set", "train.head_warmup_epochs=0", "--set", "scaling.use_gpu=false", "--set", "scaling.num_workers=1",
+        "--set", "scaling.cpus_per_worker=1",
+    )
+    assert p.returncode == 0, _out(p)[-4000:]
+    assert (root / "runs" / "submit-finetune" / "bundle").is_dir()
