@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class _Section(BaseModel):
     """Base for every config section: unknown keys are errors, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Class names like "0"/"1" come from YAML and --set as numbers: accept them as strings.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class DataConfig(_Section):
@@ -84,7 +85,7 @@ class DataConfig(_Section):
 class PreprocessConfig(_Section):
     """How an image becomes a tensor. Frozen: it is hashed into the cache key and travels in bundles."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     channels: Literal[1, 3] = Field(1, description="Output channels: 1 (grayscale) or 3 (RGB).")
     size: int = Field(64, ge=8, le=2048, description="Output height and width in pixels.")

@@ -42,7 +42,9 @@ def _describe(err: dict, source: str) -> str:
     loc = tuple(err.get("loc", ()))
     path = ".".join(str(p) for p in loc) or "<root>"
     found = err.get("input")
-    found_s = json.dumps(found, default=str) if not isinstance(found, dict) else "a mapping"
+    # Bounded: YAML aliases can nest 9^9 items, and dumping those would hang the error message.
+    nested = isinstance(found, (list, tuple)) and any(isinstance(x, (list, tuple, dict)) for x in found)
+    found_s = "a mapping" if isinstance(found, dict) else "a nested list" if nested else json.dumps(found, default=str)
     if len(found_s) > 60:
         found_s = found_s[:57] + "..."
     if err.get("type") == "extra_forbidden":

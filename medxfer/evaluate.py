@@ -376,6 +376,9 @@ def evaluate_bundle(bundle_uri: str, cfg: JobConfig, split: str = "test", out: s
     """Evaluate ``bundle_uri`` on ``split`` of ``cfg``'s data; write the report; return it."""
     from medxfer.bundle import load_bundle
 
+    if out is None and _in_registry(bundle_uri):
+        raise ConfigError([f"{bundle_uri}: registry versions are immutable; give --out for the report"])
+    M.parse_rule(cfg.evaluate.operating_point)  # fail before any data work
     bundle = load_bundle(bundle_uri)
     ecfg = cfg.evaluate
     prepared = _prepare_for(bundle, cfg)
@@ -396,6 +399,7 @@ def compare_bundles(a_uri: str, b_uri: str, cfg: JobConfig, split: str = "test",
     from medxfer.bundle import load_bundle
 
     ecfg = cfg.evaluate
+    M.parse_rule(ecfg.operating_point)
     bundles = [load_bundle(a_uri), load_bundle(b_uri)]
     if bundles[0].task != bundles[1].task or bundles[0].classes != bundles[1].classes:
         raise ConfigError([f"--compare: {a_uri} and {b_uri} differ in task or classes; they cannot be compared"])
@@ -454,6 +458,8 @@ def compare_bundles(a_uri: str, b_uri: str, cfg: JobConfig, split: str = "test",
 
 def compare_markdown(r: dict) -> str:
     d = r["difference"]
+    p = d["p_value"]
+    p_txt = f"< {1 / d['n_boot']:.2g}" if p == 0 and d["n_boot"] else f"= {_fmt(p, 3)}"
     lines = [
         f"# A vs B on the {r['split']} split ({r['n_common']} images scored by both)",
         "",
@@ -461,7 +467,7 @@ def compare_markdown(r: dict) -> str:
         f"- B: `{r['b']['bundle']}` ({r['b']['bundle_id']})",
         "",
         f"**{r['metric']} A - B = {_fmt(d['difference'], 4)}** (95% CI {_fmt(d['ci'][0], 4)} to "
-        f"{_fmt(d['ci'][1], 4)}, paired bootstrap of {d['n_boot']} resamples; p = {_fmt(d['p_value'], 3)}).",
+        f"{_fmt(d['ci'][1], 4)}, paired bootstrap of {d['n_boot']} resamples; p {p_txt}).",
         "",
         "| metric | A | B |",
         "|---|---|---|",

@@ -45,5 +45,6 @@ def predict_arrays(
         xb = torch.from_numpy(np.ascontiguousarray(X[i : i + batch_size], dtype=np.float32)).to(device)
         out.append(outputs_to_scores(model(xb), task).cpu().numpy())
     if not out:
-        return np.zeros((0,) if task == "ordinal" else (0, 0), dtype=np.float32)
+        k = getattr(getattr(model, "head", None), "out_features", 0)
+        return np.zeros((0,) if task == "ordinal" else (0, k), dtype=np.float32)
     return np.concatenate(out).astype(np.float32)

@@ -186,7 +186,7 @@ def _s3_error(uri: str, e: Exception, action: str) -> StorageError:
                 f"{uri}: access denied ({code}) while trying to {action}; check the credentials "
                 "and the bucket policy"
             )
-        return StorageError(f"{uri}: S3 error {code or status} while trying to {action}: {e}")
+        return StorageError(f"{uri}: S3 error {code or status} from {ep} while trying to {action}: {e}")
     return StorageError(f"{uri}: could not {action}: {e}")
 
 

@@ -64,13 +64,21 @@ def _load_all(text: str) -> list[dict]:
 
 
 @cache
-def kustomized(path: str = "") -> tuple[dict, ...]:
+def _kustomize(path: str) -> tuple[dict, ...] | None:
     kubectl = shutil.which("kubectl")
     if not kubectl:
-        pytest.skip("kubectl not installed: kustomize output not checked (files and renderer still are)")
+        return None
     p = subprocess.run([kubectl, "kustomize", str(K8S / path)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     return tuple(_load_all(p.stdout))
+
+
+def kustomized(path: str = "") -> tuple[dict, ...]:
+    """`kubectl kustomize k8s/<path>`; tests that need it skip where kubectl is not installed."""
+    objs = _kustomize(path)
+    if objs is None:
+        pytest.skip("kubectl not installed: kustomize output not checked (files and renderer still are)")
+    return objs
 
 
 def file_objects() -> list[tuple[str, dict]]:
@@ -99,8 +107,8 @@ def rendered_variants() -> list[tuple[str, dict]]:
 
 @cache
 def all_objects() -> tuple[tuple[str, dict], ...]:
-    objs = [(f"kustomize:{d['kind']}/{d['metadata']['name']}", d) for d in kustomized()]
-    objs += [(f"overlay:{d['kind']}/{d['metadata']['name']}", d) for d in kustomized("overlays/raycronjob")]
+    objs = [(f"kustomize:{d['kind']}/{d['metadata']['name']}", d) for d in _kustomize("") or ()]
+    objs += [(f"overlay:{d['kind']}/{d['metadata']['name']}", d) for d in _kustomize("overlays/raycronjob") or ()]
     return tuple(objs + file_objects() + rendered_variants())
 
 

@@ -142,6 +142,32 @@ def test_export_backbone_has_exactly_the_classifiers_backbone_names():
     assert sorted(rep["new"]) == ["head.bias", "head.weight"] and not rep["skipped"]
 
 
+def test_driver_plan_sources_and_errors():
+    from medxfer.errors import ConfigError, DataError
+    from medxfer.ssl.jobs import data_fingerprint, manifests_of, plan_pretrain, source_config
+
+    cfg = JobConfig.model_validate({
+        "data": {"manifest": "/d/a/manifest.csv", "extra_manifests": ["/d/b/manifest.csv", "/d/a/manifest.csv"],
+                 "label_fraction": 0.1},
+        "train": {"batch_size": 64}, "scaling": {"num_workers": 2}, "preprocess": {"size": 28},
+    })
+    assert manifests_of(cfg) == ["/d/a/manifest.csv", "/d/b/manifest.csv"]  # a repeat is used once
+    one = source_config(cfg, "/d/b/manifest.csv")
+    assert one.data.manifest == "/d/b/manifest.csv" and one.data.extra_manifests == []
+    assert one.data.label_fraction == 1.0 and cfg.data.label_fraction == 0.1  # every training image, cfg intact
+    plan = plan_pretrain(cfg, 100, 1, 28, use_gpu=False)
+    assert plan["batch_size"] == 50 and plan["steps_per_epoch"] == 1 and plan["stem"] == "small"
+    assert plan_pretrain(cfg, 1000, 1, 28, False)["steps_per_epoch"] == 500 // 64
+    with pytest.raises(DataError, match="at least 2"):
+        plan_pretrain(cfg, 3, 1, 28, False)
+    with pytest.raises(ConfigError, match="batch_size"):
+        plan_pretrain(cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": 1})}), 100, 1, 28, False)
+    with pytest.raises(ConfigError, match="data.manifest"):
+        manifests_of(JobConfig())
+    assert data_fingerprint(["k1"]) == "k1"
+    assert data_fingerprint(["k1", "k2"]) != data_fingerprint(["k2", "k1"])
+
+
 # ----------------------------------------------------------------------------- Ray
 
 

@@ -57,7 +57,7 @@ def _cfg(root, name, dataset, **train):
         "data": {"manifest": storage.join(root, "datasets", dataset, "manifest.csv")},
         "preprocess": {"channels": 1, "size": 28},
         "model": {"backbone": "smallcnn"},
-        "train": {"epochs": 2, "batch_size": 64, "lr": 3e-3, "warmup_epochs": 0.5, **train},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 2e-3, "warmup_epochs": 0.5, **train},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
         "storage": {"root": root},
     }

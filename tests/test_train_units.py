@@ -220,3 +220,49 @@ def test_checkpoint_roundtrip_restores_everything(tmp_path):
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert s1.keys() == s2.keys() and torch.equal(s1[0]["exp_avg"], s2[0]["exp_avg"])
     assert math.isclose(opt.param_groups[0]["lr"], opt2.param_groups[0]["lr"])
+
+
+# ----------------------------------------------------------------------------- driver checks (no Ray)
+
+
+def test_plan_and_source_checks(tmp_path):
+    from types import SimpleNamespace
+
+    from medxfer.bundle import save_bundle
+    from medxfer.config import JobConfig, PreprocessConfig
+    from medxfer.errors import ConfigError
+    from medxfer.train.jobs import check_source, plan_run
+
+    prepared = SimpleNamespace(task="multiclass", num_outputs=2, classes=["0", "1"], spec=PreprocessConfig(size=28),
+                               class_counts=lambda split: [30, 70])
+    cfg = JobConfig.model_validate({"train": {"batch_size": 16, "loss": "weighted_ce"},
+                                    "scaling": {"num_workers": 2}})
+    plan = plan_run(cfg, prepared, 101, use_gpu=False)
+    assert plan["rows_per_worker"] == 50 and plan["steps_per_epoch"] == 3 and plan["drop_last"]
+    assert plan["stem"] == "small" and plan["in_chans"] == 1 and plan["class_counts"] == [30, 70]
+    bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={"early_stopping": {"metric": "val_auc"}})})
+    with pytest.raises(ConfigError, match="valid: val_auroc"):
+        plan_run(JobConfig.model_validate(bad.model_dump()), prepared, 101, use_gpu=False)
+
+    uri = str(tmp_path / "src")
+    save_bundle(uri, create_model("smallcnn", 2, 1).state_dict(),
+                {"task": "multiclass", "classes": ["a", "b"], "backbone": "smallcnn", "in_chans": 1,
+                 "num_outputs": 2, "preprocess": PreprocessConfig().model_dump(mode="json")})
+    ok = JobConfig.model_validate({"model": {"backbone": "smallcnn", "init": uri}})
+    assert check_source(ok).card["backbone"] == "smallcnn"
+    with pytest.raises(ConfigError, match="set model.backbone: smallcnn"):
+        check_source(JobConfig.model_validate({"model": {"backbone": "resnet18", "init": uri}}))
+
+
+def test_reused_run_name_with_other_model_is_refused(tmp_path):
+    from medxfer.config import JobConfig
+    from medxfer.config_io import dump_yaml
+    from medxfer.errors import ConfigError
+    from medxfer.train.jobs import check_same_run
+
+    cfg = JobConfig.model_validate({"name": "r", "model": {"backbone": "smallcnn"}})
+    (tmp_path / "config.yaml").write_text(dump_yaml(cfg))
+    check_same_run(cfg.model_copy(update={"train": TrainConfig(epochs=99)}), str(tmp_path))  # more epochs: fine
+    other = JobConfig.model_validate({"name": "r", "model": {"backbone": "resnet18"}, "preprocess": {"size": 32}})
+    with pytest.raises(ConfigError, match="model.backbone, preprocess.size"):
+        check_same_run(other, str(tmp_path))

@@ -140,9 +140,16 @@ def _run_config(cfg: JobConfig, runs_uri: str):
     )
 
 
-def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict) -> dict:
+def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, source=None) -> dict:
+    """The bundle card: the standard keys plus ``pretraining`` (method, sources, counts, loss)."""
     p = cfg.preprocess
     keys = [s["cache_key"] for s in sources]
+    lineage = {"stage": "pretrain", "init": cfg.model.init, "method": cfg.pretrain.method}
+    if source is not None:  # supervised+ssl: self-supervision continued from a source bundle
+        lineage.update(source_uri=cfg.model.init, source_bundle_id=source.id,
+                       source_weights_sha256=source.card["weights_sha256"],
+                       source_data_fingerprint=source.card.get("data_fingerprint"),
+                       source_lineage=source.card.get("lineage"))
     return {
         "name": cfg.model.name,
         "run": cfg.name,
@@ -156,7 +163,7 @@ def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict) -> 
         "preprocess": p.model_dump(mode="json"),
         "input": {"shape": [p.channels, p.size, p.size], "dtype": "float32",
                   "note": "output of medxfer.data.preprocess.preprocess_bytes with this spec"},
-        "lineage": {"stage": "pretrain", "init": cfg.model.init, "method": cfg.pretrain.method},
+        "lineage": lineage,
         "pretraining": {
             "method": cfg.pretrain.method,
             "settings": cfg.pretrain.model_dump(mode="json"),
@@ -192,10 +199,11 @@ def run_pretrain(cfg: JobConfig) -> dict:
     init_ray()
     layout = storage.Layout(cfg.storage.root)
     run_uri = layout.run(cfg.name)
+    source = None
     if cfg.model.init not in ("scratch", "imagenet"):
         from medxfer.train.jobs import check_source
 
-        check_source(cfg)  # a bundle init must exist, verify and match the backbone before workers start
+        source = check_source(cfg)  # a bundle init must exist, verify and match the backbone before workers start
 
     if storage.exists(storage.join(run_uri, SNAPSHOT)):
         check_resumable(cfg, run_uri)
@@ -242,7 +250,8 @@ def run_pretrain(cfg: JobConfig) -> dict:
         weights, state = read_weights(d), read_state(d)
     history = state.history
     final = history[-1] if history else {}
-    card = save_bundle(storage.join(run_uri, "bundle"), export_backbone(weights), build_card(cfg, sources, plan, final))
+    card = build_card(cfg, sources, plan, final, source)
+    card = save_bundle(storage.join(run_uri, "bundle"), export_backbone(weights), card)
     this_run = history[len(history) - int(last.get("epochs_this_run") or 0):] if last.get("epochs_this_run") else []
     out = {
         "name": cfg.name,

@@ -27,6 +27,7 @@ log = logging.getLogger("medxfer.train")
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 VALID_METRICS = ("val_auroc", "val_acc", "val_loss", "val_mae", "train_loss")
 STAGES = ("source", "finetune")
+MATERIALIZE_MAX_BYTES = 2 * 1024**3  # per split, float32 tensors
 
 
 def check_source(cfg: JobConfig):
@@ -43,6 +44,29 @@ def check_source(cfg: JobConfig):
             f"{b.card['backbone']!r}; set model.backbone: {b.card['backbone']}"
         ])
     return b
+
+
+def check_same_run(cfg: JobConfig, run_uri: str) -> None:
+    """Refuse to resume a run folder that holds a different model or data (a reused run name)."""
+    import yaml
+
+    cfg_uri = storage.join(run_uri, "config.yaml")
+    if not storage.exists(cfg_uri):
+        return
+    prev = yaml.safe_load(storage.read_text(cfg_uri)) or {}
+    now = cfg.model_dump(mode="json")
+    changed = [
+        f"{section}.{key}"
+        for section, keys in (("model", ("backbone", "init", "stem")), ("data", ("manifest", "task", "classes")),
+                              ("preprocess", tuple(now["preprocess"])))
+        for key in keys
+        if (prev.get(section) or {}).get(key, now[section][key]) != now[section][key]
+    ]
+    if changed:
+        raise ConfigError([
+            f"name: run {cfg.name!r} already exists at {run_uri} with different {', '.join(changed)}; "
+            "resuming would mix two runs — choose a new name, or delete that folder to start over"
+        ])
 
 
 def plan_run(cfg: JobConfig, prepared, n_train: int, use_gpu: bool) -> dict:
@@ -122,6 +146,19 @@ def _count(prepared, split: str, ds) -> int:
         return ds.count()
 
 
+def _maybe_materialize(ds, rows: int, prepared):
+    """Hold a small split in the object store, so epochs do not re-read and re-decode the cache.
+
+    Every epoch re-executes a streaming dataset (and every worker reads the whole validation
+    set); for MedMNIST-sized splits that start-up costs more than the epoch itself. Splits over
+    MATERIALIZE_MAX_BYTES stay streaming from the cache.
+    """
+    shape = getattr(prepared, "image_shape", None) or (prepared.spec.channels, prepared.spec.size, prepared.spec.size)
+    if rows * math.prod(shape) * 4 <= MATERIALIZE_MAX_BYTES:
+        return ds.materialize()
+    return ds
+
+
 def _read_checkpoint(checkpoint):
     from medxfer.train.checkpoint import read_state, read_weights
 
@@ -184,6 +221,8 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
     layout = storage.Layout(cfg.storage.root)
     run_uri = layout.run(cfg.name)
     source = check_source(cfg)
+    if stage == "finetune" and cfg.model.init == "scratch":
+        log.warning("fine-tuning %s from scratch: no source weights (set model.init or --source)", cfg.name)
     if prepared is None:
         from medxfer.data.cache import prepare
 
@@ -191,12 +230,15 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
     train_ds = prepared.dataset("train").select_columns(["image", "label"])
     val_ds = prepared.dataset("val").select_columns(["image", "label", "path"])
     n_train, n_val = _count(prepared, "train", train_ds), _count(prepared, "val", val_ds)
+    train_ds, val_ds = _maybe_materialize(train_ds, n_train, prepared), _maybe_materialize(val_ds, n_val, prepared)
     if n_val == 0:
         raise DataError(f"{prepared.uri}: the validation split is empty; add a split column with 'val' rows "
                         "or set data.split_fractions")
     scaling, use_gpu = _scaling(cfg)
     plan = plan_run(cfg, prepared, n_train, use_gpu)
     resumed = storage.exists(storage.join(run_uri, SNAPSHOT))
+    if resumed:
+        check_same_run(cfg, run_uri)
     storage.write_text(storage.join(run_uri, "config.yaml"), dump_yaml(cfg))
     log.info("%s %s: %s on %d train / %d val images, %d worker(s)%s, %s", "resuming" if resumed else "starting",
              stage, cfg.model.backbone, n_train, n_val, cfg.scaling.num_workers, " with GPUs" if use_gpu else "",

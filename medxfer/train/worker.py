@@ -91,6 +91,8 @@ def train_func(config: dict) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     raw = getattr(model, "module", model)
+    if ref is not None:
+        ref = {n: t.to(device) for n, t in ref.items()}
     optimizer = build_optimizer(raw, tc)
     scheduler = build_scheduler(optimizer, tc, plan["steps_per_epoch"])
     state, resumed_from = TrainState(), None

@@ -1,0 +1,122 @@
+"""Benchmark 5: label efficiency — does a source model pay when target labels are scarce?
+
+Target: BreastMNIST (ultrasound, 546 training images). Sources, all built here by medxfer:
+- ``transfer``: a ResNet-18 trained supervised on PneumoniaMNIST (chest X-ray);
+- ``ssl``: a ResNet-18 pretrained self-supervised (SimSiam) on PneumoniaMNIST + BreastMNIST
+  *training* images, labels ignored (never val/test);
+- ``supervised+ssl``: the supervised source started from the SSL weights.
+Arms fine-tune from these (full fine-tuning, linear probing, LP-FT with L2-SP) and from
+scratch, at several label fractions and seeds, with selection on validation only.
+
+Runs ``medxfer experiment label-efficiency`` (the same code users run) and copies the table,
+trials and plot into ``benchmarks/results/``.
+
+    .venv/bin/python benchmarks/bench_label_efficiency.py [--fractions ...] [--seeds ...] [--epochs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import REPO, RESULTS, record, test_data_dir  # noqa: E402
+from medxfer.config import JobConfig  # noqa: E402
+
+
+def base(work: Path, size: int) -> dict:
+    return {
+        "preprocess": {"channels": 1, "size": size},
+        "model": {"backbone": "resnet18"},
+        "storage": {"root": str(work)},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5, 1.0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--source-epochs", type=int, default=6)
+    ap.add_argument("--ssl-epochs", type=int, default=15)
+    ap.add_argument("--size", type=int, default=28)
+    ap.add_argument("--arms", nargs="+",
+                    default=["scratch", "transfer", "linear_probe", "transfer_lpft_l2sp", "ssl", "supervised+ssl"])
+    ap.add_argument("--work", default=str(REPO / "benchmarks" / "work" / "label-efficiency"))
+    args = ap.parse_args()
+
+    from medxfer.data.importers import import_medmnist
+    from medxfer.experiments import run_label_efficiency
+    from medxfer.runtime import init_ray
+    from medxfer.ssl.jobs import run_pretrain
+    from medxfer.train.jobs import run_training
+
+    work = Path(args.work)
+    init_ray()
+    manifests = {}
+    for name in ("pneumoniamnist", "breastmnist"):
+        ds = work / "datasets" / name
+        if not (ds / "manifest.csv").exists():
+            import_medmnist(test_data_dir() / "medmnist" / f"{name}.npz", str(ds), name)
+        manifests[name] = str(ds / "manifest.csv")
+    b = base(work, args.size)
+    need = set(args.arms)
+    bundles = {}
+    if need & {"transfer", "linear_probe", "transfer_lpft_l2sp"}:
+        src = JobConfig.model_validate({**b, "name": f"le-source-{args.size}",
+                                        "data": {"manifest": manifests["pneumoniamnist"]},
+                                        "train": {"epochs": args.source_epochs, "batch_size": 64, "lr": 1e-3}})
+        bundles["transfer"] = run_training(src, "source")["bundle"]
+    if need & {"ssl", "supervised+ssl"}:
+        ssl = JobConfig.model_validate({**b, "name": f"le-ssl-{args.size}",
+                                        "data": {"manifest": manifests["pneumoniamnist"],
+                                                 "extra_manifests": [manifests["breastmnist"]]},
+                                        "pretrain": {"method": "simsiam"},
+                                        "train": {"epochs": args.ssl_epochs, "batch_size": 128, "lr": 0.05,
+                                                  "optimizer": "sgd", "weight_decay": 1e-4}})
+        bundles["ssl"] = run_pretrain(ssl)["bundle"]
+    if "supervised+ssl" in need:
+        sup = JobConfig.model_validate({**b, "name": f"le-source-from-ssl-{args.size}",
+                                        "data": {"manifest": manifests["pneumoniamnist"]},
+                                        "model": {"backbone": "resnet18", "init": bundles["ssl"]},
+                                        "train": {"epochs": args.source_epochs, "batch_size": 64, "lr": 1e-3}})
+        bundles["supervised+ssl"] = run_training(sup, "finetune")["bundle"]
+
+    arm_sets = {
+        "scratch": {"model.init": "scratch"},
+        "transfer": {"model.init": bundles.get("transfer")},
+        "linear_probe": {"model.init": bundles.get("transfer"), "train.freeze": "backbone", "train.lr": 0.01},
+        "transfer_lpft_l2sp": {"model.init": bundles.get("transfer"), "train.head_warmup_epochs": 3,
+                               "train.l2sp": 0.01, "train.backbone_lr_mult": 0.3},
+        "ssl": {"model.init": bundles.get("ssl")},
+        "supervised+ssl": {"model.init": bundles.get("supervised+ssl")},
+    }
+    cfg = JobConfig.model_validate({
+        **b,
+        "name": f"label-efficiency-{args.size}",
+        "data": {"manifest": manifests["breastmnist"]},
+        "train": {"epochs": args.epochs, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1},
+        "experiment": {"fractions": args.fractions, "seeds": args.seeds,
+                       "arms": [{"name": a, "set": arm_sets[a]} for a in args.arms]},
+    })
+    res = run_label_efficiency(cfg)
+    out = Path(res["out"])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "label_efficiency.png", RESULTS / "label_efficiency.png")
+    (RESULTS / "label_efficiency.md").write_text((out / "table.md").read_text())
+    record("label_efficiency", {
+        "what": f"BreastMNIST {args.size}px, ResNet-18, {args.epochs} epochs per trial, best epoch on val; "
+                "test AUROC",
+        "sources": {k: json.loads(Path(v, "bundle.json").read_text()).get("lineage") for k, v in bundles.items()},
+        "summary": res["summary"],
+        "trials": res["trials"],
+        "wall_time_s": res["wall_time_s"],
+    })
+
+
+if __name__ == "__main__":
+    main()
