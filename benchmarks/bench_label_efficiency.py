@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--arms", nargs="+",
                     default=["scratch", "transfer", "linear_probe", "transfer_lpft_l2sp", "ssl", "supervised+ssl"])
+    ap.add_argument("--tag", default="", help="Suffix of the result files (e.g. _recipes).")
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work" / "label-efficiency"))
     args = ap.parse_args()
 
@@ -66,7 +67,7 @@ def main() -> None:
     b = base(work, args.size)
     need = set(args.arms)
     bundles = {}
-    if need & {"transfer", "linear_probe", "transfer_lpft_l2sp"}:
+    if need & {"transfer", "linear_probe", "transfer_lpft_l2sp", "transfer_reinit"}:
         src = JobConfig.model_validate({**b, "name": f"le-source-{args.size}",
                                         "data": {"manifest": manifests["pneumoniamnist"]},
                                         "train": {"epochs": args.source_epochs, "batch_size": 64, "lr": 1e-3}})
@@ -92,12 +93,13 @@ def main() -> None:
         "linear_probe": {"model.init": bundles.get("transfer"), "train.freeze": "backbone", "train.lr": 0.01},
         "transfer_lpft_l2sp": {"model.init": bundles.get("transfer"), "train.head_warmup_epochs": 3,
                                "train.l2sp": 0.01, "train.backbone_lr_mult": 0.3},
+        "transfer_reinit": {"model.init": bundles.get("transfer"), "train.reinit_last_stage": True},
         "ssl": {"model.init": bundles.get("ssl")},
         "supervised+ssl": {"model.init": bundles.get("supervised+ssl")},
     }
     cfg = JobConfig.model_validate({
         **b,
-        "name": f"label-efficiency-{args.size}",
+        "name": f"label-efficiency-{args.size}{args.tag}",
         "data": {"manifest": manifests["breastmnist"]},
         "train": {"epochs": args.epochs, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1},
         "experiment": {"fractions": args.fractions, "seeds": args.seeds,
@@ -106,9 +108,9 @@ def main() -> None:
     res = run_label_efficiency(cfg)
     out = Path(res["out"])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(out / "label_efficiency.png", RESULTS / "label_efficiency.png")
-    (RESULTS / "label_efficiency.md").write_text((out / "table.md").read_text())
-    record("label_efficiency", {
+    shutil.copy(out / "label_efficiency.png", RESULTS / f"label_efficiency{args.tag}.png")
+    (RESULTS / f"label_efficiency{args.tag}.md").write_text((out / "table.md").read_text())
+    record(f"label_efficiency{args.tag}", {
         "what": f"BreastMNIST {args.size}px, ResNet-18, {args.epochs} epochs per trial, best epoch on val; "
                 "test AUROC",
         "sources": {k: json.loads(Path(v, "bundle.json").read_text()).get("lineage") for k, v in bundles.items()},

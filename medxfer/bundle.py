@@ -99,6 +99,11 @@ class Bundle:
         """The network in eval mode with the bundle's weights (strict: every tensor must match)."""
         from medxfer.models import create_model
 
+        if int(self.card.get("num_outputs", 0)) < 1:
+            raise BundleError(
+                f"{self.uri}: a backbone-only bundle (from medxfer {self.card.get('lineage', {}).get('stage', 'pretrain')}) "
+                "has no classification head; fine-tune it first (model.init: this bundle's URI)"
+            )
         model = create_model(
             self.card["backbone"],
             int(self.card["num_outputs"]),

@@ -158,9 +158,9 @@ def _s3_error(uri: str, e: Exception, action: str) -> StorageError:
     """Translate a botocore error into a message that names the URI and what to do."""
     from botocore.exceptions import (
         ClientError,
+        ConnectionClosedError,
         EndpointConnectionError,
         NoCredentialsError,
-        ConnectionClosedError,
     )
 
     ep = endpoint_url() or "the AWS S3 endpoint"

@@ -59,6 +59,7 @@ def _cfg(root, name, dataset, **train):
         "model": {"backbone": "smallcnn"},
         "train": {"epochs": 2, "batch_size": 32, "lr": 2e-3, "warmup_epochs": 0.5, **train},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1},
+        "evaluate": {"batch_size": 48},  # several validation batches, a short last one
         "storage": {"root": root},
     }
 

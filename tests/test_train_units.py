@@ -239,7 +239,7 @@ def test_plan_and_source_checks(tmp_path):
                                     "scaling": {"num_workers": 2}})
     plan = plan_run(cfg, prepared, 101, use_gpu=False)
     assert plan["rows_per_worker"] == 50 and plan["steps_per_epoch"] == 3 and plan["drop_last"]
-    assert plan["stem"] == "small" and plan["in_chans"] == 1 and plan["class_counts"] == [30, 70]
+    assert plan["stem"] == "standard" and plan["in_chans"] == 1 and plan["class_counts"] == [30, 70]
     bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={"early_stopping": {"metric": "val_auc"}})})
     with pytest.raises(ConfigError, match="valid: val_auroc"):
         plan_run(JobConfig.model_validate(bad.model_dump()), prepared, 101, use_gpu=False)

@@ -298,7 +298,7 @@ def _decode_dicom(
             )
         ts = ds.file_meta.TransferSyntaxUID
         ts_uid, ts_name = str(ts), getattr(ts, "name", str(ts))
-        if getattr(ts, "is_compressed", False):
+        if not getattr(ts, "is_transfer_syntax", True) or getattr(ts, "is_compressed", False):  # unknown UIDs too
             try:
                 dec = get_decoder(ts_uid)
             except NotImplementedError:

@@ -13,7 +13,10 @@ image as the RGB network gives to that image replicated on three channels.
 Small images: ``stem="small"`` sets the first convolution's stride to 1 (kernel unchanged,
 so ImageNet or source weights still load). A 28x28 image then reaches the last stage as a
 2x2 map instead of 1x1 (64x64: 4x4 instead of 2x2), at 4x the compute of the standard stem.
-``stem_for_size`` picks it automatically for inputs of 64 pixels or less.
+``stem_for_size`` resolves ``model.stem: auto`` (small for inputs of 64 pixels or less). It is
+opt-in, not the default: on BreastMNIST at 28 px (ResNet-18 from scratch, AdamW, 15 epochs, one
+seed) the standard stem reached test AUROC 0.898 and the small one 0.880 — no gain measured for
+4x the compute. The standard stem at 64 px, 40 epochs, reached 0.888 (best val 0.937).
 """
 
 from __future__ import annotations

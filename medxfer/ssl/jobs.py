@@ -193,7 +193,7 @@ def run_pretrain(cfg: JobConfig) -> dict:
     from medxfer.runtime import init_ray
     from medxfer.ssl.worker import export_backbone, pretrain_func
     from medxfer.train.checkpoint import read_state, read_weights
-    from medxfer.train.jobs import _scaling
+    from medxfer.train.jobs import scaling_config
 
     t0 = time.time()
     init_ray()
@@ -227,7 +227,7 @@ def run_pretrain(cfg: JobConfig) -> dict:
     train_ds = train_ds.randomize_block_order()
     n_images = sum(s["train_images"] for s in sources)
 
-    scaling, use_gpu = _scaling(cfg)
+    scaling, use_gpu = scaling_config(cfg)
     plan = plan_pretrain(cfg, n_images, cfg.preprocess.channels, cfg.preprocess.size, use_gpu)
     resumed = storage.exists(storage.join(run_uri, SNAPSHOT))
     storage.write_text(storage.join(run_uri, "config.yaml"), dump_yaml(cfg))

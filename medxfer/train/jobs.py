@@ -121,7 +121,7 @@ def _run_config(cfg: JobConfig, runs_uri: str):
     )
 
 
-def _scaling(cfg: JobConfig):
+def scaling_config(cfg: JobConfig):
     from ray.train import ScalingConfig
 
     from medxfer.runtime import cluster_cpus, cluster_gpus
@@ -234,7 +234,7 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
     if n_val == 0:
         raise DataError(f"{prepared.uri}: the validation split is empty; add a split column with 'val' rows "
                         "or set data.split_fractions")
-    scaling, use_gpu = _scaling(cfg)
+    scaling, use_gpu = scaling_config(cfg)
     plan = plan_run(cfg, prepared, n_train, use_gpu)
     resumed = storage.exists(storage.join(run_uri, SNAPSHOT))
     if resumed:

@@ -57,6 +57,14 @@ def _all_gather(obj) -> list:
     return out
 
 
+def _broadcast_buffers(model: torch.nn.Module, world: int) -> None:
+    import torch.distributed as dist
+
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        for b in model.buffers():
+            dist.broadcast(b.data, src=0)
+
+
 def _sum(values: list[float]) -> list[float]:
     import torch.distributed as dist
 
@@ -134,7 +142,10 @@ def train_func(config: dict) -> None:
         tr = train_epoch(model, batches, loss_fn, optimizer, scheduler, settings)
         val_batches = shard_rows(val_data.iter_batches(batch_size=cfg.evaluate.batch_size, batch_format="numpy"),
                                  rank, world)
-        va = evaluate_epoch(model, val_batches, task, val_loss_fn, k, settings, gather, plan["num_grades"])
+        # The unwrapped model: a rank may get one batch more than another, and a DDP forward is a
+        # collective. Rank 0's batch-norm statistics first, so every rank evaluates the same weights.
+        _broadcast_buffers(raw, world)
+        va = evaluate_epoch(raw, val_batches, task, val_loss_fn, k, settings, gather, plan["num_grades"])
         loss_sum, images, secs = _sum([tr["train_loss"] * tr["train_images"], tr["train_images"],
                                        tr["train_seconds"]])
         state.epoch = epoch + 1

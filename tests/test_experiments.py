@@ -1,0 +1,94 @@
+"""The label-efficiency experiment: pure pieces without Ray, then a tiny real run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from evalutil import breast_job, breast_manifest, tiny_bundle
+
+from medxfer.config import ExperimentArm
+from medxfer.experiments import (
+    nest_dotted,
+    numpy_batches,
+    run_label_efficiency,
+    summarize,
+    table_markdown,
+    trial_config,
+)
+
+
+def test_nest_dotted():
+    assert nest_dotted({"train.lr": 0.1, "model.init": "x", "name": "n"}) == {
+        "train": {"lr": 0.1}, "model": {"init": "x"}, "name": "n"}
+
+
+def test_trial_config_applies_arm_fraction_and_seed(tmp_path):
+    cfg = breast_job(str(tmp_path), "m.csv")
+    arm = ExperimentArm(name="probe", set={"train.freeze": "backbone", "train.lr": 0.01})
+    t = trial_config(cfg, arm, 0.25, 2)
+    assert (t.train.freeze, t.train.lr, t.train.seed) == ("backbone", 0.01, 2)
+    assert (t.data.label_fraction, t.data.label_seed) == (0.25, 2)
+    assert t.name.endswith("-probe-f0.25-s2")
+    assert cfg.train.freeze == "none"  # the base config is untouched
+
+
+def test_trial_config_names_the_arm_in_errors(tmp_path):
+    from medxfer.errors import ConfigError
+
+    cfg = breast_job(str(tmp_path), "m.csv")
+    with pytest.raises(ConfigError, match="experiment arm 'bad'.*train.lrr: unknown key"):
+        trial_config(cfg, ExperimentArm(name="bad", set={"train.lrr": 1}), 1.0, 0)
+
+
+def test_numpy_batches_cover_every_row_once():
+    X, y = np.arange(10)[:, None], np.arange(10)
+    seen = np.concatenate([b["label"] for b in numpy_batches(X, y, 3, np.random.default_rng(0), False)])
+    assert sorted(seen.tolist()) == list(range(10))
+    # drop_last drops the remainder, and only it
+    n = sum(len(b["label"]) for b in numpy_batches(X, y, 3, None, True))
+    assert n == 9
+
+
+def test_summarize_means_spreads_and_difference_to_scratch():
+    trials = [
+        {"arm": "scratch", "fraction": 0.1, "test_auroc": 0.6},
+        {"arm": "scratch", "fraction": 0.1, "test_auroc": 0.7},
+        {"arm": "transfer", "fraction": 0.1, "test_auroc": 0.8},
+        {"arm": "transfer", "fraction": 0.1, "test_auroc": 0.9},
+    ]
+    rows = {r["arm"]: r for r in summarize(trials)}
+    assert rows["scratch"]["test_auroc_mean"] == pytest.approx(0.65)
+    assert rows["scratch"]["diff_vs_scratch"] is None
+    assert rows["transfer"]["diff_vs_scratch"] == pytest.approx(0.2)
+    assert rows["transfer"]["test_auroc_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    md = table_markdown(list(rows.values()), "t")
+    assert "| transfer | 0.850 ± 0.071 (+0.200) |" in md
+
+
+@pytest.mark.ray
+def test_label_efficiency_runs_arms_fractions_seeds(ray_cluster, test_data, tmp_path):
+    manifest = breast_manifest(test_data, tmp_path / "breast")
+    source = str(tmp_path / "source-bundle")
+    tiny_bundle(source)
+    cfg = breast_job(str(tmp_path / "root"), manifest, name="le", train={"epochs": 2},
+                     experiment={"fractions": [0.25, 1.0], "seeds": [0, 1],
+                                 "arms": [{"name": "scratch", "set": {"model.init": "scratch"}},
+                                          {"name": "probe", "set": {"model.init": source,
+                                                                    "train.freeze": "backbone"}}]})
+    res = run_label_efficiency(cfg, out=str(tmp_path / "out"))
+    trials = res["trials"]
+    assert len(trials) == 2 * 2 * 2
+    by = {(t["arm"], t["fraction"], t["seed"]): t for t in trials}
+    # The subsample really is a fraction of the 546 training images, stratified and seeded.
+    assert by[("scratch", 1.0, 0)]["train_images"] == 546
+    assert 120 <= by[("scratch", 0.25, 0)]["train_images"] <= 150
+    assert all(0.0 <= t["test_auroc"] <= 1.0 and 1 <= t["best_epoch"] <= 2 for t in trials)
+    # Different seeds give different models.
+    assert by[("scratch", 1.0, 0)]["test_auroc"] != by[("scratch", 1.0, 1)]["test_auroc"]
+    out = tmp_path / "out"
+    saved = json.loads((out / "label_efficiency.json").read_text())
+    assert len(saved["summary"]) == 4
+    assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| probe |" in (out / "table.md").read_text()
