@@ -251,7 +251,6 @@ class StorageSection(_Section):
         "./medxfer-runs",
         description="Local folder or s3://bucket/prefix holding datasets/, cache/, runs/, registry/.",
     )
-    retries: int = Field(8, ge=0, description="Retries for transient S3 errors (boto3 and pyarrow).")
 
 
 class EvaluateSection(_Section):

@@ -35,9 +35,9 @@ def init_ray(num_cpus: int | None = None) -> None:
             logging_level=logging.WARNING,
         )
         return
-    # A local Ray lives in this process's machine: hand workers the same AWS settings the
-    # driver has (credentials included) so a test or laptop S3 endpoint works in workers too.
-    env_vars = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "MEDXFER_"))}
+    # A local raylet inherits this process's environment (credentials included); only the
+    # non-secret settings go into the runtime env, which Ray writes to its session logs.
+    env_vars = {k: v for k, v in os.environ.items() if k in _SHAREABLE or k.startswith("MEDXFER_")}
     runtime_env = {"env_vars": env_vars} if env_vars else None
     ray.init(
         num_cpus=num_cpus or os.cpu_count(),

@@ -265,7 +265,12 @@ def put_if_absent(uri: str, data: bytes) -> bool:
             code = str(e.response.get("Error", {}).get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-                return False
+                # A retried PUT whose first reply was lost sees its own object: that is a win.
+                # Callers write unique payloads (owner, time, uuid), so equal bytes mean "mine".
+                try:
+                    return read_bytes(uri) == data
+                except StorageError:
+                    return False
             raise _s3_error(uri, e, "create") from None
         except Exception as e:  # noqa: BLE001
             raise _s3_error(uri, e, "create") from None

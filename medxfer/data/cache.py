@@ -51,7 +51,7 @@ from medxfer.data.manifest import (
     load_manifest,
     split_counts,
 )
-from medxfer.errors import DataError, ImageDecodeError
+from medxfer.errors import DataError, ImageDecodeError, StorageError
 
 log = logging.getLogger("medxfer.data")
 
@@ -130,10 +130,10 @@ def _process_block(batch: pd.DataFrame, spec_json: str, shards: str, max_pixels:
     hs, ws, fmts, colors = [], [], [], []
     for p, blob in zip(paths, blobs, strict=True):
         if isinstance(blob, Exception):
-            images.append(None)
-            errors.append(f"could not read the file: {type(blob).__name__}: {str(blob)[:200]}")
-            hs.append(0), ws.append(0), fmts.append(""), colors.append(False)
-            continue
+            # Not a bad image but storage failing after its retries: skipping would quietly
+            # shrink the dataset under an unchanged cache key. Stop; nothing is cached.
+            raise StorageError(f"{p}: could not read ({type(blob).__name__}: {str(blob)[:200]}) after "
+                               "retries; nothing was cached, re-run when the storage is reachable")
         try:
             d = decode(blob, p, frame=spec.frame, window=spec.window, max_pixels=max_pixels)
             arr = preprocess_pixels(d.pixels, spec, d.bits)

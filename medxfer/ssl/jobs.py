@@ -193,7 +193,7 @@ def run_pretrain(cfg: JobConfig) -> dict:
     from medxfer.runtime import init_ray
     from medxfer.ssl.worker import export_backbone, pretrain_func
     from medxfer.train.checkpoint import read_state, read_weights
-    from medxfer.train.jobs import scaling_config
+    from medxfer.train.jobs import fit_or_explain, scaling_config
 
     t0 = time.time()
     init_ray()
@@ -242,7 +242,7 @@ def run_pretrain(cfg: JobConfig) -> dict:
         scaling_config=scaling,
         run_config=_run_config(cfg, layout.runs()),
     )
-    result = trainer.fit()
+    result = fit_or_explain(trainer, run_uri)
     last = dict(result.metrics or {})
     if result.checkpoint is None:
         raise DataError(f"{run_uri}: pretraining reported no checkpoint")

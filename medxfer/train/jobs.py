@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from medxfer import storage
 from medxfer.config import JobConfig
-from medxfer.errors import ConfigError, DataError
+from medxfer.errors import ConfigError, DataError, MedxferError
 
 log = logging.getLogger("medxfer.train")
 
@@ -200,6 +200,28 @@ def build_card(cfg: JobConfig, stage: str, prepared, plan: dict, source, best_me
     }
 
 
+def fit_or_explain(trainer, run_uri: str):
+    """``trainer.fit()``, with a failure turned into a message naming the run and the cause.
+
+    Ray wraps a worker's exception in its own error whose first line says only that workers
+    failed; the cause (often a storage path) is in the last line. Our own errors pass through.
+    """
+    try:
+        return trainer.fit()
+    except Exception as e:  # noqa: BLE001 - re-raised as a named error
+        from medxfer.cli import _find_medxfer_error
+
+        ours = _find_medxfer_error(e)
+        if ours is not None:
+            raise ours from None
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        cause = lines[-1] if lines else type(e).__name__
+        raise MedxferError(
+            f"{run_uri}: training failed: {cause[:400]}. Checkpoints already written under {run_uri} are "
+            "kept; fix the cause and re-run the same command (same name) to resume"
+        ) from None
+
+
 def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
     """Train (or resume) the run ``cfg.name``; write its bundle, config.yaml and result.json.
 
@@ -252,7 +274,7 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
         run_config=_run_config(cfg, layout.runs()),
     )
     t_fit = time.time()
-    result = trainer.fit()
+    result = fit_or_explain(trainer, run_uri)
     best_ckpt = result.get_best_checkpoint("score", cfg.train.early_stopping.mode) or result.checkpoint
     if best_ckpt is None:
         raise DataError(f"{run_uri}: training reported no checkpoint")
