@@ -156,8 +156,10 @@ def test_driver_plan_sources_and_errors():
     assert one.data.manifest == "/d/b/manifest.csv" and one.data.extra_manifests == []
     assert one.data.label_fraction == 1.0 and cfg.data.label_fraction == 0.1  # every training image, cfg intact
     plan = plan_pretrain(cfg, 100, 1, 28, use_gpu=False)
-    assert plan["batch_size"] == 50 and plan["steps_per_epoch"] == 1 and plan["stem"] == "small"
+    assert plan["batch_size"] == 50 and plan["steps_per_epoch"] == 1 and plan["stem"] == "standard"
     assert plan_pretrain(cfg, 1000, 1, 28, False)["steps_per_epoch"] == 500 // 64
+    auto = cfg.model_copy(update={"model": cfg.model.model_copy(update={"stem": "auto"})})
+    assert plan_pretrain(auto, 100, 1, 28, use_gpu=False)["stem"] == "small"  # auto: small for <= 64 px
     with pytest.raises(DataError, match="at least 2"):
         plan_pretrain(cfg, 3, 1, 28, False)
     with pytest.raises(ConfigError, match="batch_size"):

@@ -122,24 +122,6 @@ def _finished(cfg: JobConfig, run_uri: str) -> dict | None:
     return None
 
 
-def _run_config(cfg: JobConfig, runs_uri: str):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-
-    if storage.is_remote(runs_uri):
-        fs, path = storage.pyarrow_fs(runs_uri)
-    else:
-        storage.makedirs(runs_uri)
-        fs, path = None, runs_uri
-    return RunConfig(
-        name=cfg.name,
-        storage_path=path,
-        storage_filesystem=fs,
-        failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
-        # No validation metric in self-supervision: keep the latest checkpoints.
-        checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_checkpoints_to_keep),
-    )
-
-
 def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, source=None) -> dict:
     """The bundle card: the standard keys plus ``pretraining`` (method, sources, counts, loss)."""
     p = cfg.preprocess
@@ -193,7 +175,7 @@ def run_pretrain(cfg: JobConfig) -> dict:
     from medxfer.runtime import init_ray
     from medxfer.ssl.worker import export_backbone, pretrain_func
     from medxfer.train.checkpoint import read_state, read_weights
-    from medxfer.train.jobs import fit_or_explain, scaling_config
+    from medxfer.train.jobs import fit_or_explain, run_config, scaling_config
 
     t0 = time.time()
     init_ray()
@@ -240,7 +222,7 @@ def run_pretrain(cfg: JobConfig) -> dict:
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan},
         datasets={"train": train_ds},
         scaling_config=scaling,
-        run_config=_run_config(cfg, layout.runs()),
+        run_config=run_config(cfg, layout.runs(), scored=False),
     )
     result = fit_or_explain(trainer, run_uri)
     last = dict(result.metrics or {})

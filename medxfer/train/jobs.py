@@ -100,7 +100,12 @@ def plan_run(cfg: JobConfig, prepared, n_train: int, use_gpu: bool) -> dict:
     }
 
 
-def _run_config(cfg: JobConfig, runs_uri: str):
+def run_config(cfg: JobConfig, runs_uri: str, scored: bool = True):
+    """``RunConfig`` for ``<root>/runs/<name>``: the same name resumes; S3 through pyarrow.
+
+    ``scored``: keep the best checkpoints by the early-stopping metric (training); without a
+    validation metric (self-supervised pretraining) keep the latest ones.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     if storage.is_remote(runs_uri):
@@ -108,16 +113,17 @@ def _run_config(cfg: JobConfig, runs_uri: str):
     else:
         storage.makedirs(runs_uri)
         fs, path = None, runs_uri
+    keep = cfg.train.num_checkpoints_to_keep
     return RunConfig(
         name=cfg.name,
         storage_path=path,
         storage_filesystem=fs,
         failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
         checkpoint_config=CheckpointConfig(
-            num_to_keep=cfg.train.num_checkpoints_to_keep,
+            num_to_keep=keep,
             checkpoint_score_attribute="score",  # = the early-stopping metric, NaN mapped to the worst
             checkpoint_score_order=cfg.train.early_stopping.mode,
-        ),
+        ) if scored else CheckpointConfig(num_to_keep=keep),
     )
 
 
@@ -271,7 +277,7 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
         datasets={"train": train_ds, "val": val_ds},
         dataset_config=DataConfig(datasets_to_split=["train"]),  # val: every rank reads all, keeps its hash part
         scaling_config=scaling,
-        run_config=_run_config(cfg, layout.runs()),
+        run_config=run_config(cfg, layout.runs()),
     )
     t_fit = time.time()
     result = fit_or_explain(trainer, run_uri)
