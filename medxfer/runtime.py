@@ -20,6 +20,7 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    quiet_ray_logs()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Train V2 is the default in Ray 2.60; make it explicit so behaviour does not drift.
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -46,6 +47,20 @@ def init_ray(num_cpus: int | None = None) -> None:
         logging_level=logging.WARNING,
         log_to_driver=True,
     )
+
+
+def quiet_ray_logs() -> None:
+    """Keep job output to medxfer's own lines: Ray Train and Ray Data log every checkpoint and
+    dataset execution at INFO, which buries the one line per epoch a person wants to follow.
+    Called on the driver and at the start of each worker function."""
+    for name in ("ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from ray.data import DataContext
+
+        DataContext.get_current().print_on_execution_start = False
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
 
 
 def cluster_cpus() -> float:

@@ -179,6 +179,10 @@ def pretrain_func(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from medxfer.runtime import quiet_ray_logs
+
+    quiet_ray_logs()
+
     from medxfer.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
     from medxfer.train.optim import build_optimizer, build_scheduler
 

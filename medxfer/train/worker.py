@@ -83,6 +83,10 @@ def train_func(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from medxfer.runtime import quiet_ray_logs
+
+    quiet_ray_logs()
+
     cfg = JobConfig.model_validate(config["cfg"])  # re-validated on the worker
     plan, tc = config["plan"], cfg.train
     ctx = ray.train.get_context()
