@@ -42,7 +42,10 @@ def predict_arrays(
     model.eval()
     out = []
     for i in range(0, len(X), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(X[i : i + batch_size], dtype=np.float32)).to(device)
+        chunk = X[i : i + batch_size]
+        # Arrays from Ray's object store are read-only; torch wants writable memory, so copy those.
+        chunk = np.array(chunk, dtype=np.float32, copy=not chunk.flags.writeable or None)
+        xb = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
         out.append(outputs_to_scores(model(xb), task).cpu().numpy())
     if not out:
         k = getattr(getattr(model, "head", None), "out_features", 0)

@@ -128,3 +128,15 @@ def test_every_subcommand_has_help():
     for name in sub.choices:
         r = _cli(name, "--help")
         assert r.returncode == 0, (name, r.stderr)
+
+
+def test_readme_config_example_is_valid():
+    """The job config shown in the README is one users copy: it must stay valid."""
+    from pathlib import Path
+
+    from medxfer.config_io import read_yaml_text, validate_dict
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("## The job config", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    cfg = validate_dict(read_yaml_text(block, "README.md"), "README.md")
+    assert cfg.train.freeze == "none" and cfg.scaling.num_workers == 2
