@@ -1,6 +1,6 @@
 """Benchmark 2: what Ray Train costs over a plain PyTorch loop (and what a second worker buys).
 
-Same model (ResNet-18, medxfer's small-input stem), same images (PneumoniaMNIST train split,
+Same model (ResNet-18, the default standard stem), same images (PneumoniaMNIST train split,
 28x28, from the preprocessed cache), same batch size, same optimiser, same number of steps.
 
 - baseline: a plain single-process loop over tensors in memory, torch using every core;
@@ -47,11 +47,11 @@ def job(root: Path, manifest: str, name: str, workers: int, cpus: float, epochs:
 
 def plain_loop(X: np.ndarray, y: np.ndarray, epochs: int, threads: int) -> float:
     """A plain single-process PyTorch loop; returns images/s of the last epoch."""
-    from medxfer.models import create_model, stem_for_size
+    from medxfer.models import create_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = create_model("resnet18", 2, 1, stem=stem_for_size(28, "auto"))
+    model = create_model("resnet18", 2, 1, stem=JobConfig().model.stem)  # the stem run_training uses
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
@@ -103,7 +103,7 @@ def main() -> None:
             runs[str(workers)] = {"images_per_s": round(ips, 1), "ratio_to_plain": round(ips / base, 3),
                                   "cpus_per_worker": cpus / workers, "wall_time_s": res["wall_time_s"]}
     record("train_overhead", {
-        "what": f"ResNet-18 (small stem) on PneumoniaMNIST 28x28 train ({len(X)} images), batch {BATCH}, "
+        "what": f"ResNet-18 on PneumoniaMNIST 28x28 train ({len(X)} images), batch {BATCH}, "
                 f"AdamW, {args.epochs} epochs; images/s of the last epoch",
         "baseline": {"kind": "plain single-process PyTorch loop, data in memory",
                      "images_per_s": round(base, 1), "torch_threads": cpus},

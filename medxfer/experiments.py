@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import math
+import re
 import time
 
 import numpy as np
@@ -55,7 +56,8 @@ def trial_config(cfg: JobConfig, arm, fraction: float, seed: int) -> JobConfig:
     d["data"]["label_fraction"] = fraction
     d["data"]["label_seed"] = seed
     d["train"]["seed"] = seed
-    d["name"] = f"{cfg.name}-{arm.name}-f{fraction:g}-s{seed}"[:128]
+    arm_slug = re.sub(r"[^A-Za-z0-9._-]+", "-", arm.name)  # e.g. "supervised+ssl" -> "supervised-ssl"
+    d["name"] = f"{cfg.name}-{arm_slug}-f{fraction:g}-s{seed}"[:128]
     return validate_dict(d, f"experiment arm {arm.name!r}")
 
 
@@ -247,12 +249,16 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     jobs = [(arm, f, s) for f in ex.fractions for s in ex.seeds for arm in ex.arms]
     log.info("label efficiency: %d arms x %d fractions x %d seeds = %d trials, %d at a time",
              len(ex.arms), len(ex.fractions), len(ex.seeds), len(jobs), parallel)
+    # Build and check every trial before the first one runs: a bad arm fails in seconds, not
+    # after an hour of trials.
+    planned = []
     for arm, f, s in jobs:
         tcfg = trial_config(cfg, arm, f, s)
         check_source(tcfg)
         # Single-process trials: plan as for one worker (the loop sizes its own batches).
         tcfg = tcfg.model_copy(update={"scaling": tcfg.scaling.model_copy(update={"num_workers": 1})})
-        plan = plan_run(tcfg, prepared, n_train[(f, s)], use_gpu=False)
+        planned.append((arm, f, s, tcfg, plan_run(tcfg, prepared, n_train[(f, s)], use_gpu=False)))
+    for arm, f, s, tcfg, plan in planned:
         while len(pending) >= parallel:
             done, pending = ray.wait(pending, num_returns=1)
             _collect(done[0], meta, trials)

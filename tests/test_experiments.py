@@ -32,6 +32,8 @@ def test_trial_config_applies_arm_fraction_and_seed(tmp_path):
     assert (t.data.label_fraction, t.data.label_seed) == (0.25, 2)
     assert t.name.endswith("-probe-f0.25-s2")
     assert cfg.train.freeze == "none"  # the base config is untouched
+    # Arm names may hold characters a run name may not ("supervised+ssl").
+    assert trial_config(cfg, ExperimentArm(name="supervised+ssl"), 1.0, 0).name.endswith("-supervised-ssl-f1-s0")
 
 
 def test_trial_config_names_the_arm_in_errors(tmp_path):
