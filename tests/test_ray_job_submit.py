@@ -181,8 +181,6 @@ def test_submit_without_token_is_refused(ray_head, tmp_path):
 @pytest.mark.slow
 def test_submit_small_finetune(ray_head, test_data, tmp_path):
     """The issue's acceptance test: a (tiny) fine-tune submitted as a Ray job succeeds."""
-    if not (REPO / "medxfer" / "train" / "jobs.py").exists() or not (REPO / "medxfer" / "data" / "importers.py").exists():
-        pytest.skip("training/data plane not in this tree yet")
     root = tmp_path / "store"
     dataset = root / "datasets" / "breastmnist"
     imp = subprocess.run([str(BIN / "medxfer"), "import", "medmnist", "--npz",
@@ -197,6 +195,7 @@ def test_submit_small_finetune(ray_head, test_data, tmp_path):
         "--set", "preprocess.size=28", "--set", "train.epochs=1", "--set", "train.batch_size=64",
         "--set", "train.head_warmup_epochs=0", "--set", "scaling.use_gpu=false", "--set", "scaling.num_workers=1",
         "--set", "scaling.cpus_per_worker=1", "--set", "data.label_fraction=0.3",
+        timeout=600,  # ~1 min on an idle 2-core machine; generous for a loaded CI box
     )
     assert p.returncode == 0, _out(p)[-4000:]
     assert "epoch 1/1" in p.stdout, "the driver's and workers' progress reaches the submitter's log"
