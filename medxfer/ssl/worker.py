@@ -165,36 +165,16 @@ def ssl_epoch(
 # ----------------------------------------------------------------------------- Ray worker
 
 
-def _sum(values: list[float]) -> list[float]:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def pretrain_func(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from medxfer.runtime import quiet_ray_logs
-
-    quiet_ray_logs()
-
     from medxfer.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
     from medxfer.train.optim import build_optimizer, build_scheduler
+    from medxfer.train.worker import sum_across_workers, worker_context
 
-    cfg = JobConfig.model_validate(config["cfg"])  # re-validated on the worker
-    plan, tc = config["plan"], cfg.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(tc.seed)
-    device = ray.train.torch.get_device()
-    on_gpu = device.type == "cuda"
-    if not on_gpu:
-        torch.set_num_threads(max(1, int(plan["cpus_per_worker"])))
+    cfg, plan, rank, world, device, on_gpu = worker_context(config)
+    tc = cfg.train
 
     model = build_ssl_model(cfg, plan["in_chans"], plan["stem"])
     if on_gpu:
@@ -239,7 +219,7 @@ def pretrain_func(config: dict) -> None:
         ep = ssl_epoch(model, batches, optimizer, scheduler, settings, gen, step)
         step = ep["step"]
         n_loss = len(ep["losses"])
-        loss_sum, std_sum, n_steps, images, secs = _sum([ep["loss"] * n_loss if n_loss else 0.0,
+        loss_sum, std_sum, n_steps, images, secs = sum_across_workers([ep["loss"] * n_loss if n_loss else 0.0,
                                                          ep["repr_std"] * n_loss if n_loss else 0.0,
                                                          n_loss, ep["images"], ep["seconds"]])
         state.epoch = epoch + 1

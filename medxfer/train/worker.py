@@ -65,7 +65,7 @@ def _broadcast_buffers(model: torch.nn.Module, world: int) -> None:
             dist.broadcast(b.data, src=0)
 
 
-def _sum(values: list[float]) -> list[float]:
+def sum_across_workers(values: list[float]) -> list[float]:
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
@@ -79,23 +79,32 @@ def _finite(v):
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def train_func(config: dict) -> None:
+def worker_context(config: dict):
+    """What every medxfer worker function starts with: the re-validated config, the plan,
+    rank and world size, the device, the seed and the CPU thread count (train and pretrain)."""
     import ray.train
     import ray.train.torch
 
     from medxfer.runtime import quiet_ray_logs
 
     quiet_ray_logs()
-
     cfg = JobConfig.model_validate(config["cfg"])  # re-validated on the worker
-    plan, tc = config["plan"], cfg.train
+    plan = config["plan"]
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(cfg.train.seed)
     device = ray.train.torch.get_device()
     on_gpu = device.type == "cuda"
     if not on_gpu:
         torch.set_num_threads(max(1, int(plan["cpus_per_worker"])))
+    return cfg, plan, ctx.get_world_rank(), ctx.get_world_size(), device, on_gpu
+
+
+def train_func(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg, plan, rank, world, device, on_gpu = worker_context(config)
+    tc = cfg.train
 
     model, _ = init_model(cfg, plan)
     ref = l2sp_reference(model) if tc.l2sp > 0 and cfg.model.init not in ("scratch",) else None
@@ -150,7 +159,7 @@ def train_func(config: dict) -> None:
         # collective. Rank 0's batch-norm statistics first, so every rank evaluates the same weights.
         _broadcast_buffers(raw, world)
         va = evaluate_epoch(raw, val_batches, task, val_loss_fn, k, settings, gather, plan["num_grades"])
-        loss_sum, images, secs = _sum([tr["train_loss"] * tr["train_images"], tr["train_images"],
+        loss_sum, images, secs = sum_across_workers([tr["train_loss"] * tr["train_images"], tr["train_images"],
                                        tr["train_seconds"]])
         state.epoch = epoch + 1
         metrics = {"epoch": state.epoch, "train_loss": loss_sum / max(images, 1), **va,
