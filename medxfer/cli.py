@@ -16,7 +16,7 @@ import os
 import sys
 
 from medxfer import __version__
-from medxfer.errors import MedxferError
+from medxfer.errors import find_medxfer_error
 
 # name -> (handler "module:function", help, takes --config)
 COMMANDS: dict[str, tuple[str, str]] = {}
@@ -167,23 +167,6 @@ def _resolve(handler: str):
     return getattr(importlib.import_module(module), func)
 
 
-def _find_medxfer_error(e: BaseException) -> MedxferError | None:
-    """Ray wraps errors raised in workers; dig out ours so the message stays clean."""
-    seen = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, MedxferError):
-            return cur
-        inner = getattr(cur, "cause", None)
-        if isinstance(inner, BaseException):
-            found = _find_medxfer_error(inner)
-            if found:
-                return found
-        cur = cur.__cause__ or cur.__context__
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -207,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the one place errors become messages
         if os.environ.get("MEDXFER_DEBUG"):
             raise
-        ours = _find_medxfer_error(e)
+        ours = find_medxfer_error(e)
         if ours is not None:
             print(f"medxfer: error: {ours}", file=sys.stderr)
             return ours.exit_code

@@ -145,12 +145,44 @@ class ModelConfig(_Section):
     )
 
 
+#: Metrics an epoch reports that can pick the best epoch, and whether larger is better.
+EPOCH_METRICS = {"val_auroc": "max", "val_acc": "max", "val_loss": "min", "val_mae": "min", "train_loss": "min"}
+
+
 class EarlyStoppingConfig(_Section):
-    metric: str = Field("val_auroc", description="Validation metric that picks the best checkpoint.")
-    mode: Literal["max", "min"] = Field("max", description="Whether larger or smaller is better.")
+    metric: str = Field("val_auroc", description="Validation metric that picks the best epoch: "
+                        + ", ".join(EPOCH_METRICS) + ".")
+    mode: Literal["max", "min"] | None = Field(
+        None, description="Whether larger or smaller is better (default: the metric's own direction)."
+    )
     patience: int | None = Field(
         None, ge=1, description="Stop after this many epochs without improvement (None: never)."
     )
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in EPOCH_METRICS:
+            raise ValueError(f"one of {', '.join(EPOCH_METRICS)}")
+        return v
+
+    @property
+    def direction(self) -> str:
+        """'max' or 'min': the explicit ``mode``, else the metric's own direction."""
+        return self.mode or EPOCH_METRICS[self.metric]
+
+
+class CheckpointSection(_Section):
+    """When a run writes a checkpoint. Each one holds the latest state and the best weights so far."""
+
+    every_minutes: float | None = Field(
+        10.0, gt=0, description="Write when this many minutes have passed since the last checkpoint "
+        "(None: only by epochs). A restarted worker group loses at most this much work.",
+    )
+    every_epochs: int | None = Field(
+        None, ge=1, description="Also write every N epochs (None: only by time).",
+    )
+    keep: int = Field(1, ge=1, description="Checkpoints kept in the run folder (the newest ones).")
 
 
 class TrainConfig(_Section):
@@ -196,10 +228,33 @@ class TrainConfig(_Section):
         0, ge=0, description="Train only the head for this many epochs, then everything (LP-FT)."
     )
     l2sp: float = Field(0.0, ge=0, description="L2-SP strength: pull weights toward the source weights.")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Keep an exponential moving average of the weights with this decay per "
+        "step (e.g. 0.998); validation, the best epoch and the bundle then use the averaged weights.",
+    )
+    mixup_alpha: float = Field(
+        0.0, ge=0, description="Mixup: train on blends of two images and of their labels, the weight drawn "
+        "from Beta(alpha, alpha) (0: off; multiclass with ce/weighted_ce only).",
+    )
+    cutmix_alpha: float = Field(
+        0.0, ge=0, description="CutMix: paste a box of one image into another, labels mixed by area (0: off; "
+        "with mixup_alpha too, each batch uses one of the two).",
+    )
     reinit_last_stage: bool = Field(False, description="Re-initialise the backbone's last stage.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     seed: int = Field(0, description="Seed of weights init, shuffling and augmentation.")
-    num_checkpoints_to_keep: int = Field(2, ge=1, description="Checkpoints kept (best by metric).")
+    checkpoint: CheckpointSection = Field(
+        default_factory=CheckpointSection,
+        description="Checkpoint policy; a checkpoint is always written at the end of a run and when it is "
+        "asked to stop (SIGINT/SIGTERM to the command, or a node about to be preempted).",
+    )
+
+    @model_validator(mode="after")
+    def _mixing_needs_soft_targets(self) -> TrainConfig:
+        if (self.mixup_alpha or self.cutmix_alpha) and self.loss == "focal":
+            raise ValueError("mixup_alpha/cutmix_alpha mix labels, which the focal loss cannot take; use loss ce "
+                             "or weighted_ce")
+        return self
 
     @field_validator("freeze")
     @classmethod

@@ -48,3 +48,21 @@ class BundleError(MedxferError):
 
 class RegistryError(MedxferError):
     """A registry operation could not be completed (e.g. lost a promotion race)."""
+
+
+def find_medxfer_error(e: BaseException) -> MedxferError | None:
+    """The :class:`MedxferError` inside ``e``'s causes, if any: Ray wraps errors raised in workers,
+    and the message a person needs is ours, not the wrapper's."""
+    seen = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, MedxferError):
+            return cur
+        inner = getattr(cur, "cause", None)
+        if isinstance(inner, BaseException):
+            found = find_medxfer_error(inner)
+            if found:
+                return found
+        cur = cur.__cause__ or cur.__context__
+    return None

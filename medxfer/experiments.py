@@ -4,13 +4,13 @@ Arms (scratch, transfer, linear probe, self-supervised, ...) x label fractions x
 trial fine-tunes on a seeded, stratified fraction of the target's training labels, picks its
 best epoch on the (never subsampled) validation split, and is scored once on the test split.
 
-Why trials are Ray tasks running the worker loop in-process rather than one TorchTrainer
-each: a trial on a few hundred 28x28 images trains in seconds, while starting a Ray Train
-worker group costs about as much; at 5 fractions x 3 seeds x several arms the experiment
-would be mostly start-up. The trials run the same plain functions as the Ray Train worker
-(`init_model`, `train_epoch`, `evaluate_epoch`, the same losses, optimiser and schedule), so
-a recipe measured here is the recipe `medxfer finetune` runs. Data comes from the same
-preprocessed cache, read once and shared through Ray's object store.
+A trial *is* a fine-tune run with overrides: its job config is the base config plus the arm's
+``set``, the fraction and the seed, and it runs the same ``train_func`` as ``medxfer finetune``
+— in Ray Train's local mode (one process, nothing written), as a Ray task, so trials run side
+by side without paying a worker group's start-up each. With the same settings and seed a trial
+and ``medxfer finetune`` take the same steps and end with the same weights (a test holds them
+equal), so a recipe measured here is the recipe ``finetune`` runs. Every trial reads the one
+preprocessed cache; ``label_fraction`` is applied as it is read.
 
 The table reports the mean and spread per cell and the difference to the arm named
 ``scratch``, whatever the answer is.
@@ -18,13 +18,10 @@ The table reports the mean and spread per cell and the difference to the arm nam
 
 from __future__ import annotations
 
-import copy
 import csv
-import functools
 import io
 import json
 import logging
-import math
 import re
 import time
 
@@ -61,16 +58,6 @@ def trial_config(cfg: JobConfig, arm, fraction: float, seed: int) -> JobConfig:
     return validate_dict(d, f"experiment arm {arm.name!r}")
 
 
-def numpy_batches(X: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator | None,
-                  drop_last: bool):
-    """Shuffled (when ``rng``) mini-batches of in-memory arrays, as the Ray Data iterator yields them."""
-    order = rng.permutation(len(X)) if rng is not None else np.arange(len(X))
-    stop = len(X) - (len(X) % batch_size if drop_last and len(X) >= batch_size else 0)
-    for i in range(0, stop, batch_size):
-        idx = order[i : i + batch_size]
-        yield {"image": X[idx], "label": y[idx]}
-
-
 def test_auroc(task: str, scores: np.ndarray, labels: np.ndarray) -> float:
     """AUROC on the test split: positive-class AUROC for binary, macro one-vs-rest otherwise."""
     from medxfer.train.valmetrics import macro_auroc
@@ -79,75 +66,72 @@ def test_auroc(task: str, scores: np.ndarray, labels: np.ndarray) -> float:
     return float(macro_auroc(task, scores, labels, k))
 
 
-def run_trial(cfg_json: dict, plan: dict, data: dict, threads: int = 1) -> dict:
-    """Fine-tune one trial in this process; best epoch by validation, then one test score."""
+def run_trial(cfg_json: dict, plan) -> dict:
+    """One trial: the fine-tune run of ``cfg_json`` in Ray Train's local mode (this process, nothing
+    written), its best epoch by validation, then one score on the test split."""
     import torch
 
+    from medxfer.data.cache import PreparedData
     from medxfer.inference import predict_arrays
-    from medxfer.train.augment import random_affine_flip
-    from medxfer.train.loop import StepSettings, evaluate_epoch, train_epoch
-    from medxfer.train.losses import build_loss
-    from medxfer.train.optim import build_optimizer, build_scheduler, l2sp_reference, set_frozen_norm_eval
-    from medxfer.train.worker import init_model
+    from medxfer.models import create_model
+    from medxfer.train.launch import run_trial_weights
 
     t0 = time.perf_counter()
-    torch.set_num_threads(max(1, threads))
     cfg = JobConfig.model_validate(cfg_json)
-    tc = cfg.train
-    torch.manual_seed(tc.seed)
-    Xtr, ytr = data["train"]
-    Xva, yva = data["val"]
-    Xte, yte = data["test"]
-    bs = min(tc.batch_size, len(Xtr))
-    drop_last = len(Xtr) >= bs and len(Xtr) % bs == 1  # a last batch of 1 breaks batch norm
-    steps = max(1, len(Xtr) // bs if drop_last else math.ceil(len(Xtr) / bs))
-    model, _ = init_model(cfg, plan)
-    ref = l2sp_reference(model) if tc.l2sp > 0 and cfg.model.init != "scratch" else None
-    optimizer = build_optimizer(model, tc)
-    scheduler = build_scheduler(optimizer, tc, steps)
-    task, k = plan["task"], plan["num_outputs"]
-    counts = np.bincount(ytr.astype(int), minlength=k).tolist() if task == "multiclass" else None
-    loss_fn = build_loss(task, tc, counts, k)
-    val_loss_fn = build_loss(task, tc, train=False)
-    settings = StepSettings(grad_clip=tc.grad_clip, l2sp_reference=ref, l2sp_alpha=tc.l2sp)
-    es = tc.early_stopping
-    sign = 1.0 if es.mode == "max" else -1.0
-    best, best_epoch, best_state, bad = -math.inf, 0, None, 0
-    for epoch in range(tc.epochs):
-        model.train()
-        set_frozen_norm_eval(model, backbone_too=epoch < tc.head_warmup_epochs)
-        gen = torch.Generator().manual_seed(tc.seed * 100_003 + epoch * 101)
-        settings.augment = functools.partial(random_affine_flip, generator=gen, hflip=tc.hflip) if tc.augment else None
-        rng = np.random.default_rng(tc.seed * 7919 + epoch)
-        train_epoch(model, numpy_batches(Xtr, ytr, bs, rng, drop_last), loss_fn, optimizer, scheduler, settings)
-        va = evaluate_epoch(model, numpy_batches(Xva, yva, 256, None, False), task, val_loss_fn, k, settings,
-                            None, plan["num_grades"])
-        score = va.get(es.metric, float("nan"))
-        score = sign * score if score == score else -math.inf
-        if score > best:
-            best, best_epoch, bad = score, epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-            if es.patience and bad >= es.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    scores = predict_arrays(model, Xte, task)
+    out = run_trial_weights(cfg, plan)
+    model = create_model(cfg.model.backbone, plan.num_outputs, plan.in_chans, cfg.model.dropout, stem=plan.stem)
+    model.load_state_dict(out["weights"])
+    torch.set_num_threads(max(1, int(plan.cpus_per_worker)))
+    Xte, yte = PreparedData.open(plan.data.caches[0]).numpy("test")
+    metric = cfg.train.early_stopping.metric
+    best = next((h for h in out["history"] if h["epoch"] == out["best_epoch"]), {})
+    scores = predict_arrays(model, Xte, plan.task)
+    flipped = predict_arrays(model, Xte, plan.task, tta=True)
     return {
-        "best_epoch": best_epoch,
-        "val_" + es.metric.removeprefix("val_"): sign * best if best > -math.inf else None,
-        "test_auroc": test_auroc(task, scores, yte),
-        "train_images": int(len(Xtr)),
+        "best_epoch": out["best_epoch"],
+        metric: best.get(metric),
+        "test_auroc": test_auroc(plan.task, scores, yte),
+        "test_auroc_flip_tta": test_auroc(plan.task, flipped, yte),
+        "train_images": plan.train_rows,
         "seconds": round(time.perf_counter() - t0, 1),
+        # Positive-class test scores of a binary task, for paired comparisons between arms.
+        "test_scores": scores[:, -1].round(6).tolist() if plan.task == "multiclass" and plan.num_outputs == 2 else None,
+        "test_labels": yte.tolist() if plan.task == "multiclass" and plan.num_outputs == 2 else None,
     }
 
 
+def paired_difference_vs(trials: list[dict], baseline: list[dict], n_boot: int = 1000, seed: int = 0) -> dict | None:
+    """The seed-averaged test AUROC difference of two arms at one fraction, with a paired bootstrap CI.
+
+    Trials are matched by seed; every resample of the test images is applied to all of them at
+    once, so the interval is that of the test set's sampling for these trained models (the spread
+    over seeds is reported beside it). None when the trials carry no binary test scores.
+    """
+    from medxfer.metrics import paired_difference, weighted_auroc
+
+    by_seed = {t.get("seed"): t for t in baseline}
+    pairs = [(t, by_seed[t.get("seed")]) for t in trials if t.get("seed") in by_seed]
+    if not pairs or any(t.get("test_scores") is None or b.get("test_scores") is None for t, b in pairs):
+        return None
+    y = np.asarray(pairs[0][0]["test_labels"]) == 1
+    a = [np.asarray(t["test_scores"]) for t, _ in pairs]
+    b = [np.asarray(t["test_scores"]) for _, t in pairs]
+
+    def mean_auroc(scores):
+        return lambda W: np.mean([weighted_auroc(W, y, s) for s in scores], axis=0)
+
+    d = paired_difference(mean_auroc(a), mean_auroc(b), len(y), n_boot, seed)
+    return {"difference": d["difference"], "ci": d["ci"], "p_value": d["p_value"], "seeds": len(pairs)}
+
+
 def summarize(trials: list[dict], baseline: str = "scratch") -> list[dict]:
-    """Per (arm, fraction): mean, std, min, max of test AUROC and the difference to the baseline arm."""
+    """Per (arm, fraction): mean, std, min, max of test AUROC and the difference to the baseline arm
+    (with its paired-bootstrap interval when the trials carry test scores)."""
     cells: dict[tuple[str, float], list[float]] = {}
+    groups: dict[tuple[str, float], list[dict]] = {}
     for t in trials:
         cells.setdefault((t["arm"], t["fraction"]), []).append(t["test_auroc"])
+        groups.setdefault((t["arm"], t["fraction"]), []).append(t)
     base = {f: float(np.mean(v)) for (a, f), v in cells.items() if a == baseline}
     rows = []
     for (arm, frac), vals in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -162,6 +146,8 @@ def summarize(trials: list[dict], baseline: str = "scratch") -> list[dict]:
             "test_auroc_min": float(np.nanmin(v)),
             "test_auroc_max": float(np.nanmax(v)),
             "diff_vs_scratch": (mean - base[frac]) if frac in base and arm != baseline else None,
+            "paired_vs_scratch": (paired_difference_vs(groups[(arm, frac)], groups[(baseline, frac)])
+                                  if frac in base and arm != baseline else None),
         })
     return rows
 
@@ -180,9 +166,10 @@ def table_markdown(rows: list[dict], title: str) -> str:
             if r is None:
                 parts.append("")
                 continue
-            d = r["diff_vs_scratch"]
+            d, pc = r["diff_vs_scratch"], r.get("paired_vs_scratch")
+            ci = f" [{pc['ci'][0]:+.3f}, {pc['ci'][1]:+.3f}]" if pc and all(np.isfinite(pc["ci"])) else ""
             parts.append(f"{r['test_auroc_mean']:.3f} ± {r['test_auroc_std']:.3f}"
-                         + (f" ({d:+.3f})" if d is not None else ""))
+                         + (f" ({d:+.3f}{ci})" if d is not None else ""))
         lines.append(f"| {a} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n"
 
@@ -221,7 +208,9 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
 
     from medxfer.data.cache import prepare
     from medxfer.runtime import cluster_cpus, init_ray
-    from medxfer.train.jobs import check_source, plan_run
+    from medxfer.train.jobs import check_source
+    from medxfer.train.launch import split_rows
+    from medxfer.train.plan import plan_training
 
     ex = cfg.experiment
     names = [a.name for a in ex.arms]
@@ -231,38 +220,31 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     t0 = time.time()
     out = out or storage.join(storage.Layout(cfg.storage.root).run(cfg.name), "label-efficiency")
 
-    # Read the cached, preprocessed data once per (fraction, seed); val/test are shared by all.
-    first = trial_config(cfg, ex.arms[0], 1.0, ex.seeds[0])
-    prepared = prepare(first)
-    val, test = prepared.numpy("val"), prepared.numpy("test")
-    refs: dict[tuple[float, int], object] = {}
-    n_train: dict[tuple[float, int], int] = {}
+    # Build and check every trial before the first one runs: a bad arm fails in seconds, not after
+    # an hour of trials. A trial is the fine-tune run of its config on one worker in one process;
+    # every (fraction, seed) shares the one cache (label_fraction is applied when it is read).
+    planned, prepared = [], None
     for f in ex.fractions:
         for s in ex.seeds:
-            train = prepare(trial_config(cfg, ex.arms[0], f, s)).numpy("train")
-            n_train[(f, s)] = len(train[0])
-            refs[(f, s)] = ray.put({"train": train, "val": val, "test": test})
-
+            for arm in ex.arms:
+                tcfg = trial_config(cfg, arm, f, s)
+                tcfg = tcfg.model_copy(update={"scaling": tcfg.scaling.model_copy(
+                    update={"num_workers": 1, "cpus_per_worker": ex.cpus_per_trial})})
+                check_source(tcfg)
+                prepared = prepare(tcfg)
+                plan = plan_training(tcfg, "finetune", prepared, split_rows(prepared, "train"), use_gpu=False,
+                                     persist=False)
+                planned.append((arm, f, s, tcfg, plan))
     parallel = ex.parallel or max(1, int(cluster_cpus() // ex.cpus_per_trial))
     remote = ray.remote(num_cpus=ex.cpus_per_trial)(run_trial)
     pending, meta, trials = [], {}, []
-    jobs = [(arm, f, s) for f in ex.fractions for s in ex.seeds for arm in ex.arms]
     log.info("label efficiency: %d arms x %d fractions x %d seeds = %d trials, %d at a time",
-             len(ex.arms), len(ex.fractions), len(ex.seeds), len(jobs), parallel)
-    # Build and check every trial before the first one runs: a bad arm fails in seconds, not
-    # after an hour of trials.
-    planned = []
-    for arm, f, s in jobs:
-        tcfg = trial_config(cfg, arm, f, s)
-        check_source(tcfg)
-        # Single-process trials: plan as for one worker (the loop sizes its own batches).
-        tcfg = tcfg.model_copy(update={"scaling": tcfg.scaling.model_copy(update={"num_workers": 1})})
-        planned.append((arm, f, s, tcfg, plan_run(tcfg, prepared, n_train[(f, s)], use_gpu=False)))
+             len(ex.arms), len(ex.fractions), len(ex.seeds), len(planned), parallel)
     for arm, f, s, tcfg, plan in planned:
         while len(pending) >= parallel:
             done, pending = ray.wait(pending, num_returns=1)
             _collect(done[0], meta, trials)
-        ref = remote.remote(tcfg.model_dump(mode="json"), plan, refs[(f, s)], max(1, int(ex.cpus_per_trial)))
+        ref = remote.remote(tcfg.model_dump(mode="json"), plan)
         meta[ref] = {"arm": arm.name, "fraction": f, "seed": s, "init": tcfg.model.init,
                      "freeze": tcfg.train.freeze}
         pending.append(ref)
@@ -295,10 +277,16 @@ def _collect(ref, meta: dict, trials: list) -> None:
 
 
 def _csv(rows: list[dict]) -> str:
+    flat = []
+    for r in rows:
+        r = dict(r)
+        pc = r.pop("paired_vs_scratch", None) or {}
+        ci = pc.get("ci") or [None, None]
+        flat.append({**r, "diff_ci_low": ci[0], "diff_ci_high": ci[1], "diff_p_value": pc.get("p_value")})
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()) if rows else ["arm"])
+    w = csv.DictWriter(buf, fieldnames=list(flat[0].keys()) if flat else ["arm"])
     w.writeheader()
-    w.writerows(rows)
+    w.writerows(flat)
     return buf.getvalue()
 
 

@@ -35,8 +35,12 @@ def predict_arrays(
     task: str,
     batch_size: int = 256,
     device: str | torch.device | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
-    """Scores for preprocessed images ``X`` (N,C,H,W) as float32 numpy (see outputs_to_scores)."""
+    """Scores for preprocessed images ``X`` (N,C,H,W) as float32 numpy (see outputs_to_scores).
+
+    ``tta``: average the scores of each image and its horizontal mirror (test-time augmentation;
+    only where laterality does not matter)."""
     if device is None:
         device = next(model.parameters()).device
     model.eval()
@@ -46,7 +50,10 @@ def predict_arrays(
         # Arrays from Ray's object store are read-only; torch wants writable memory, so copy those.
         chunk = np.array(chunk, dtype=np.float32, copy=not chunk.flags.writeable or None)
         xb = torch.from_numpy(np.ascontiguousarray(chunk)).to(device)
-        out.append(outputs_to_scores(model(xb), task).cpu().numpy())
+        scores = outputs_to_scores(model(xb), task)
+        if tta:
+            scores = (scores + outputs_to_scores(model(torch.flip(xb, dims=[-1])), task)) / 2
+        out.append(scores.cpu().numpy())
     if not out:
         k = getattr(getattr(model, "head", None), "out_features", 0)
         return np.zeros((0,) if task == "ordinal" else (0, k), dtype=np.float32)

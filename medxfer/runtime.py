@@ -21,6 +21,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     quiet_ray_logs()
+    # Worker and actor output reaches the command only with -v: the lines a person follows come
+    # through each run's control channel (medxfer.train.control), not Ray's log forwarding.
+    verbose = logging.getLogger("medxfer").isEnabledFor(logging.DEBUG)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Train V2 is the default in Ray 2.60; make it explicit so behaviour does not drift.
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -32,7 +35,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(
             address=address,
             runtime_env={"env_vars": env_vars} if env_vars else None,
-            log_to_driver=True,
+            log_to_driver=verbose,
             logging_level=logging.WARNING,
         )
         return
@@ -45,22 +48,40 @@ def init_ray(num_cpus: int | None = None) -> None:
         include_dashboard=False,
         runtime_env=runtime_env,
         logging_level=logging.WARNING,
-        log_to_driver=True,
+        log_to_driver=verbose,
     )
 
 
 def quiet_ray_logs() -> None:
     """Keep job output to medxfer's own lines: Ray Train and Ray Data log every checkpoint and
     dataset execution at INFO, which buries the one line per epoch a person wants to follow.
-    Called on the driver and at the start of each worker function."""
-    for name in ("ray.train", "ray.data"):
+    Called on the driver and at the start of each worker function; ``-v`` shows everything."""
+    import warnings
+
+    if logging.getLogger("medxfer").isEnabledFor(logging.DEBUG):
+        return
+    for name in ("ray.train", "ray.data", "ray.util", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Said once per cluster start: the local cluster keeps token authentication on (other users of
+    # the host cannot submit work to it), which needs no action from the person running medxfer.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    for module in ("ray", "ray.data", "ray.train"):
+        warnings.filterwarnings("ignore", module=rf"{module}(\..*)?$")
     try:
         from ray.data import DataContext
 
-        DataContext.get_current().print_on_execution_start = False
+        ctx = DataContext.get_current()
+        ctx.print_on_execution_start = False
+        ctx.enable_progress_bars = _attached_to_terminal()
     except Exception:  # noqa: BLE001 - cosmetic only
         pass
+
+
+def _attached_to_terminal() -> bool:
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 def cluster_cpus() -> float:

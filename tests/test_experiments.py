@@ -11,7 +11,6 @@ from evalutil import breast_job, breast_manifest, tiny_bundle
 from medxfer.config import ExperimentArm
 from medxfer.experiments import (
     nest_dotted,
-    numpy_batches,
     run_label_efficiency,
     summarize,
     table_markdown,
@@ -42,15 +41,6 @@ def test_trial_config_names_the_arm_in_errors(tmp_path):
     cfg = breast_job(str(tmp_path), "m.csv")
     with pytest.raises(ConfigError, match="experiment arm 'bad'.*train.lrr: unknown key"):
         trial_config(cfg, ExperimentArm(name="bad", set={"train.lrr": 1}), 1.0, 0)
-
-
-def test_numpy_batches_cover_every_row_once():
-    X, y = np.arange(10)[:, None], np.arange(10)
-    seen = np.concatenate([b["label"] for b in numpy_batches(X, y, 3, np.random.default_rng(0), False)])
-    assert sorted(seen.tolist()) == list(range(10))
-    # drop_last drops the remainder, and only it
-    n = sum(len(b["label"]) for b in numpy_batches(X, y, 3, None, True))
-    assert n == 9
 
 
 def test_summarize_means_spreads_and_difference_to_scratch():
@@ -94,3 +84,45 @@ def test_label_efficiency_runs_arms_fractions_seeds(ray_cluster, test_data, tmp_
     assert len(saved["summary"]) == 4
     assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
     assert "| probe |" in (out / "table.md").read_text()
+
+
+@pytest.mark.ray
+def test_a_trial_and_finetune_with_the_same_settings_end_with_the_same_weights(ray_cluster, test_data, tmp_path):
+    """One engine: the experiment's trial (Ray Train local mode, in one process) and the finetune
+    command's run (a Ray Train worker group) take the same steps, so their best weights are equal."""
+    import torch
+
+    from medxfer.bundle import load_bundle
+    from medxfer.data.cache import prepare
+    from medxfer.train.jobs import run_training
+    from medxfer.train.launch import run_trial_weights, split_rows
+    from medxfer.train.plan import plan_training
+
+    manifest = breast_manifest(test_data, tmp_path / "breast")
+    cfg = breast_job(str(tmp_path / "root"), manifest, name="same", data={"label_fraction": 0.5},
+                     train={"epochs": 3, "batch_size": 32, "augment": True, "seed": 3, "warmup_epochs": 1})
+    result = run_training(cfg, "finetune")
+    prepared = prepare(cfg)
+    plan = plan_training(cfg, "finetune", prepared, split_rows(prepared, "train"), use_gpu=False, persist=False)
+    trial = run_trial_weights(cfg, plan)
+    bundle = load_bundle(result["bundle"]).state_dict
+    assert trial["best_epoch"] == result["best"]["epoch"]
+    assert [h["val_auroc"] for h in trial["history"]] == [h["val_auroc"] for h in result["history"]]
+    assert bundle.keys() == trial["weights"].keys()
+    assert all(torch.equal(bundle[k], trial["weights"][k]) for k in bundle)
+
+
+def test_paired_difference_between_arms_uses_the_same_test_resamples():
+    from medxfer.experiments import paired_difference_vs
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(150) < 0.3).astype(int)
+    noise = [rng.random(150) for _ in range(3)]
+    good = [{"seed": s, "test_labels": y.tolist(), "test_scores": (0.6 * y + 0.4 * n).tolist()}
+            for s, n in enumerate(noise)]
+    base = [{"seed": s, "test_labels": y.tolist(), "test_scores": n.tolist()} for s, n in enumerate(noise)]
+    d = paired_difference_vs(good, base, n_boot=300)
+    assert d["seeds"] == 3 and d["difference"] > 0.3 and d["ci"][0] > 0.2 and d["p_value"] < 0.01
+    same = paired_difference_vs(base, base, n_boot=300)
+    assert same["difference"] == 0.0 and same["ci"] == [0.0, 0.0]
+    assert paired_difference_vs([{"seed": 0, "test_scores": None}], base) is None

@@ -497,7 +497,9 @@ def _job(root: str, manifest: str, name: str, **train) -> dict:
         "data": {"manifest": manifest},
         "preprocess": {"size": 28},
         "model": {"backbone": "smallcnn", "name": "breast"},
-        "train": {"epochs": 3, "batch_size": 32, "lr": 3e-3, "warmup_epochs": 0, "augment": False, **train},
+        # A checkpoint every epoch: these tests kill processes between epochs and count what is redone.
+        "train": {"epochs": 3, "batch_size": 32, "lr": 3e-3, "warmup_epochs": 0, "augment": False,
+                  "checkpoint": {"every_epochs": 1}, **train},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1, "use_gpu": False},
         "failure": {"max_failures": 2},
         "storage": {"root": root},

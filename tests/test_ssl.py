@@ -13,7 +13,7 @@ from medxfer.config import JobConfig, PretrainConfig
 from medxfer.models import create_model, load_source_weights
 from medxfer.ssl.augment import ViewSpec, random_view, two_views
 from medxfer.ssl.methods import BYOL, METHODS, build_method, byol_momentum, nt_xent
-from medxfer.ssl.worker import SSLSettings, build_ssl_model, export_backbone, optim_settings, ssl_epoch
+from medxfer.ssl.trainee import SSLSettings, build_ssl_model, export_backbone, optim_settings, ssl_epoch
 
 
 def _breast(test_data, n: int | None = None, split: str = "train") -> torch.Tensor:
@@ -144,7 +144,11 @@ def test_export_backbone_has_exactly_the_classifiers_backbone_names():
 
 def test_driver_plan_sources_and_errors():
     from medxfer.errors import ConfigError, DataError
-    from medxfer.ssl.jobs import data_fingerprint, manifests_of, plan_pretrain, source_config
+    from medxfer.ssl.jobs import data_fingerprint, manifests_of, source_config
+    from medxfer.train.plan import plan_pretraining
+
+    def plan_pretrain(cfg, n, chans, size, use_gpu):
+        return plan_pretraining(cfg, ["/c"], n, (chans, size, size), use_gpu)
 
     cfg = JobConfig.model_validate({
         "data": {"manifest": "/d/a/manifest.csv", "extra_manifests": ["/d/b/manifest.csv", "/d/a/manifest.csv"],
@@ -156,10 +160,10 @@ def test_driver_plan_sources_and_errors():
     assert one.data.manifest == "/d/b/manifest.csv" and one.data.extra_manifests == []
     assert one.data.label_fraction == 1.0 and cfg.data.label_fraction == 0.1  # every training image, cfg intact
     plan = plan_pretrain(cfg, 100, 1, 28, use_gpu=False)
-    assert plan["batch_size"] == 50 and plan["steps_per_epoch"] == 1 and plan["stem"] == "standard"
-    assert plan_pretrain(cfg, 1000, 1, 28, False)["steps_per_epoch"] == 500 // 64
+    assert plan.batch_size == 50 and plan.steps_per_epoch == 1 and plan.stem == "standard" and plan.drop_partial
+    assert plan_pretrain(cfg, 1000, 1, 28, False).steps_per_epoch == 500 // 64
     auto = cfg.model_copy(update={"model": cfg.model.model_copy(update={"stem": "auto"})})
-    assert plan_pretrain(auto, 100, 1, 28, use_gpu=False)["stem"] == "small"  # auto: small for <= 64 px
+    assert plan_pretrain(auto, 100, 1, 28, use_gpu=False).stem == "small"  # auto: small for <= 64 px
     with pytest.raises(DataError, match="at least 2"):
         plan_pretrain(cfg, 3, 1, 28, False)
     with pytest.raises(ConfigError, match="batch_size"):

@@ -12,8 +12,9 @@ import torch
 from medxfer.config import TrainConfig
 from medxfer.models import create_model
 from medxfer.train.augment import random_affine_flip
+from medxfer.train.batches import hash_part
 from medxfer.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from medxfer.train.loop import StepSettings, evaluate_epoch, shard_rows, train_epoch
+from medxfer.train.loop import StepSettings, evaluate_epoch, train_epoch
 from medxfer.train.losses import auto_class_weights, build_loss, focal_loss, masked_bce
 from medxfer.train.optim import (
     apply_freeze,
@@ -179,13 +180,13 @@ def test_distributed_validation_equals_single_process():
     from medxfer.train.loop import collect_outputs
 
     for rank, order in ((0, batches), (1, batches[::-1])):
-        parts.append(collect_outputs(model, shard_rows(order, rank, 2), StepSettings()))
+        parts.append(collect_outputs(model, hash_part(order, rank, 2), StepSettings()))
     assert sum(len(p[1]) for p in parts) == 61 and all(len(p[1]) > 10 for p in parts)
     dist = evaluate_epoch(model, [], "multiclass", loss, 2, StepSettings(), gather=lambda _obj: parts)
     for k in ("val_loss", "val_acc", "val_auroc", "val_n"):
         assert dist[k] == pytest.approx(whole[k], rel=1e-6), k
     # rank 0 alone would give a different AUROC: the gather matters
-    only0 = evaluate_epoch(model, shard_rows(batches, 0, 2), "multiclass", loss, 2, StepSettings())
+    only0 = evaluate_epoch(model, hash_part(batches, 0, 2), "multiclass", loss, 2, StepSettings())
     assert only0["val_n"] < 61
 
 
@@ -230,19 +231,23 @@ def test_plan_and_source_checks(tmp_path):
 
     from medxfer.bundle import save_bundle
     from medxfer.config import JobConfig, PreprocessConfig
+    from medxfer.config_io import validate_dict
     from medxfer.errors import ConfigError
-    from medxfer.train.jobs import check_source, plan_run
+    from medxfer.train.jobs import check_source
+    from medxfer.train.plan import plan_training
 
     prepared = SimpleNamespace(task="multiclass", num_outputs=2, classes=["0", "1"], spec=PreprocessConfig(size=28),
-                               class_counts=lambda split: [30, 70])
+                               class_counts=lambda split: [30, 70], uri="/c", image_shape=(1, 28, 28),
+                               label_fraction=1.0, label_seed=0)
     cfg = JobConfig.model_validate({"train": {"batch_size": 16, "loss": "weighted_ce"},
                                     "scaling": {"num_workers": 2}})
-    plan = plan_run(cfg, prepared, 101, use_gpu=False)
-    assert plan["rows_per_worker"] == 50 and plan["steps_per_epoch"] == 3 and plan["drop_last"]
-    assert plan["stem"] == "standard" and plan["in_chans"] == 1 and plan["class_counts"] == [30, 70]
-    bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={"early_stopping": {"metric": "val_auc"}})})
-    with pytest.raises(ConfigError, match="valid: val_auroc"):
-        plan_run(JobConfig.model_validate(bad.model_dump()), prepared, 101, use_gpu=False)
+    plan = plan_training(cfg, "finetune", prepared, 101, use_gpu=False)
+    # 50 rows per rank: 3 full batches of 16 and a last batch of 2 (kept; only a batch of 1 is skipped)
+    assert plan.rows_per_worker == 50 and plan.steps_per_epoch == 4 and not plan.drop_partial
+    assert plan.stem == "standard" and plan.in_chans == 1 and plan.class_counts == (30, 70)
+    assert plan.data.mode == "memory" and plan.data.caches == ("/c",)
+    with pytest.raises(ConfigError, match="train.early_stopping.metric: expected one of val_auroc"):
+        validate_dict({"train": {"early_stopping": {"metric": "val_auc"}}})
 
     uri = str(tmp_path / "src")
     save_bundle(uri, create_model("smallcnn", 2, 1).state_dict(),

@@ -9,7 +9,7 @@ cached, and each source's split is exactly the split its fine-tuning run will se
 training image may be used without its label); validation and test images never reach the
 pretraining workers, so a target's held-out images stay held out.
 
-Training is Ray Train V2 as in ``medxfer.train.jobs``: workers from ``scaling``, the run
+Training is the one engine (``medxfer.train.launch``): workers from ``scaling``, the run
 folder ``<root>/runs/<name>`` (re-running the same name resumes from its last checkpoint),
 ``failure.max_failures`` restarts. The result is an ordinary model bundle at
 ``runs/<name>/bundle`` holding only the backbone's tensors (``backbone.*``), so ``finetune``
@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
-import time
 from datetime import datetime, timezone
 
 from medxfer import storage
 from medxfer.config import JobConfig
-from medxfer.errors import ConfigError, DataError
+from medxfer.errors import ConfigError
+from medxfer.ssl.trainee import export_backbone
+from medxfer.train.plan import SSL_TASK
 
 log = logging.getLogger("medxfer.ssl")
 
-SNAPSHOT = "checkpoint_manager_snapshot.json"
-TASK = "self-supervised"
+TASK = SSL_TASK
 
 
 def manifests_of(cfg: JobConfig) -> list[str]:
@@ -62,31 +61,6 @@ def data_fingerprint(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
 
 
-def plan_pretrain(cfg: JobConfig, n_images: int, in_chans: int, size: int, use_gpu: bool) -> dict:
-    """What the workers need besides the config, computed once on the driver (pure)."""
-    from medxfer.models import stem_for_size
-
-    world = cfg.scaling.num_workers
-    rows = n_images // world
-    if rows < 2:
-        raise DataError(f"{n_images} training images for {world} worker(s): each worker needs at least 2 "
-                        "(batch norm); add images or lower scaling.num_workers")
-    bs = cfg.train.batch_size
-    if bs < 2:
-        raise ConfigError(["train.batch_size: self-supervised pretraining needs at least 2 images per worker "
-                           "(batch norm in the projector); found 1"])
-    bs = min(bs, rows)  # a shard smaller than one batch still trains (last partial batch is dropped)
-    return {
-        "in_chans": in_chans,
-        "stem": stem_for_size(size, cfg.model.stem),
-        "rows_per_worker": rows,
-        "batch_size": bs,
-        "steps_per_epoch": max(1, rows // bs),
-        "use_gpu": use_gpu,
-        "cpus_per_worker": cfg.scaling.cpus_per_worker,
-    }
-
-
 def check_resumable(cfg: JobConfig, run_uri: str) -> None:
     """A run resumes only with the network it started with; say so instead of a shape error in a worker."""
     from medxfer.config_io import load_config
@@ -107,21 +81,6 @@ def check_resumable(cfg: JobConfig, run_uri: str) -> None:
                            f"({'; '.join(changed)}); give this run a new name, or restore those settings to resume"])
 
 
-def _finished(cfg: JobConfig, run_uri: str) -> dict | None:
-    """The stored result of a run that already reached ``train.epochs`` with its bundle, else None.
-
-    Re-running a finished run then costs nothing (no worker group is started); raising
-    ``train.epochs`` resumes it instead.
-    """
-    res_uri, card_uri = storage.join(run_uri, "result.json"), storage.join(run_uri, "bundle", "bundle.json")
-    if not (storage.exists(res_uri) and storage.exists(card_uri)):
-        return None
-    res = storage.read_json(res_uri)
-    if res.get("status") == "complete" and int(res.get("epoch", 0)) >= cfg.train.epochs:
-        return {**res, "epochs_run": 0}
-    return None
-
-
 def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, source=None) -> dict:
     """The bundle card: the standard keys plus ``pretraining`` (method, sources, counts, loss)."""
     p = cfg.preprocess
@@ -138,8 +97,8 @@ def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, sou
         "task": TASK,
         "classes": [],
         "backbone": cfg.model.backbone,
-        "stem": plan["stem"],
-        "in_chans": plan["in_chans"],
+        "stem": plan.stem,
+        "in_chans": plan.in_chans,
         "num_outputs": 0,
         "weights": "backbone only (backbone.*); fine-tune it: model.init = this bundle's URI",
         "preprocess": p.model_dump(mode="json"),
@@ -150,7 +109,7 @@ def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, sou
             "method": cfg.pretrain.method,
             "settings": cfg.pretrain.model_dump(mode="json"),
             "epochs": final.get("epoch"),
-            "batch_size_per_worker": plan["batch_size"],
+            "batch_size_per_worker": plan.batch_size,
             "num_workers": cfg.scaling.num_workers,
             "final_loss": final.get("loss"),
             "final_repr_std": final.get("repr_std"),
@@ -165,104 +124,51 @@ def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, sou
     }
 
 
-def run_pretrain(cfg: JobConfig) -> dict:
-    """Pretrain (or resume) the run ``cfg.name``; write its bundle, config.yaml and result.json."""
-    from ray.train.torch import TorchTrainer
-
-    from medxfer.bundle import save_bundle
-    from medxfer.config_io import dump_yaml
+def pretrain_inputs(cfg: JobConfig, use_gpu: bool, source=None):
+    """Prepare every manifest's cache (each under its own key) and plan the pretraining run."""
     from medxfer.data.cache import prepare
-    from medxfer.runtime import init_ray
-    from medxfer.ssl.worker import export_backbone, pretrain_func
-    from medxfer.train.checkpoint import read_state, read_weights
-    from medxfer.train.jobs import fit_or_explain, run_config, scaling_config
+    from medxfer.train.launch import StageInputs
+    from medxfer.train.plan import plan_pretraining
 
-    t0 = time.time()
-    init_ray()
-    layout = storage.Layout(cfg.storage.root)
-    run_uri = layout.run(cfg.name)
-    source = None
-    if cfg.model.init not in ("scratch", "imagenet"):
-        from medxfer.train.jobs import check_source
-
-        source = check_source(cfg)  # a bundle init must exist, verify and match the backbone before workers start
-
-    if storage.exists(storage.join(run_uri, SNAPSHOT)):
-        check_resumable(cfg, run_uri)
-        done = _finished(cfg, run_uri)
-        if done is not None:
-            log.info("%s: already complete (epoch %d/%d); bundle %s", cfg.name, done["epoch"], cfg.train.epochs,
-                     done["bundle"])
-            return done
-
-    sources, parts = [], []
+    sources, caches, parts = [], [], []
     for m in manifests_of(cfg):
         prepared = prepare(source_config(cfg, m))
-        ds = prepared.dataset("train").select_columns(["image"])
         n = int(prepared.card["counts"]["train"]["total"])
         sources.append({"manifest": storage.normalize(m), "cache_key": prepared.key, "cache_uri": prepared.uri,
                         "train_images": n, "source_names": sorted(prepared.card.get("sources", {}))})
-        parts.append(ds)
-    train_ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    # Sources arrive one after another; shuffling whole blocks (cheap, no data movement) plus the
-    # workers' local shuffle buffer mixes them, so a batch is not all chest X-ray or all ultrasound.
-    train_ds = train_ds.randomize_block_order()
+        caches.append(prepared.uri)
+        parts.append(prepared)
     n_images = sum(s["train_images"] for s in sources)
-
-    scaling, use_gpu = scaling_config(cfg)
-    plan = plan_pretrain(cfg, n_images, cfg.preprocess.channels, cfg.preprocess.size, use_gpu)
-    resumed = storage.exists(storage.join(run_uri, SNAPSHOT))
-    storage.write_text(storage.join(run_uri, "config.yaml"), dump_yaml(cfg))
-    log.info("%s pretraining (%s) of %s on %d unlabeled training images from %d source(s) (%s), %d worker(s)%s, %s",
-             "resuming" if resumed else "starting", cfg.pretrain.method, cfg.model.backbone, n_images, len(sources),
-             ", ".join(f"{storage.basename(storage.parent(s['manifest']))} {s['train_images']}" for s in sources),
-             cfg.scaling.num_workers, " with GPUs" if use_gpu else "", run_uri)
-    trainer = TorchTrainer(
-        pretrain_func,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan},
-        datasets={"train": train_ds},
-        scaling_config=scaling,
-        run_config=run_config(cfg, layout.runs(), scored=False),
+    plan = plan_pretraining(cfg, caches, n_images, tuple(parts[0].image_shape), use_gpu)
+    datasets = None
+    if plan.data.mode == "stream":
+        ds = [p.dataset("train").select_columns(["image"]) for p in parts]
+        # Sources arrive one after another; shuffling whole blocks (no data movement) plus the workers'
+        # local shuffle buffer mixes them, so a batch is not all chest X-ray or all ultrasound.
+        datasets = {"train": (ds[0].union(*ds[1:]) if len(ds) > 1 else ds[0]).randomize_block_order()}
+    names = ", ".join(f"{storage.basename(storage.parent(s['manifest']))} {s['train_images']}" for s in sources)
+    return StageInputs(
+        plan=plan, describe=f"({cfg.pretrain.method}) on {n_images} unlabeled training images from "
+                            f"{len(sources)} source(s) ({names})",
+        card=lambda best, state: build_card(cfg, sources, plan, state.history[-1] if state.history else {}, source),
+        export=export_backbone, datasets=datasets, data_fingerprint=data_fingerprint([s["cache_key"] for s in sources]),
+        result_extra={"method": cfg.pretrain.method, "train_images": n_images, "sources": sources},
     )
-    result = fit_or_explain(trainer, run_uri)
-    last = dict(result.metrics or {})
-    if result.checkpoint is None:
-        raise DataError(f"{run_uri}: pretraining reported no checkpoint")
-    with result.checkpoint.as_directory() as d:
-        weights, state = read_weights(d), read_state(d)
-    history = state.history
-    final = history[-1] if history else {}
-    card = build_card(cfg, sources, plan, final, source)
-    card = save_bundle(storage.join(run_uri, "bundle"), export_backbone(weights), card)
-    this_run = history[len(history) - int(last.get("epochs_this_run") or 0):] if last.get("epochs_this_run") else []
-    out = {
-        "name": cfg.name,
-        "stage": "pretrain",
-        "method": cfg.pretrain.method,
-        "status": "complete" if state.epoch >= cfg.train.epochs else (last.get("stopped") or "stopped"),
-        "epoch": state.epoch,
-        "epochs_total": cfg.train.epochs,
-        "epochs_run": len(this_run),
-        "resumed": bool(resumed or last.get("resumed_from_epoch") is not None),
-        "resumed_from_epoch": last.get("resumed_from_epoch"),
-        "final": final,
-        "wall_time_s": round(time.time() - t0, 2),
-        "images_per_s": (sum(h["images_per_s"] for h in this_run) / len(this_run)) if this_run else None,
-        "train_images": n_images,
-        "sources": sources,
-        "num_workers": cfg.scaling.num_workers,
-        "use_gpu": use_gpu,
-        "bundle": storage.join(run_uri, "bundle"),
-        "bundle_id": card["id"],
-        "data_fingerprint": card["data_fingerprint"],
-        "lineage": card["lineage"],
-        "history": history,
-    }
-    storage.write_json(storage.join(run_uri, "result.json"), out)
-    loss = final.get("loss", math.nan)
-    log.info("%s: %s after epoch %d/%d; loss %.4f; bundle %s", cfg.name, out["status"], state.epoch,
-             cfg.train.epochs, loss if loss is not None else math.nan, out["bundle"])
-    return out
+
+
+def run_pretrain(cfg: JobConfig) -> dict:
+    """Pretrain (or resume) the run ``cfg.name``; write its bundle, config.yaml and result.json."""
+    from medxfer.train.launch import launch
+
+    def inputs(use_gpu: bool):
+        source = None
+        if cfg.model.init not in ("scratch", "imagenet"):
+            from medxfer.train.jobs import check_source
+
+            source = check_source(cfg)  # must exist, verify and match the backbone before workers start
+        return pretrain_inputs(cfg, use_gpu, source)
+
+    return launch(cfg, "pretrain", inputs, check_resumable)
 
 
 def cmd_pretrain(args) -> int:
@@ -271,4 +177,6 @@ def cmd_pretrain(args) -> int:
     out = run_pretrain(load_config(args.config, args.set))
     print(f"{out['name']}: {out['status']} ({out['method']}, epoch {out['epoch']}/{out['epochs_total']}, "
           f"{out['train_images']} images from {len(out['sources'])} source(s)); bundle {out['bundle']}")
-    return 0
+    from medxfer.train.jobs import exit_code
+
+    return exit_code(out)

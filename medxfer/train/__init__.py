@@ -1,7 +1,10 @@
-"""The training plane: source training and fine-tuning with Ray Train.
+"""The training plane: one engine for source training, fine-tuning, pretraining and trials.
 
-losses (per task), optim (freezing, layer-wise LR, schedule, L2-SP), augment (on tensors),
-loop (train_epoch / evaluate_epoch, no Ray), valmetrics (gathered validation metrics),
-checkpoint (everything with state), worker (``train_func``), jobs (``run_training`` and
-the ``source-train`` / ``finetune`` handlers).
+plan (the run plan, pure), batches and rankdata (what each rank trains and validates on),
+engine (the one epoch driver and the checkpoint policy), session (Ray Train: checkpoints,
+agreement between ranks, progress), control (the command's progress display and stop
+requests), supervised (the classifier trainee), worker (``train_func``), launch (the one
+launcher and the trial runner), loop (the step and the validation pass, no Ray), losses,
+optim (freezing, layer-wise LR, schedule, L2-SP), augment (on tensors), valmetrics,
+checkpoint (everything with state), jobs (the supervised stages' checks, card and handlers).
 """

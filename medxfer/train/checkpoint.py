@@ -1,15 +1,22 @@
-"""Everything with state in one checkpoint folder: weights, optimiser, schedule, progress.
+"""Everything with state in one checkpoint folder: weights, best weights, optimiser, schedule, progress.
 
-Layout: ``model.safetensors`` (weights, no pickle), ``optim.pt`` (optimizer + scheduler
-state: tensors and numbers only, read back with ``torch.load(weights_only=True)``, which
-refuses arbitrary objects) and ``state.json`` (epoch, best metric and its epoch, epochs
-without improvement, the per-epoch history). Resuming restores all of it, so a resumed run
-continues the same learning-rate curve and early-stopping count it would have followed.
+Layout: ``model.safetensors`` (the latest weights, no pickle), ``best.safetensors`` (the best
+epoch's weights, when that is not the latest one), ``optim.pt`` (optimizer + scheduler state:
+tensors and numbers only, read back with ``torch.load(weights_only=True)``, which refuses
+arbitrary objects) and ``state.json`` (epoch, best metric and its epoch, epochs without
+improvement, the per-epoch history).
+
+Why the best weights ride in the latest checkpoint: a run keeps one checkpoint folder, not one
+per improvement, so checkpoints can be written by a time/epoch policy instead of every epoch
+(a ResNet-18 with its AdamW state is ~130 MB), and the bundle is still made from the best epoch.
+Resuming restores all of it, so a resumed run continues the same learning-rate curve,
+early-stopping count and best-so-far it would have followed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -19,6 +26,8 @@ from torch import nn
 from medxfer.models import unwrap
 
 WEIGHTS = "model.safetensors"
+BEST = "best.safetensors"
+EXTRA = "extra.safetensors"
 OPTIM = "optim.pt"
 STATE = "state.json"
 
@@ -34,10 +43,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     run_start_epochs: list[int] = field(default_factory=list)  # epoch each invocation started at
 
-    def improved(self, value: float, mode: str) -> bool:
+    def improved(self, value: float | None, mode: str) -> bool:
         """Record ``value`` for the epoch just completed; True when it is a new best."""
-        import math
-
         if value is None or (isinstance(value, float) and math.isnan(value)):
             better = self.best_metric is None
         elif self.best_metric is None or (isinstance(self.best_metric, float) and math.isnan(self.best_metric)):
@@ -51,12 +58,24 @@ class TrainState:
         return better
 
 
-def save_checkpoint(directory: str, model: nn.Module, optimizer, scheduler, state: TrainState) -> None:
+def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the (unwrapped) model's tensors: safe to keep while training goes on."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in unwrap(model).state_dict().items()}
+
+
+def save_checkpoint(directory: str, model: nn.Module, optimizer, scheduler, state: TrainState,
+                    best: dict[str, torch.Tensor] | None = None,
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the folder. ``best``: the weights to export (the best epoch's, or averaged ones) when they
+    are not the latest model weights; ``extra``: further training state (e.g. the weight average)."""
     from safetensors.torch import save_file
 
     os.makedirs(directory, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-    save_file(sd, os.path.join(directory, WEIGHTS))
+    save_file(state_dict_cpu(model), os.path.join(directory, WEIGHTS))
+    if best is not None:
+        save_file(best, os.path.join(directory, BEST))
+    if extra:
+        save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, os.path.join(directory, EXTRA))
     torch.save({"optimizer": optimizer.state_dict() if optimizer else None,
                 "scheduler": scheduler.state_dict() if scheduler else None}, os.path.join(directory, OPTIM))
     with open(os.path.join(directory, STATE), "w") as f:
@@ -72,6 +91,21 @@ def read_weights(directory: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(os.path.join(directory, WEIGHTS))
+
+
+def read_best_weights(directory: str) -> dict[str, torch.Tensor]:
+    """The weights to export: ``best.safetensors`` when written, else the latest model weights."""
+    from safetensors.torch import load_file
+
+    path = os.path.join(directory, BEST)
+    return load_file(path) if os.path.exists(path) else read_weights(directory)
+
+
+def read_extra(directory: str) -> dict[str, torch.Tensor] | None:
+    from safetensors.torch import load_file
+
+    path = os.path.join(directory, EXTRA)
+    return load_file(path) if os.path.exists(path) else None
 
 
 def load_checkpoint(directory: str, model: nn.Module, optimizer=None, scheduler=None) -> TrainState:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -40,6 +39,8 @@ class StepSettings:
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     l2sp_reference: dict[str, torch.Tensor] | None = None
     l2sp_alpha: float = 0.0
+    mix: Callable | None = None  # (images, labels) -> (mixed images, soft labels): mixup / CutMix
+    after_step: Callable[[], None] | None = None  # called after each step taken (a weight average)
 
 
 def pick_amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
@@ -60,20 +61,43 @@ def batch_tensors(batch: dict, settings: StepSettings) -> tuple[torch.Tensor, to
     return x, y.to(settings.device, non_blocking=True)
 
 
-def shard_rows(batches: Iterable[dict], rank: int, world: int) -> Iterable[dict]:
-    """Keep the rows this rank evaluates: those whose path hashes to ``rank`` (mod ``world``).
+class Stepper:
+    """The optimizer step of every stage: backward, clip, check the gradient norm, step, schedule.
 
-    Every rank reads the whole (unsplit) validation set; selecting by a hash of the path,
-    not by position, gives disjoint parts that cover every row whatever order each rank
-    sees them in — so the gathered set is exactly the validation set, nothing dropped.
+    A step whose gradient norm is not finite is skipped (the schedule still advances, so every
+    rank stays on the same learning-rate curve); ``MAX_BAD_STEPS_IN_A_ROW`` in a row stop the run.
     """
-    for b in batches:
-        if world <= 1:
-            yield b
-            continue
-        keep = np.array([zlib.crc32(str(p).encode()) % world == rank for p in b["path"]], dtype=bool)
-        if keep.any():
-            yield {k: (v[keep] if isinstance(v, np.ndarray) else np.asarray(v)[keep]) for k, v in b.items()}
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, grad_clip: float | None,
+                 after_step: Callable[[], None] | None = None):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, grad_clip
+        self.after_step = after_step
+        self.skipped, self.bad_in_a_row = 0, 0
+
+    def __call__(self, loss: torch.Tensor) -> bool:
+        """Take one step on ``loss``; False when it was skipped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or math.inf)
+        taken = bool(torch.isfinite(norm))
+        if taken:
+            self.bad_in_a_row = 0
+            self.optimizer.step()
+            if self.after_step is not None:
+                self.after_step()
+        else:
+            self.skipped += 1
+            self.bad_in_a_row += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
+                raise MedxferError(
+                    f"non-finite loss or gradients in {self.bad_in_a_row} steps in a row; lower train.lr, "
+                    "keep train.grad_clip on, or check the data for NaN pixels"
+                )
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return taken
 
 
 def train_epoch(
@@ -83,44 +107,36 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler,
     settings: StepSettings,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Train over ``batches`` once; returns mean loss, images seen, skipped steps and seconds."""
+    """Train over ``batches`` once; returns mean loss, images seen, skipped steps and seconds.
+
+    ``on_step(k)`` is called after the k-th step (progress display)."""
     from medxfer.train.optim import l2sp_penalty
 
     t0 = time.perf_counter()
-    total, n, skipped, bad_in_a_row = 0.0, 0, 0, 0
-    params = [p for p in model.parameters() if p.requires_grad]
+    step = Stepper(model, optimizer, scheduler, settings.grad_clip, settings.after_step)
+    total, n, k = 0.0, 0, 0
     for batch in batches:
         x, y = batch_tensors(batch, settings)
         if settings.augment is not None:
             x = settings.augment(x)
+        if settings.mix is not None:
+            x, y = settings.mix(x, y)
         with torch.autocast(settings.device.type, dtype=settings.amp_dtype or torch.float32,
                             enabled=settings.amp_dtype is not None):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         if settings.l2sp_reference and settings.l2sp_alpha > 0:
             loss = loss + l2sp_penalty(model, settings.l2sp_reference, settings.l2sp_alpha)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip or math.inf)
-        if not torch.isfinite(norm):
-            skipped += 1
-            bad_in_a_row += 1
-            optimizer.zero_grad(set_to_none=True)
-            if bad_in_a_row >= MAX_BAD_STEPS_IN_A_ROW:
-                raise MedxferError(
-                    f"non-finite loss or gradients in {bad_in_a_row} steps in a row; lower train.lr, "
-                    "keep train.grad_clip on, or check the data for NaN pixels"
-                )
-        else:
-            bad_in_a_row = 0
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        step(loss)
         if torch.isfinite(loss):
             total += float(loss.detach()) * len(x)
         n += len(x)
-    return {"train_loss": total / n if n else float("nan"), "train_images": n, "skipped_steps": skipped,
+        k += 1
+        if on_step is not None:
+            on_step(k)
+    return {"train_loss": total / n if n else float("nan"), "train_images": n, "skipped_steps": step.skipped,
             "train_seconds": time.perf_counter() - t0}
 
 

@@ -1,0 +1,254 @@
+"""The one launcher: source-train, finetune and pretrain runs, and an experiment's trials.
+
+A run is: prepare its data (the content-keyed cache), plan it (:mod:`medxfer.train.plan`), hand
+``train_func`` to Ray Train's ``TorchTrainer``, then turn the final checkpoint into a model
+bundle and ``result.json``. What differs between stages arrives as :class:`StageInputs` — the
+plan, the Ray Datasets when the data streams, how weights are exported, how the card is built —
+made by :func:`supervised_inputs` here and by ``medxfer.ssl.jobs.pretrain_inputs``.
+
+Resume is Ray Train V2's own: the run's folder is ``<root>/runs/<name>`` (``storage_path`` +
+``name``); when it holds a checkpoint-manager snapshot, ``fit()`` restores it and workers find
+the latest checkpoint in ``ray.train.get_checkpoint()``. A trial (:func:`run_trial_weights`) is
+the same ``train_func`` in Ray Train's local mode: one process, nothing written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from medxfer import storage
+from medxfer.config import JobConfig
+from medxfer.errors import DataError, MedxferError
+from medxfer.train.plan import RunPlan, plan_training
+
+log = logging.getLogger("medxfer.train")
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+@dataclass
+class StageInputs:
+    """What a stage contributes to a run besides the config."""
+
+    plan: RunPlan
+    describe: str  # "on 546 train / 78 val images" for the start line
+    card: Callable[[dict, object], dict]  # (best epoch's metrics, state) -> the bundle card
+    export: Callable[[dict], dict] = lambda weights: weights  # noqa: E731 - the tensors the bundle holds
+    datasets: dict | None = None  # Ray Datasets, only when the data streams
+    data_fingerprint: str = ""
+    result_extra: dict = field(default_factory=dict)
+
+
+def split_rows(prepared, split: str) -> int:
+    """Rows of a split as served (after ``label_fraction``), from the cache card, without Ray."""
+    kept = prepared.kept_rows(split)
+    return len(kept) if kept is not None else int(prepared.card["counts"][split]["total"])
+
+
+def supervised_inputs(cfg: JobConfig, stage: str, prepared, use_gpu: bool, source=None) -> StageInputs:
+    """Source training and fine-tuning on one prepared dataset."""
+    from medxfer.train.jobs import build_card
+
+    n_train, n_val = split_rows(prepared, "train"), split_rows(prepared, "val")
+    if n_val == 0:
+        raise DataError(f"{prepared.uri}: the validation split is empty; add a split column with 'val' rows "
+                        "or set data.split_fractions")
+    plan = plan_training(cfg, stage, prepared, n_train, use_gpu)
+    datasets = None
+    if plan.data.mode == "stream":
+        datasets = {"train": prepared.dataset("train").select_columns(["image", "label"]),
+                    "val": prepared.dataset("val").select_columns(["image", "label", "path"])}
+    return StageInputs(
+        plan=plan, describe=f"on {n_train} train / {n_val} val images",
+        card=lambda best, state: build_card(cfg, stage, prepared, plan, source, best),
+        datasets=datasets, data_fingerprint=prepared.key,
+        result_extra={"train_images": n_train, "val_images": n_val},
+    )
+
+
+def scaling_config(cfg: JobConfig):
+    from ray.train import ScalingConfig
+
+    from medxfer.runtime import cluster_gpus
+
+    sc = cfg.scaling
+    use_gpu = cluster_gpus() > 0 if sc.use_gpu == "auto" else bool(sc.use_gpu)
+    res = {"CPU": sc.cpus_per_worker}
+    if use_gpu:
+        res["GPU"] = sc.gpus_per_worker
+    return ScalingConfig(num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=res), use_gpu
+
+
+def run_config(cfg: JobConfig, runs_uri: str):
+    """``RunConfig`` for ``<root>/runs/<name>``: the same name resumes; S3 through pyarrow."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    if storage.is_remote(runs_uri):
+        fs, path = storage.pyarrow_fs(runs_uri)
+    else:
+        storage.makedirs(runs_uri)
+        fs, path = None, runs_uri
+    return RunConfig(
+        name=cfg.name, storage_path=path, storage_filesystem=fs,
+        failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
+        # Newest first: each checkpoint carries the best weights so far (see medxfer.train.checkpoint).
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoint.keep),
+    )
+
+
+def fit_or_explain(trainer, run_uri: str):
+    """``trainer.fit()``, with a failure turned into a message naming the run and the cause.
+
+    Ray wraps a worker's exception in its own error whose first line says only that workers
+    failed; the cause (often a storage path) is in the last line. Our own errors pass through.
+    """
+    from medxfer.errors import find_medxfer_error
+
+    try:
+        return trainer.fit()
+    except Exception as e:  # noqa: BLE001 - re-raised as a named error
+        ours = find_medxfer_error(e)
+        if ours is not None:
+            raise ours from None
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        cause = lines[-1] if lines else type(e).__name__
+        raise MedxferError(
+            f"{run_uri}: training failed: {cause[:400]}. Checkpoints already written under {run_uri} are "
+            "kept; fix the cause and re-run the same command (same name) to resume"
+        ) from None
+
+
+def _status(state, cfg: JobConfig, stopped: str | None) -> str:
+    if state.epoch >= cfg.train.epochs:
+        return "complete"
+    patience = cfg.train.early_stopping.patience
+    if patience and state.bad_epochs >= patience:
+        return "early_stopped"
+    if stopped and stopped.startswith("signal"):
+        return "stopped"
+    return "max_epochs_this_run"
+
+
+def finished_result(cfg: JobConfig, run_uri: str) -> dict | None:
+    """The stored result of a run that already reached ``train.epochs`` with its bundle, else None.
+
+    Re-running a finished run then costs nothing (no worker group is started); raising
+    ``train.epochs`` resumes it instead.
+    """
+    res_uri, card_uri = storage.join(run_uri, "result.json"), storage.join(run_uri, "bundle", "bundle.json")
+    if not (storage.exists(res_uri) and storage.exists(card_uri)):
+        return None
+    res = storage.read_json(res_uri)
+    if res.get("status") == "complete" and int(res.get("epoch", 0)) >= cfg.train.epochs:
+        return {**res, "epochs_run": 0}
+    return None
+
+
+def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs],
+           same_run: Callable[[JobConfig, str], None]) -> dict:
+    """Train (or resume) the run ``cfg.name``; write its bundle, config.yaml and result.json.
+
+    ``make_inputs(use_gpu)`` prepares the data and plans the run (called once Ray is up);
+    ``same_run(cfg, run_uri)`` refuses to resume a run folder made with another config.
+    """
+    from ray.train import DataConfig
+    from ray.train.torch import TorchTrainer
+
+    from medxfer.bundle import save_bundle
+    from medxfer.config_io import dump_yaml
+    from medxfer.runtime import init_ray
+    from medxfer.train.checkpoint import read_best_weights, read_state
+    from medxfer.train.control import Monitor
+    from medxfer.train.worker import train_func
+
+    t0 = time.time()
+    init_ray()
+    layout = storage.Layout(cfg.storage.root)
+    run_uri = layout.run(cfg.name)
+    resumed = storage.exists(storage.join(run_uri, SNAPSHOT))
+    if resumed:
+        same_run(cfg, run_uri)
+        done = finished_result(cfg, run_uri)
+        if done is not None:
+            log.info("%s: already complete (epoch %d/%d); bundle %s", cfg.name, done["epoch"], cfg.train.epochs,
+                     done["bundle"])
+            return done
+    monitor = Monitor(cfg.name)  # its actor starts while the data is prepared
+    scaling, use_gpu = scaling_config(cfg)
+    inputs = make_inputs(use_gpu)
+    plan = inputs.plan
+    storage.write_text(storage.join(run_uri, "config.yaml"), dump_yaml(cfg))
+    log.info("%s %s: %s %s, %d worker(s)%s, data %s; %s", "resuming" if resumed else "starting", stage,
+             cfg.model.backbone, inputs.describe, cfg.scaling.num_workers, " with GPUs" if use_gpu else "",
+             "in memory" if plan.data.mode == "memory" else "streamed", run_uri)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan, "control": monitor.channel()},
+        datasets=inputs.datasets,
+        # Validation is read whole by every rank, which keeps its own part (see medxfer.train.batches).
+        dataset_config=DataConfig(datasets_to_split=["train"]) if inputs.datasets else None,
+        scaling_config=scaling,
+        run_config=run_config(cfg, layout.runs()),
+    )
+    t_fit = time.time()
+    result = monitor.run(lambda: fit_or_explain(trainer, run_uri))
+    if result.checkpoint is None:
+        raise DataError(f"{run_uri}: training reported no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state, weights = read_state(d), read_best_weights(d)
+    best_metrics = next((h for h in state.history if h.get("epoch") == state.best_epoch), None) if plan.scored else None
+    best_metrics = best_metrics or (state.history[-1] if state.history else {})
+    card = save_bundle(storage.join(run_uri, "bundle"), inputs.export(weights), inputs.card(best_metrics, state))
+    this_run = [h for h in state.history if h.get("time", 0) >= t_fit]
+    status = _status(state, cfg, (result.metrics or {}).get("stopped") if this_run else None)
+    metric = cfg.train.early_stopping.metric
+    out = {
+        "name": cfg.name,
+        "stage": stage,
+        "status": status,
+        "epoch": state.epoch,
+        "epochs_total": cfg.train.epochs,
+        "epochs_run": len(this_run),
+        "resumed": resumed,
+        "resumed_from_epoch": (state.epoch - len(this_run)) if resumed else None,
+        "best": {"epoch": state.best_epoch, "metric": metric, **best_metrics} if plan.scored else None,
+        "final": state.history[-1] if state.history else {},
+        "wall_time_s": round(time.time() - t0, 2),
+        "images_per_s": (sum(h["images_per_s"] for h in this_run) / len(this_run)) if this_run else None,
+        **inputs.result_extra,
+        "num_workers": cfg.scaling.num_workers,
+        "use_gpu": use_gpu,
+        "data_mode": plan.data.mode,
+        "stopped_by": monitor.signal,
+        "bundle": storage.join(run_uri, "bundle"),
+        "bundle_id": card["id"],
+        "data_fingerprint": inputs.data_fingerprint,
+        "lineage": card["lineage"],
+        "history": state.history,
+    }
+    storage.write_json(storage.join(run_uri, "result.json"), out)
+    shown = f"best {metric} {best_metrics.get(metric, float('nan')):.4f} (epoch {state.best_epoch})" if plan.scored \
+        else f"loss {out['final'].get('loss', float('nan')):.4f}"
+    log.info("%s: %s after epoch %d/%d; %s; bundle %s", cfg.name, status, state.epoch, cfg.train.epochs, shown,
+             out["bundle"])
+    return out
+
+
+def run_trial_weights(cfg: JobConfig, plan: RunPlan) -> dict:
+    """Run ``train_func`` in Ray Train's local mode (this process, nothing written); returns its outcome:
+    ``weights`` (the best epoch's), ``history``, ``best_epoch``, ``stopped``."""
+    import tempfile
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from medxfer.train.worker import train_func
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = TorchTrainer(
+            train_func, train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan},
+            scaling_config=ScalingConfig(num_workers=0), run_config=RunConfig(name=cfg.name, storage_path=tmp))
+        return trainer.fit().return_value

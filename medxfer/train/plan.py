@@ -1,0 +1,128 @@
+"""The run plan: everything a worker needs besides the job config, decided once on the driver.
+
+Why a frozen dataclass and not a dict: the plan crosses a process boundary (driver -> Ray
+Train workers, or an experiment's trial task) and every field is read in several places; a
+typed, immutable record makes a missing or misspelt field an error at the driver, not a
+``KeyError`` in a worker an hour later. Planning is pure (no Ray, no storage), so it is
+unit-tested on its own.
+
+The batch rules are the same for every stage and every executor, so that an experiment's
+trial and ``medxfer finetune`` with the same settings take exactly the same steps:
+
+- each of ``world`` ranks trains on ``rows_per_worker = rows // world`` images per epoch
+  (equal shards keep DDP's step counts equal);
+- supervised stages skip a last batch of a single image (batch norm cannot normalise one),
+  self-supervised pretraining drops every partial last batch (its losses compare whole
+  batches).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from medxfer.config import JobConfig
+from medxfer.errors import ConfigError, DataError
+
+#: Splits up to this size (float32 tensors) are read into each worker's memory; larger
+#: splits stream from the cache through Ray Data.
+IN_MEMORY_MAX_BYTES = 2 * 1024**3
+SSL_TASK = "self-supervised"
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """Where a run's images come from and how workers read them."""
+
+    caches: tuple[str, ...]  # cache folders (pretraining pools several; training reads one)
+    mode: str  # "memory": each worker reads its splits with pyarrow; "stream": Ray Data shards
+    label_fraction: float = 1.0
+    label_seed: int = 0
+    validate: bool = True  # read the validation split (supervised stages)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, as the workers execute it."""
+
+    stage: str  # source | finetune | pretrain
+    task: str  # multiclass | multilabel | ordinal | self-supervised
+    num_outputs: int
+    num_grades: int
+    in_chans: int
+    stem: str
+    class_counts: tuple[int, ...] | None
+    train_rows: int
+    world: int
+    rows_per_worker: int
+    batch_size: int
+    drop_partial: bool  # drop every partial last batch (pretraining) rather than only one of size 1
+    steps_per_epoch: int
+    use_gpu: bool
+    cpus_per_worker: float
+    data: DataPlan
+    persist: bool = True  # write checkpoints to the run folder (False: an experiment's trial)
+
+    @property
+    def scored(self) -> bool:
+        """Whether epochs are validated and a best epoch is chosen (not for pretraining)."""
+        return self.task != SSL_TASK
+
+
+def steps_per_epoch(rows: int, batch_size: int, drop_partial: bool) -> int:
+    """Optimizer steps per epoch for ``rows`` images under the batch rules above."""
+    full, rest = divmod(rows, batch_size)
+    return max(1, full + (1 if rest > 1 and not drop_partial else 0))
+
+
+def data_mode(rows: int, image_shape: tuple[int, ...]) -> str:
+    return "memory" if rows * math.prod(image_shape) * 4 <= IN_MEMORY_MAX_BYTES else "stream"
+
+
+def plan_training(cfg: JobConfig, stage: str, prepared, n_train: int, use_gpu: bool, persist: bool = True) -> RunPlan:
+    """The plan of a source-train or finetune run on ``prepared`` (a :class:`PreparedData`)."""
+    from medxfer.models import stem_for_size
+    from medxfer.train.losses import resolve_class_weights
+
+    world, bs = cfg.scaling.num_workers, cfg.train.batch_size
+    rows = n_train // world
+    if rows < 2:
+        raise DataError(f"{n_train} training images for {world} worker(s): each worker needs at least 2 "
+                        "(batch norm); add images or lower scaling.num_workers")
+    counts = tuple(int(c) for c in prepared.class_counts("train")) if prepared.task == "multiclass" else None
+    if counts is not None and cfg.train.loss in ("weighted_ce", "focal"):
+        resolve_class_weights(cfg.train.class_weights, counts, prepared.num_outputs)  # validates early
+    spec = prepared.spec
+    return RunPlan(
+        stage=stage, task=prepared.task, num_outputs=int(prepared.num_outputs), num_grades=len(prepared.classes),
+        in_chans=int(spec.channels), stem=stem_for_size(spec.size, cfg.model.stem),
+        class_counts=counts, train_rows=n_train, world=world, rows_per_worker=rows, batch_size=bs,
+        drop_partial=False, steps_per_epoch=steps_per_epoch(rows, bs, False), use_gpu=use_gpu,
+        cpus_per_worker=cfg.scaling.cpus_per_worker,
+        data=DataPlan(caches=(prepared.uri,), mode=data_mode(n_train, tuple(prepared.image_shape)),
+                      label_fraction=prepared.label_fraction, label_seed=prepared.label_seed),
+        persist=persist,
+    )
+
+
+def plan_pretraining(cfg: JobConfig, caches: list[str], n_images: int, image_shape: tuple[int, int, int],
+                     use_gpu: bool) -> RunPlan:
+    """The plan of a self-supervised pretraining run over the training splits of ``caches``."""
+    from medxfer.models import stem_for_size
+
+    world = cfg.scaling.num_workers
+    rows = n_images // world
+    if rows < 2:
+        raise DataError(f"{n_images} training images for {world} worker(s): each worker needs at least 2 "
+                        "(batch norm); add images or lower scaling.num_workers")
+    if cfg.train.batch_size < 2:
+        raise ConfigError(["train.batch_size: self-supervised pretraining needs at least 2 images per worker "
+                           "(batch norm in the projector); found 1"])
+    bs = min(cfg.train.batch_size, rows)  # a shard smaller than one batch still trains
+    return RunPlan(
+        stage="pretrain", task=SSL_TASK, num_outputs=0, num_grades=0, in_chans=int(image_shape[0]),
+        stem=stem_for_size(image_shape[-1], cfg.model.stem), class_counts=None, train_rows=n_images,
+        world=world, rows_per_worker=rows, batch_size=bs, drop_partial=True,
+        steps_per_epoch=steps_per_epoch(rows, bs, True), use_gpu=use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker,
+        data=DataPlan(caches=tuple(caches), mode=data_mode(n_images, image_shape), validate=False),
+    )

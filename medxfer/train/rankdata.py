@@ -1,0 +1,67 @@
+"""A rank's view of its run's data: training batches per epoch and its part of the validation split.
+
+In memory (``plan.data.mode == "memory"``) every rank reads the cached splits straight from the
+cache with pyarrow — no Ray Data pipeline to start — and slices them itself (see
+:mod:`medxfer.train.batches`). Streaming, it iterates the Ray Data shards the driver handed to
+Ray Train. Callers see the same iterator of ``{"image", "label"}`` batches either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from medxfer.train.batches import Split, epoch_batches, eval_batches, hash_part, order_seed, stream_batches
+from medxfer.train.plan import RunPlan
+
+
+def read_split(plan: RunPlan, split: str, labels: bool = True) -> Split:
+    """The split of every cache in the plan, concatenated (pretraining pools several), ordered by row."""
+    from medxfer.data.cache import PreparedData
+
+    images, ys = [], []
+    for uri in plan.data.caches:
+        lf = plan.data.label_fraction if split == "train" else 1.0
+        X, y = PreparedData.open(uri, lf, plan.data.label_seed).numpy(split)
+        images.append(X)
+        ys.append(y)
+    image = images[0] if len(images) == 1 else np.concatenate(images)
+    label = (ys[0] if len(ys) == 1 else np.concatenate(ys)) if labels else None
+    return Split(image, label)
+
+
+class RankData:
+    """Training and validation batches for one rank of ``plan``."""
+
+    def __init__(self, plan: RunPlan, rank: int, world: int, seed: int, eval_batch_size: int):
+        self.plan, self.rank, self.world, self.seed = plan, rank, world, seed
+        self.eval_batch_size = eval_batch_size
+        self.memory = plan.data.mode == "memory"
+        labels = plan.scored
+        if self.memory:
+            self.train_split = read_split(plan, "train", labels)
+            self.val_split = read_split(plan, "val") if plan.data.validate else None
+        else:
+            import ray.train
+
+            self.train_shard = ray.train.get_dataset_shard("train")
+            self.val_shard = ray.train.get_dataset_shard("val") if plan.data.validate else None
+
+    def train(self, epoch: int) -> Iterator[dict]:
+        p = self.plan
+        if self.memory:
+            return epoch_batches(self.train_split, epoch, self.seed, self.rank, self.world, p.rows_per_worker,
+                                 p.batch_size, p.drop_partial)
+        batches = self.train_shard.iter_batches(
+            batch_size=p.batch_size, batch_format="numpy",
+            local_shuffle_buffer_size=min(p.rows_per_worker, max(4 * p.batch_size, 512)),
+            local_shuffle_seed=order_seed(self.seed, epoch) + self.rank,
+        )
+        return stream_batches(batches, p.drop_partial)
+
+    def validation(self) -> Iterator[dict]:
+        if self.memory:
+            return eval_batches(self.val_split, self.rank, self.world, self.eval_batch_size)
+        batches = self.val_shard.iter_batches(batch_size=self.eval_batch_size, batch_format="numpy")
+        return hash_part(batches, self.rank, self.world)

@@ -1,0 +1,93 @@
+"""The launcher as its users meet it: the ``medxfer finetune`` / ``source-train`` commands in a new
+process (their own local Ray, beside the test session's), what they print, and a stop by signal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from evalutil import breast_manifest
+
+from medxfer import storage
+
+pytestmark = [pytest.mark.slow]
+
+NOISE = ("TrainingReport", "concurrency", "deprecated", "Progress bars disabled", "Token authentication",
+         "Found multiple active Ray instances", "Traceback", "(RayTrainWorker", "(TrainController",
+         "(SplitCoordinator", "UserWarning", "Reported metrics")
+
+
+def _job(tmp_path, manifest: str, name: str, **train) -> str:
+    job = {
+        "name": name,
+        "data": {"manifest": manifest},
+        "preprocess": {"size": 28},
+        "model": {"backbone": "smallcnn", "init": "scratch"},
+        "train": {"epochs": 2, "batch_size": 64, "lr": 3e-3, "warmup_epochs": 0, **train},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1, "use_gpu": False},
+        "storage": {"root": str(tmp_path / "root")},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return str(path)
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def breast(test_data, tmp_path_factory):
+    return breast_manifest(test_data, tmp_path_factory.mktemp("breast"))
+
+
+def test_finetune_prints_what_starts_one_line_per_epoch_and_the_result(breast, tmp_path):
+    job = _job(tmp_path, breast, "quiet", epochs=3)
+    p = subprocess.run([sys.executable, "-m", "medxfer", "finetune", "--config", job], capture_output=True,
+                       text=True, env=_env(), timeout=900)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert not [ln for ln in lines if any(n in ln for n in NOISE)], out
+    assert [ln.split(" epoch ", 1)[1].split()[0] for ln in lines if " epoch " in ln and "/3 " in ln] == \
+        ["1/3", "2/3", "3/3"]
+    assert any("preprocessing 780 images" in ln for ln in lines)  # what starts: data, model, workers
+    assert any("starting finetune: smallcnn on 546 train / 78 val images" in ln for ln in lines)
+    assert lines[-1].startswith("quiet: complete (epoch 3/3); bundle ")
+    assert len(lines) <= 10, out
+
+
+def test_a_signal_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(breast, tmp_path):
+    # No time- or epoch-based checkpoints: the only one before the end is the one the stop writes.
+    job = _job(tmp_path, breast, "stopme", epochs=40, checkpoint={"every_minutes": None, "every_epochs": None})
+    cmd = [sys.executable, "-m", "medxfer", "source-train", "--config", job]
+    log = tmp_path / "first.log"
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env())
+        deadline = time.time() + 600
+        while "epoch 1/40" not in log.read_text():
+            assert p.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(600)
+    out = log.read_text()
+    assert rc == 143, out[-3000:]
+    assert "SIGTERM received" in out and "run the same command to resume" in out
+    run = tmp_path / "root" / "runs" / "stopme"
+    first = storage.read_json(str(run / "result.json"))
+    assert first["status"] == "stopped" and 1 <= first["epoch"] < 40
+    stopped_at = first["epoch"]
+    assert (run / f"epoch-{stopped_at:04d}").is_dir()
+
+    again = subprocess.run(cmd + ["--set", "train.epochs=" + str(stopped_at + 1)], capture_output=True, text=True,
+                           env=_env(), timeout=900)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    res = storage.read_json(str(run / "result.json"))
+    assert res["status"] == "complete" and res["resumed"] and res["resumed_from_epoch"] == stopped_at
+    assert [h["epoch"] for h in res["history"]] == list(range(1, stopped_at + 2))
