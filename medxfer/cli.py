@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("retrain", help="Preprocess, fine-tune, evaluate and promote if better.")
     _add_config_args(c)
-    c.add_argument("--tick", help="Schedule time (ISO) naming this run; default: now, to the hour.")
+    when = c.add_mutually_exclusive_group()
+    when.add_argument("--tick", help="Schedule time (ISO) naming this run; default: now, to the hour.")
+    when.add_argument("--tick-from-job", metavar="JOB_NAME",
+                      help="Take the tick from a scheduler's Job name, <name>-<scheduled minute since 1970>.")
     c.set_defaults(handler="medxfer.retrain:cmd_retrain")
 
     p = sub.add_parser("bundle", help="Inspect model bundles.")
