@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("retrain", help="Preprocess, fine-tune, evaluate and promote if better.")
     _add_config_args(c)
-    c.add_argument("--tick", help="Schedule time (ISO) naming this run; default: now, to the hour.")
+    when = c.add_mutually_exclusive_group()
+    when.add_argument("--tick", help="Schedule time (ISO) naming this run; default: now, to the hour.")
+    when.add_argument("--tick-from-job", metavar="JOB_NAME",
+                      help="Take the tick from a scheduler's Job name, <name>-<scheduled minute since 1970>.")
     c.set_defaults(handler="medxfer.retrain:cmd_retrain")
 
     p = sub.add_parser("bundle", help="Inspect model bundles.")
@@ -142,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = p.add_subparsers(dest="k8s_command", metavar="ACTION", required=True)
     c = ksub.add_parser("render", help="Print RayJob/RayCluster/CronJob YAML for a config.")
     _add_config_args(c)
-    c.add_argument("--image", help="Container image (default: the pinned medxfer image).")
-    c.add_argument("--kind", default="rayjob", choices=["rayjob", "raycluster", "raycronjob", "cronjob"])
+    c.add_argument("--image", help="Container image (default: the pinned medxfer image; a ConfigMap has none).")
+    c.add_argument("--kind", default="rayjob", choices=["rayjob", "raycluster", "raycronjob", "cronjob", "configmap"],
+                   help="configmap: every job config in the --config folder, as the medxfer-jobs ConfigMap.")
     c.add_argument("--stage", default=None, help="Stage the job runs (default from the config file name).")
     c.set_defaults(handler="medxfer.k8s:cmd_k8s_render")
 

@@ -4,13 +4,31 @@ Why a renderer: the number of Ray Train workers and GPUs lives in the job config
 (``scaling``), and the pods that host them live in a RayJob. Hand-editing both invites a
 cluster with four GPU pods running a config that asks for one worker. ``medxfer k8s render``
 derives the worker group from the config, and the manifests checked in under ``k8s/`` are
-this module's output for the configs in ``jobs/`` (a test compares them), so the two cannot
-drift apart.
+this module's output for the configs in ``jobs/`` (each file's first line names the command;
+a test re-runs it), so the two cannot drift apart.
 
 Everything a pod needs that is not in the image arrives by reference, never inline: the job
-configs from the ``medxfer-jobs`` ConfigMap (built from ``jobs/`` by kustomize), the Ray
-token from the ``medxfer-ray-token`` Secret, S3 credentials from the optional ``medxfer-s3``
-Secret or a workload identity on the ``medxfer`` ServiceAccount.
+configs from the ``medxfer-jobs`` ConfigMap (rendered from ``jobs/`` by ``--kind configmap``),
+the Ray token from the ``medxfer-ray-token`` Secret, S3 credentials from the optional
+``medxfer-s3`` Secret or a workload identity on the ServiceAccounts.
+
+What the KubeRay v1.7.0 operator does with these objects, as read in its source
+(ray-project/kuberay, tag v1.7.0, ray-operator/controllers/ray/), where a choice below
+depends on it:
+
+- ``rayjob_controller.go``: ``spec.suspend: true`` on a Running RayJob moves it to
+  Suspending, which deletes its cluster and submitter; so nothing applied twice may carry it.
+  The submitter is a batch Job named after the RayJob, and the entrypoint is pasted into
+  its ``bash -c`` command (``common/job.go``), so ``$VAR`` in an entrypoint is expanded in
+  the submitter pod.
+- ``raycronjob_controller.go``: each tick creates RayJob ``<name>-<scheduled Unix time / 60>``,
+  as the batch CronJob controller names its Jobs (kubernetes ``pkg/controller/cronjob``);
+  a RayCronJob that never ran schedules from its creation time and creates every missed tick.
+- ``utils/validation.go``: ``deletionRules`` exclude ``shutdownAfterJobFinishes`` and
+  ``ttlSecondsAfterFinished``, and per status their TTLs must grow Workers <= Cluster <= Self.
+- ``common/pod.go``: an autoscaling head gets a ``ray-logs`` emptyDir at ``/tmp/ray``
+  without a size limit unless that path is already mounted; ``common/rbac.go`` binds the
+  autoscaler's Role to the head's ServiceAccount.
 """
 
 from __future__ import annotations
@@ -18,8 +36,9 @@ from __future__ import annotations
 import math
 import shlex
 import sys
+import time
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -35,6 +54,8 @@ DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-ray{RAY_VERSION}"
 CONFIG_DIR = "/etc/medxfer/jobs"
 CONFIGMAP = "medxfer-jobs"
 RAY_SERVICE_ACCOUNT = "medxfer"
+#: The long-running cluster's head: KubeRay binds the autoscaler's Role to this account.
+AUTOSCALER_SERVICE_ACCOUNT = "medxfer-autoscaler"
 SUBMITTER_SERVICE_ACCOUNT = "medxfer-submitter"
 TOKEN_SECRET = "medxfer-ray-token"
 S3_SECRET = "medxfer-s3"
@@ -42,8 +63,10 @@ CLUSTER_NAME = "medxfer"  # the long-running RayCluster; KubeRay names its servi
 DASHBOARD_PORT = 8265
 SCHEDULE = "0 2 * * *"  # nightly at 02:00
 TIME_ZONE = "Etc/UTC"
-#: The run name of a scheduled retrain derives from the tick: one tick per hour at most.
-TICK_SHELL = "$(date -u +%Y-%m-%dT%H:00:00Z)"
+#: A scheduled pod learns its tick from its Job's name: the Job API sets this label on every
+#: pod of a Job (the unprefixed one, which every Kubernetes version sets and validates).
+JOB_NAME_LABEL = "job-name"
+JOB_NAME_ENV = "MEDXFER_JOB_NAME"
 
 #: Stage -> how long one attempt may run (RayJob activeDeadlineSeconds).
 STAGE_DEADLINE_S = {
@@ -56,6 +79,15 @@ STAGE_DEADLINE_S = {
 }
 STAGES = tuple(STAGE_DEADLINE_S)
 
+# After a RayJob ends its cluster (and its GPUs) goes within minutes; the RayJob stays as the
+# record of the run, and the submitter's pod log keeps the driver's output.
+CLUSTER_TTL_S = 300
+# RayJobs a RayCronJob creates delete themselves after this long (the CronJob keeps 3 runs).
+SCHEDULED_HISTORY_S = 3 * 24 * 3600
+# A RayJob whose cluster is not running within this time fails (a GPU shortage, an image
+# that cannot be pulled) instead of holding the job for days.
+PRE_RUNNING_DEADLINE_S = 3600
+
 # Pod sizes. GPU pods get CPU and memory per GPU so Ray Data has room next to the trainer.
 HEAD = {"cpu": "2", "memory": "8Gi"}
 CPU_PER_GPU = 8
@@ -65,7 +97,12 @@ GIB_PER_CPU = 4
 CPU_GROUP = {"cpu": "8", "memory": "32Gi", "max": 4}  # the RayCluster's CPU group for preprocessing
 SUBMITTER = {"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 AUTOSCALER = {"cpu": "500m", "memory": "512Mi"}
-TMP_SIZE = "20Gi"  # /tmp holds Ray's session logs and spilled objects
+# Disk-backed emptyDirs, in GiB; each pod requests their sum as ephemeral storage so the
+# scheduler places it on a node with that much disk.
+TMP_GIB = 20  # /tmp: Ray's session files and spilled objects, the caches
+RAY_LOGS_GIB = 10  # /tmp/ray of the autoscaling head, shared with the autoscaler
+SUBMITTER_TMP_GIB = 1
+API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # where the Ray autoscaler reads it
 
 POD_SECURITY = {
     "runAsNonRoot": True,
@@ -149,12 +186,12 @@ def stage_from_path(path: str) -> str:
     raise ConfigError([f"{path}: cannot tell the stage from the file name; pass --stage ({', '.join(STAGES)})"])
 
 
-def entrypoint(cfg: JobConfig, stage: str, config_file: str, overrides: list[str] | None = None,
-               tick: str | None = None) -> str:
+def entrypoint(cfg: JobConfig, stage: str, config_file: str, overrides: list[str] | None = None) -> str:
     """The command the Ray job runs, reading the config from the mounted ConfigMap.
 
     ``--set`` overrides given to the renderer travel into the command, so the job runs with
-    exactly the values the worker group was sized for.
+    exactly the values the worker group was sized for. A retrain names its run after the
+    tick its scheduler gave it: the pod's Job name, which the submitter's shell expands.
     """
     cfg_path = f"{CONFIG_DIR}/{config_file}"
     sets = " ".join(f"--set {shlex.quote(s)}" for s in overrides or [])
@@ -175,53 +212,88 @@ def entrypoint(cfg: JobConfig, stage: str, config_file: str, overrides: list[str
     if sets:
         cmd += " " + sets
     if stage == "retrain":
-        cmd += f' --tick "{tick or TICK_SHELL}"'
+        cmd += f' --tick-from-job "${JOB_NAME_ENV}"'
     return cmd
+
+
+def tick_job_name(stage: str, now: float | None = None) -> str:
+    """A Job name for a tick run by hand, in the form both schedulers use: ``medxfer-<stage>-<minute>``."""
+    minute = int(time.time() if now is None else now) // 60
+    return f"medxfer-{stage}-{minute}"
 
 
 # ----------------------------------------------------------------------------- pods
 
 
-def _volumes(shm_gib: int, with_configs: bool) -> list[dict]:
+def _gib(n: int) -> str:
+    return f"{n}Gi"
+
+
+def _job_name_env() -> dict:
+    """The pod's Job name through the downward API: a tick's name, the same on every retry."""
+    return {"name": JOB_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_NAME_LABEL}']"}}}
+
+
+def _api_token_volume() -> dict:
+    """What the kubelet would auto-mount (a short-lived token, the CA, the namespace), as a
+    volume only the autoscaler container mounts: the drivers on the head never see a token."""
+    return {"name": "api-token", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+    ]}}
+
+
+def _volumes(shm_gib: int, with_configs: bool, autoscaler: bool = False) -> list[dict]:
     vols = [
-        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": _gib(TMP_GIB)}},
         # PyTorch DataLoader workers and Ray's object store need a large /dev/shm; the
         # container runtime's default is 64 MiB.
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib}Gi"}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _gib(shm_gib)}},
     ]
+    if autoscaler:
+        # Declared here so KubeRay does not inject its own ray-logs volume, which has no limit.
+        vols.append({"name": "ray-logs", "emptyDir": {"sizeLimit": _gib(RAY_LOGS_GIB)}})
+        vols.append(_api_token_volume())
     if with_configs:
         vols.append({"name": "jobs", "configMap": {"name": CONFIGMAP}})
     return vols
 
 
-def _mounts(with_configs: bool) -> list[dict]:
+def _mounts(with_configs: bool, autoscaler: bool = False) -> list[dict]:
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    if autoscaler:
+        mounts.append({"name": "ray-logs", "mountPath": "/tmp/ray"})
     if with_configs:
         mounts.append({"name": "jobs", "mountPath": CONFIG_DIR, "readOnly": True})
     return mounts
 
 
-def _resources(cpu: str | int, memory: str, gpus: int = 0) -> dict:
+def _resources(cpu: str | int, memory: str, gpus: int = 0, disk_gib: int = 0) -> dict:
     res = {"cpu": str(cpu), "memory": memory}
     if gpus:
         res["nvidia.com/gpu"] = str(gpus)
     # Requests equal limits: Ray sizes its object store and CPU count from the limits.
-    return {"requests": dict(res), "limits": dict(res)}
+    # Disk is requested only: the emptyDirs' size limits already bound it.
+    requests = {**res, "ephemeral-storage": _gib(disk_gib)} if disk_gib else dict(res)
+    return {"requests": requests, "limits": dict(res)}
 
 
-def head_template(image: str, automount_token: bool = False) -> dict:
+def head_template(image: str, autoscaler: bool = False) -> dict:
     ports = [
         {"name": "gcs-server", "containerPort": 6379},
         {"name": "dashboard", "containerPort": DASHBOARD_PORT},
         {"name": "client", "containerPort": 10001},
         {"name": "metrics", "containerPort": 8080},
     ]
+    disk = TMP_GIB + (RAY_LOGS_GIB if autoscaler else 0)
     return {
         "metadata": {"labels": labels("ray-head")},
         "spec": {
-            "serviceAccountName": RAY_SERVICE_ACCOUNT,
-            # Only the autoscaler sidecar of a long-running cluster talks to the API server.
-            "automountServiceAccountToken": automount_token,
+            # Its own account where the operator binds the autoscaler's Role to it.
+            "serviceAccountName": AUTOSCALER_SERVICE_ACCOUNT if autoscaler else RAY_SERVICE_ACCOUNT,
+            # No pod-wide token: every submitted driver runs in this pod.
+            "automountServiceAccountToken": False,
             "securityContext": POD_SECURITY,
             "containers": [{
                 "name": "ray-head",
@@ -230,11 +302,11 @@ def head_template(image: str, automount_token: bool = False) -> dict:
                 "ports": ports,
                 "env": RAY_ENV,
                 "envFrom": [{"secretRef": {"name": S3_SECRET, "optional": True}}],
-                "resources": _resources(HEAD["cpu"], HEAD["memory"]),
+                "resources": _resources(HEAD["cpu"], HEAD["memory"], disk_gib=disk),
                 "securityContext": CONTAINER_SECURITY,
-                "volumeMounts": _mounts(with_configs=True),
+                "volumeMounts": _mounts(with_configs=True, autoscaler=autoscaler),
             }],
-            "volumes": _volumes(shm_gib=2, with_configs=True),
+            "volumes": _volumes(shm_gib=2, with_configs=True, autoscaler=autoscaler),
         },
     }
 
@@ -250,7 +322,7 @@ def worker_template(image: str, cpu: int, memory_gib: int, gpus: int, component:
             "imagePullPolicy": "IfNotPresent",
             "env": RAY_ENV,
             "envFrom": [{"secretRef": {"name": S3_SECRET, "optional": True}}],
-            "resources": _resources(cpu, f"{memory_gib}Gi", gpus),
+            "resources": _resources(cpu, f"{memory_gib}Gi", gpus, disk_gib=TMP_GIB),
             "securityContext": CONTAINER_SECURITY,
             "volumeMounts": _mounts(with_configs=False),
         }],
@@ -261,11 +333,11 @@ def worker_template(image: str, cpu: int, memory_gib: int, gpus: int, component:
     return {"metadata": {"labels": labels(component)}, "spec": spec}
 
 
-def _head_group(image: str, automount_token: bool = False) -> dict:
+def _head_group(image: str, autoscaler: bool = False) -> dict:
     return {
         "serviceType": "ClusterIP",  # dashboard and client port stay inside the cluster
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-        "template": head_template(image, automount_token),
+        "template": head_template(image, autoscaler),
     }
 
 
@@ -286,7 +358,15 @@ def _auth() -> dict:
     return {"mode": "token", "secretName": TOKEN_SECRET}
 
 
-def submitter_template(image: str) -> dict:
+def _submitter_resources() -> dict:
+    return {"requests": {**SUBMITTER["requests"], "ephemeral-storage": _gib(SUBMITTER_TMP_GIB)},
+            "limits": dict(SUBMITTER["limits"])}
+
+
+def submitter_template(image: str, stage: str) -> dict:
+    env = [{"name": "HOME", "value": "/tmp"}]
+    if stage == "retrain":
+        env.append(_job_name_env())  # the entrypoint's --tick-from-job
     return {
         "metadata": {"labels": labels("ray-job-submitter")},
         "spec": {
@@ -298,12 +378,12 @@ def submitter_template(image: str) -> dict:
                 "name": "ray-job-submitter",
                 "image": image,
                 "imagePullPolicy": "IfNotPresent",
-                "env": [{"name": "HOME", "value": "/tmp"}],
-                "resources": SUBMITTER,
+                "env": env,
+                "resources": _submitter_resources(),
                 "securityContext": CONTAINER_SECURITY,
                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
             }],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": _gib(SUBMITTER_TMP_GIB)}}],
         },
     }
 
@@ -311,17 +391,35 @@ def submitter_template(image: str) -> dict:
 # ----------------------------------------------------------------------------- objects
 
 
-def rayjob_spec(cfg: JobConfig, stage: str, image: str, config_file: str, overrides: list[str] | None) -> dict:
+def _cleanup(scheduled: bool) -> dict:
+    """When a finished RayJob's cluster, and the RayJob, go away.
+
+    A RayJob someone applied stays as the record of its run, so re-applying ``k8s/`` does not
+    start it again; only its cluster goes, minutes after the end. A RayCronJob's RayJobs (one
+    per night) delete themselves after a few days; ``ttlSecondsAfterFinished`` alone would
+    remove only their clusters and they would pile up.
+    """
+    if not scheduled:
+        return {"shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": CLUSTER_TTL_S}
+    rules = []
+    for condition in ({"jobStatus": "SUCCEEDED"}, {"jobStatus": "FAILED"}, {"jobDeploymentStatus": "Failed"}):
+        rules.append({"policy": "DeleteCluster", "condition": {**condition, "ttlSeconds": CLUSTER_TTL_S}})
+        rules.append({"policy": "DeleteSelf", "condition": {**condition, "ttlSeconds": SCHEDULED_HISTORY_S}})
+    return {"deletionStrategy": {"deletionRules": rules}}
+
+
+def rayjob_spec(cfg: JobConfig, stage: str, image: str, config_file: str, overrides: list[str] | None,
+                scheduled: bool = False) -> dict:
     group = worker_group(cfg.scaling)
     return {
         "entrypoint": entrypoint(cfg, stage, config_file, overrides),
-        "submissionMode": "K8sJobMode",
+        "submissionMode": "K8sJobMode",  # a submitter Job, whose pods carry the job-name label
         # A failed attempt gets a fresh cluster; the config's stable run name makes it resume
         # from the last checkpoint in storage.
         "backoffLimit": 2,
         "activeDeadlineSeconds": STAGE_DEADLINE_S[stage],
-        "shutdownAfterJobFinishes": True,
-        "ttlSecondsAfterFinished": 3600,  # keep the finished cluster an hour for its logs
+        "preRunningDeadlineSeconds": PRE_RUNNING_DEADLINE_S,
+        **_cleanup(scheduled),
         "rayClusterSpec": {
             "rayVersion": RAY_VERSION,
             "enableInTreeAutoscaling": False,
@@ -330,15 +428,17 @@ def rayjob_spec(cfg: JobConfig, stage: str, image: str, config_file: str, overri
             "workerGroupSpecs": [_worker_group(image, group, group.replicas, group.replicas, group.replicas)],
         },
         "submitterConfig": {"backoffLimit": 2},
-        "submitterPodTemplate": submitter_template(image),
+        "submitterPodTemplate": submitter_template(image, stage),
     }
 
 
 def rayjob(cfg: JobConfig, stage: str, image: str, config_file: str, overrides: list[str] | None = None) -> dict:
+    """A one-off run. A retrain is named like a scheduler's tick (this minute), so it gets a tick."""
+    name = tick_job_name(stage) if stage == "retrain" else f"medxfer-{stage}"
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
-        "metadata": _meta(f"medxfer-{stage}", stage),
+        "metadata": _meta(name, stage),
         "spec": rayjob_spec(cfg, stage, image, config_file, overrides),
     }
 
@@ -370,10 +470,14 @@ def raycluster(cfg: JobConfig, image: str) -> dict:
                 "idleTimeoutSeconds": 600,  # an idle GPU pod goes away after 10 minutes
                 "resources": _resources(AUTOSCALER["cpu"], AUTOSCALER["memory"]),
                 "securityContext": CONTAINER_SECURITY,
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                "volumeMounts": [
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "ray-logs", "mountPath": "/tmp/ray"},
+                    {"name": "api-token", "mountPath": API_TOKEN_PATH, "readOnly": True},
+                ],
             },
             "authOptions": _auth(),
-            "headGroupSpec": _head_group(image, automount_token=True),
+            "headGroupSpec": _head_group(image, autoscaler=True),
             "workerGroupSpecs": groups,
         },
     }
@@ -388,7 +492,7 @@ def raycronjob(cfg: JobConfig, stage: str, image: str, config_file: str, overrid
         "spec": {
             "schedule": SCHEDULE,
             "timeZone": TIME_ZONE,
-            "jobTemplate": rayjob_spec(cfg, stage, image, config_file, overrides),
+            "jobTemplate": rayjob_spec(cfg, stage, image, config_file, overrides, scheduled=True),
         },
     }
 
@@ -396,14 +500,14 @@ def raycronjob(cfg: JobConfig, stage: str, image: str, config_file: str, overrid
 def submit_script(cfg: JobConfig, stage: str, config_file: str, overrides: list[str] | None) -> str:
     """The CronJob pod's shell: submit once per tick, follow the logs, exit with the job's status.
 
-    The submission id is derived from the tick, so a retried pod finds the job it already
-    submitted instead of starting a second one.
+    The submission id is the pod's Job name (the CronJob's name and the scheduled minute), so
+    a retried pod finds the job it already submitted instead of starting a second one.
     """
-    cmd = entrypoint(cfg, stage, config_file, overrides, tick="$tick")
+    cmd = entrypoint(cfg, stage, config_file, overrides)
     return "\n".join([
         "set -euo pipefail",
-        'tick="$(date -u +%Y-%m-%dT%H:00:00Z)"',
-        f'id="medxfer-{stage}-${{tick//[:-]/}}"',
+        f': "${{{JOB_NAME_ENV}:?the pod needs its Job name (downward API, label {JOB_NAME_LABEL})}}"',
+        f'id="${JOB_NAME_ENV}"',
         'if ! ray job status --address "$RAY_ADDRESS" "$id" >/dev/null 2>&1; then',
         f'  ray job submit --address "$RAY_ADDRESS" --submission-id "$id" --no-wait -- {cmd}',
         "fi",
@@ -436,12 +540,13 @@ def cronjob(cfg: JobConfig, stage: str, image: str, config_file: str, overrides:
                     {"name": "RAY_AUTH_TOKEN", "valueFrom": {
                         "secretKeyRef": {"name": TOKEN_SECRET, "key": "auth_token"}}},
                     {"name": "HOME", "value": "/tmp"},
+                    _job_name_env(),
                 ],
-                "resources": SUBMITTER,
+                "resources": _submitter_resources(),
                 "securityContext": CONTAINER_SECURITY,
                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
             }],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": _gib(SUBMITTER_TMP_GIB)}}],
         },
     }
     return {
@@ -467,6 +572,28 @@ def cronjob(cfg: JobConfig, stage: str, image: str, config_file: str, overrides:
     }
 
 
+def configmap(jobs_dir: str) -> dict:
+    """The ``medxfer-jobs`` ConfigMap: every ``*.yaml`` in ``jobs_dir``, each one validated first.
+
+    Committed rendered (``k8s/04-configmap-jobs.yaml``) so ``kubectl apply -f k8s/`` creates
+    it; a Ray head whose config volume names a missing ConfigMap never starts.
+    """
+    from medxfer.config_io import load_config
+
+    files = sorted(Path(jobs_dir).glob("*.yaml"))
+    if not files:
+        raise ConfigError([f"--config {jobs_dir}: no *.yaml job configs in this folder"])
+    for f in files:
+        load_config(str(f))
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(CONFIGMAP, "job-configs"),
+        "data": {f.name: f.read_text() for f in files},
+    }
+
+
+#: What ``render`` makes from one job config; ``--kind configmap`` renders a folder of them.
 KINDS = ("rayjob", "raycluster", "raycronjob", "cronjob")
 
 # ----------------------------------------------------------------------------- cron
@@ -570,7 +697,7 @@ _Dumper.add_representer(str, _str)
 
 
 def to_yaml(obj: dict, command: str | None = None) -> str:
-    head = (f"# Generated by: {command}\n# Edit the job config or medxfer/k8s.py and regenerate; "
+    head = (f"# Generated by: {command}\n# Edit the job config or medxfer/k8s.py and run `make k8s`; "
             "tests/test_k8s.py checks this file equals the output.\n") if command else ""
     return head + yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=1000)
 
@@ -578,14 +705,21 @@ def to_yaml(obj: dict, command: str | None = None) -> str:
 def cmd_k8s_render(args) -> int:
     from medxfer.config_io import load_config
 
+    parts = ["medxfer k8s render", f"--config {args.config}", f"--kind {args.kind}"]
+    if args.kind == "configmap":
+        if args.set or args.stage:
+            raise ConfigError(["--kind configmap: the ConfigMap holds the files in --config as they are; "
+                               "--set and --stage do not apply"])
+        sys.stdout.write(to_yaml(configmap(args.config), " ".join(parts)))
+        return 0
     cfg = load_config(args.config, args.set)
     stage = args.stage or stage_from_path(args.config)
     obj = render(cfg, args.kind, stage, args.image or DEFAULT_IMAGE,
                  config_file=PurePosixPath(args.config).name, overrides=args.set)
     if args.kind != "raycluster":
         print(f"medxfer: note: the pod reads {CONFIG_DIR}/{PurePosixPath(args.config).name}: it must be in the "
-              f"{CONFIGMAP} ConfigMap (jobs/ and jobs/Kustomization)", file=sys.stderr)
-    parts = ["medxfer k8s render", f"--config {args.config}", f"--kind {args.kind}"]
+              f"{CONFIGMAP} ConfigMap (k8s/04-configmap-jobs.yaml, rendered from jobs/ by `make k8s`)",
+              file=sys.stderr)
     parts += [f"--stage {args.stage}"] if args.stage else []
     parts += [f"--image {args.image}"] if args.image else []
     parts += [f"--set {shlex.quote(s)}" for s in args.set]

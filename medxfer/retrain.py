@@ -53,6 +53,30 @@ def parse_tick(tick: str | _dt.datetime | None) -> _dt.datetime:
     return t.astimezone(_dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
+_JOB_MINUTE = re.compile(r"-(\d{8,})$")
+
+
+def tick_from_job_name(job_name: str, now: _dt.datetime | None = None) -> _dt.datetime:
+    """The tick a scheduler gave a run, from its Kubernetes Job's name (UTC, to the hour).
+
+    A batch/v1 CronJob and KubeRay's RayCronJob both name a tick's Job ``<name>-<scheduled
+    Unix time / 60>``, and the pod reads the name through the downward API. A retry (a new
+    pod or cluster, maybe after an hour boundary) keeps the name, so it gets the same run
+    name and resumes that run instead of starting a new one that finds the crashed run's lock.
+    """
+    m = _JOB_MINUTE.search(job_name or "")
+    if not m:
+        raise ConfigError([f"--tick-from-job {job_name!r}: expected the Job name a CronJob or RayCronJob gives "
+                           "a tick, <name>-<scheduled minute since 1970>; name a run by hand "
+                           "<name>-$(( $(date +%s) / 60 ))"])
+    tick = _dt.datetime.fromtimestamp(int(m.group(1)) * 60, _dt.timezone.utc)
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    if tick > now + _dt.timedelta(hours=1):
+        raise ConfigError([f"--tick-from-job {job_name!r}: the tick {tick:%Y-%m-%dT%H:%MZ} is in the future; "
+                           "the suffix counts minutes since 1970, not seconds"])
+    return parse_tick(tick)
+
+
 def run_name_for(name: str, tick: _dt.datetime) -> str:
     return f"{name}-{tick:%Y%m%dT%H}"
 
@@ -209,9 +233,11 @@ def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
 
 
 def cmd_retrain(args) -> int:
-    """``medxfer retrain --config FILE [--tick ISO]``: exit 0 whether or not the model was promoted."""
+    """``medxfer retrain --config FILE [--tick ISO | --tick-from-job NAME]``: exit 0 promoted or not."""
     from medxfer.config_io import load_config
 
-    rec = run_retrain(load_config(args.config, args.set), args.tick)
+    job_name = getattr(args, "tick_from_job", None)
+    tick = args.tick if job_name is None else tick_from_job_name(job_name)
+    rec = run_retrain(load_config(args.config, args.set), tick)
     print(f"{rec['run']}: {rec['status']}: {rec['reason']}")
     return 0

@@ -6,6 +6,7 @@ inside ``ray job submit`` on a cluster, where Ray sets ``RAY_ADDRESS`` for the d
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -27,22 +28,17 @@ def init_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Train V2 is the default in Ray 2.60; make it explicit so behaviour does not drift.
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Only non-secret settings travel in the runtime env (Ray writes it to its session logs):
+    # on a cluster workers get credentials from their own pods (Secret or workload identity),
+    # and a local raylet inherits this process's environment, credentials included.
+    job_keys = _job_env_var_keys()
+    env_vars = {k: v for k, v in os.environ.items()
+                if (k in _SHAREABLE or k.startswith("MEDXFER_")) and k not in job_keys}
+    runtime_env = {"env_vars": env_vars} if env_vars else None
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        # On a cluster, workers get credentials from their own pods (Secret or workload
-        # identity); only non-secret settings travel in the runtime environment.
-        env_vars = {k: v for k, v in os.environ.items() if k in _SHAREABLE or k.startswith("MEDXFER_")}
-        ray.init(
-            address=address,
-            runtime_env={"env_vars": env_vars} if env_vars else None,
-            log_to_driver=verbose,
-            logging_level=logging.WARNING,
-        )
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose, logging_level=logging.WARNING)
         return
-    # A local raylet inherits this process's environment (credentials included); only the
-    # non-secret settings go into the runtime env, which Ray writes to its session logs.
-    env_vars = {k: v for k, v in os.environ.items() if k in _SHAREABLE or k.startswith("MEDXFER_")}
-    runtime_env = {"env_vars": env_vars} if env_vars else None
     ray.init(
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
@@ -50,6 +46,23 @@ def init_ray(num_cpus: int | None = None) -> None:
         logging_level=logging.WARNING,
         log_to_driver=verbose,
     )
+
+
+def _job_env_var_keys() -> set[str]:
+    """Variables the submitted job's own runtime env sets (``ray job submit --runtime-env-json``).
+
+    Ray refuses a ``ray.init`` runtime env that names one of them again ("Failed to merge the
+    Job's runtime env"). Their values are already in this driver's environment and reach the
+    workers through the job's runtime env, so they are left out, not sent twice.
+    """
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+    from ray.job_config import JobConfig
+
+    injected = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    if not injected:
+        return set()
+    runtime_env = JobConfig.from_json(json.loads(injected)).runtime_env or {}
+    return set(runtime_env.get("env_vars") or {})
 
 
 def quiet_ray_logs() -> None:

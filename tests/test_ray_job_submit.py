@@ -13,6 +13,7 @@ the cluster's environment only has to provide the dependencies (on Kubernetes, t
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -100,9 +101,12 @@ class Head:
             time.sleep(1)
         raise TimeoutError(f"Ray head not ready after {timeout}s: {self.log_tail()}")
 
-    def submit(self, *entrypoint: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    def submit(self, *entrypoint: str, env: dict | None = None, timeout: float = 180,
+               runtime_env_json: str | None = None) -> subprocess.CompletedProcess:
         """`ray job submit` with the repository as working dir; retried while the agent warms up."""
-        cmd = [RAY, "job", "submit", "--address", self.address, "--working-dir", str(REPO), "--", *entrypoint]
+        cmd = [RAY, "job", "submit", "--address", self.address, "--working-dir", str(REPO)]
+        cmd += ["--runtime-env-json", runtime_env_json] if runtime_env_json else []
+        cmd += ["--", *entrypoint]
         for _ in range(10):
             p = subprocess.run(cmd, env=env or self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
             if "No available agent" not in p.stdout + p.stderr:
@@ -176,6 +180,19 @@ def test_submit_without_token_is_refused(ray_head, tmp_path):
     assert p.returncode != 0
     assert "should not run" not in p.stdout
     assert "auth" in _out(p).lower()
+
+
+def test_job_runtime_env_vars_are_merged_not_sent_twice(ray_head):
+    """`--runtime-env-json` naming variables medxfer also shares with workers (S3 region,
+    MEDXFER_*): Ray refuses a ray.init runtime env that repeats a job's key ("Failed to merge
+    the Job's runtime env"), so init_ray leaves those to the job, and the workers see them."""
+    env_json = json.dumps({"env_vars": {"AWS_REGION": "eu-west-1", "MEDXFER_MARK": "from-the-job"}})
+    code = ("import os, ray; from medxfer.runtime import init_ray; init_ray(); "
+            "f = ray.remote(num_cpus=0)(lambda: (os.environ.get('AWS_REGION'), os.environ.get('MEDXFER_MARK'))); "
+            "print('worker sees', *ray.get(f.remote()))")
+    p = ray_head.submit("python", "-c", code, runtime_env_json=env_json)
+    assert p.returncode == 0, _out(p)[-3000:]
+    assert "worker sees eu-west-1 from-the-job" in p.stdout, _out(p)[-3000:]
 
 
 @pytest.mark.slow
