@@ -78,12 +78,33 @@ def test_best_weights_ride_in_the_latest_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = create_model("smallcnn", 2, 1)
     best = {k: v.clone() + 1 for k, v in model.state_dict().items()}
-    latest_is_best = TrainState(epoch=3, best_epoch=3)
-    save_checkpoint(str(tmp_path / "a"), model, None, None, latest_is_best, best)
-    assert not (tmp_path / "a" / "best.safetensors").exists()  # nothing to add: latest == best
+    save_checkpoint(str(tmp_path / "a"), model, None, None, TrainState(epoch=3, best_epoch=3), None)
+    assert not (tmp_path / "a" / "best.safetensors").exists()
     assert all(torch.equal(read_best_weights(str(tmp_path / "a"))[k], v) for k, v in model.state_dict().items())
-    older_best = TrainState(epoch=5, best_epoch=3)
-    save_checkpoint(str(tmp_path / "b"), model, None, None, older_best, best)
+    save_checkpoint(str(tmp_path / "b"), model, None, None, TrainState(epoch=5, best_epoch=3), best)
     got = read_best_weights(str(tmp_path / "b"))
     assert all(torch.equal(got[k], best[k]) for k in best)
     assert all(torch.equal(read_weights(str(tmp_path / "b"))[k], v) for k, v in model.state_dict().items())
+
+
+class _Trainee:
+    """The two things the checkpoint decision reads from a trainee."""
+
+    def __init__(self, exports_model: bool):
+        self.exports_model = exports_model
+
+    def export_weights(self):
+        return {"averaged": torch.zeros(1)}
+
+
+def test_a_checkpoint_stores_export_weights_only_when_they_differ_from_the_latest():
+    from medxfer.train.engine import _to_store
+
+    best = {"best": torch.ones(1)}
+    plain, averaged = _Trainee(True), _Trainee(False)
+    assert _to_store(plain, TrainState(epoch=4, best_epoch=4), best, True, 0) is None  # latest is the best
+    assert _to_store(plain, TrainState(epoch=5, best_epoch=4), best, True, 0) is best
+    assert _to_store(averaged, TrainState(epoch=4, best_epoch=4), best, True, 0) is best  # EMA weights differ
+    assert _to_store(plain, TrainState(epoch=5), None, False, 0) is None  # pretraining exports the latest
+    assert set(_to_store(averaged, TrainState(epoch=5), None, False, 0)) == {"averaged"}
+    assert _to_store(averaged, TrainState(epoch=5, best_epoch=1), best, True, 1) is None  # only rank 0 writes
