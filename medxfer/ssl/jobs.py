@@ -171,13 +171,14 @@ def run_pretrain(cfg: JobConfig) -> dict:
 
     from medxfer.bundle import save_bundle
     from medxfer.config_io import dump_yaml
-    from medxfer.data.cache import prepare
+    from medxfer.data.cache import prepare, resolve_channels
     from medxfer.runtime import init_ray
     from medxfer.ssl.worker import export_backbone, pretrain_func
     from medxfer.train.checkpoint import read_state, read_weights
     from medxfer.train.jobs import fit_or_explain, run_config, scaling_config
 
     t0 = time.time()
+    cfg = resolve_channels(cfg)  # once for all sources: their tensors are pooled into one shape
     init_ray()
     layout = storage.Layout(cfg.storage.root)
     run_uri = layout.run(cfg.name)
