@@ -71,8 +71,22 @@ class DataConfig(_Section):
         178_956_970,
         gt=0,
         description="Refuse images with more pixels than this (decompression-bomb guard; "
-        "the default matches Pillow's).",
+        "the default matches Pillow's). Read from the file's header, before decoding.",
     )
+    max_image_bytes: int = Field(
+        256 * 1024**2,
+        gt=0,
+        description="Refuse images whose decoded pixel buffer would exceed this many bytes: width x "
+        "height x channels x bytes per sample (x frames for DICOM), read from the header before "
+        "decoding. A 16-bit image needs twice the memory of an 8-bit one with the same pixels.",
+    )
+    engine: Literal["auto", "ray", "local"] = Field(
+        "auto",
+        description="Where preprocessing runs on a cache miss: 'ray' (Ray Data tasks over the cluster's CPUs), "
+        "'local' (threads in this process, no Ray), or 'auto': local for manifests of at most "
+        "local_max_images images, where starting Ray would cost more than the decoding. Both write the same cache.",
+    )
+    local_max_images: int = Field(2000, ge=0, description="With engine=auto, the most images preprocessed locally.")
 
     @field_validator("split_fractions")
     @classmethod
@@ -87,7 +101,12 @@ class PreprocessConfig(_Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
-    channels: Literal[1, 3] = Field(1, description="Output channels: 1 (grayscale) or 3 (RGB).")
+    channels: Literal[1, 3, "auto"] = Field(
+        "auto",
+        description="Output channels: 1 (grayscale), 3 (RGB), or 'auto': 3 when any image of a seeded "
+        "sample of the manifest stores colour, else 1 (read from the files' headers before the cache "
+        "key is made; the cache card and model bundles record the resolved number).",
+    )
     size: int = Field(64, ge=8, le=2048, description="Output height and width in pixels.")
     resize: Literal["letterbox", "stretch", "center_crop"] = Field(
         "letterbox",
@@ -111,10 +130,11 @@ class PreprocessConfig(_Section):
 
     @model_validator(mode="after")
     def _norm_matches_channels(self) -> PreprocessConfig:
+        most = 3 if self.channels == "auto" else self.channels
         for name in ("mean", "std"):
             vals = getattr(self, name)
-            if len(vals) not in (1, self.channels):
-                raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(vals)}")
+            if len(vals) not in (1, most):
+                raise ValueError(f"{name} needs 1 or {most} values, got {len(vals)}")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be > 0")
         return self

@@ -500,21 +500,29 @@ def raycronjob(cfg: JobConfig, stage: str, image: str, config_file: str, overrid
 def submit_script(cfg: JobConfig, stage: str, config_file: str, overrides: list[str] | None) -> str:
     """The CronJob pod's shell: submit once per tick, follow the logs, exit with the job's status.
 
-    The submission id is the pod's Job name (the CronJob's name and the scheduled minute), so
-    a retried pod finds the job it already submitted instead of starting a second one.
+    The submission id is the pod's Job name (the CronJob's name and the scheduled minute), so a
+    retried pod finds the job it already submitted instead of starting a second one. When that
+    job ended badly (FAILED, STOPPED), the retry submits it again as ``<name>-2``, ``-3``, ...:
+    the same tick names the same run, which resumes from its checkpoint.
     """
     cmd = entrypoint(cfg, stage, config_file, overrides)
     return "\n".join([
         "set -euo pipefail",
         f': "${{{JOB_NAME_ENV}:?the pod needs its Job name (downward API, label {JOB_NAME_LABEL})}}"',
-        f'id="${JOB_NAME_ENV}"',
-        'if ! ray job status --address "$RAY_ADDRESS" "$id" >/dev/null 2>&1; then',
-        f'  ray job submit --address "$RAY_ADDRESS" --submission-id "$id" --no-wait -- {cmd}',
-        "fi",
+        "for attempt in 1 2 3 4 5 6; do",
+        f'  id="${JOB_NAME_ENV}"; [ "$attempt" -gt 1 ] && id="${JOB_NAME_ENV}-$attempt"',
+        '  if status="$(ray job status --address "$RAY_ADDRESS" "$id" 2>&1)"; then',
+        # `ray job status` says "Job '<id>' failed" / "... was stopped" / "... succeeded", or "Status ...: RUNNING".
+        """    case "$status" in *"' failed"*|*"was stopped"*) continue ;; esac""",
+        "  else",
+        f'    ray job submit --address "$RAY_ADDRESS" --submission-id "$id" --no-wait -- {cmd}',
+        "  fi",
+        "  break",
+        "done",
         'ray job logs --address "$RAY_ADDRESS" --follow "$id" || true',
-        'status="$(ray job status --address "$RAY_ADDRESS" "$id")"',
+        'status="$(ray job status --address "$RAY_ADDRESS" "$id" 2>&1)"',
         'echo "$status"',
-        'case "$status" in *SUCCEEDED*) exit 0 ;; *) exit 1 ;; esac',
+        """case "$status" in *"' succeeded"*) exit 0 ;; *) exit 1 ;; esac""",
         "",
     ])
 

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from medxfer import storage
-from medxfer.errors import DataError, ImageDecodeError
+from medxfer.data.decode import DEFAULT_MAX_IMAGE_BYTES
+from medxfer.errors import DataError, ImageDecodeError, StorageError
 
 log = logging.getLogger("medxfer.predict")
 
@@ -43,19 +44,23 @@ def list_inputs(input_uri: str) -> tuple[list[str], list[str]]:
     """``(images, skipped)`` for a folder (recursive) or a manifest with a ``path`` column.
 
     In a folder, files with an image suffix are inputs, and so are files with no suffix
-    (DICOM files often have none); other files (``.txt``, ``.json``...) and hidden files are
-    skipped and reported, not predicted.
+    (DICOM files often have none); other files (``.txt``, ``.json``...), hidden files and
+    symlinks leading outside the folder are skipped and reported, not predicted. A manifest's
+    paths are checked as a training manifest's are (:func:`medxfer.data.manifest.image_paths`).
     """
     if _suffix(input_uri) in MANIFEST_SUFFIXES and not _is_dir(input_uri):
-        return read_manifest_paths(input_uri), []
+        from medxfer.data.manifest import image_paths
+
+        return image_paths(input_uri), []
     files = storage.list_files(input_uri)
     if not files:
         raise DataError(f"{input_uri}: no files found; give a folder of images or a manifest (.csv/.parquet)")
+    outside = set(storage.links_leaving(input_uri, files))
     images, skipped = [], []
     for f in files:
         name = storage.basename(f)
         suffix = PurePosixPath(name).suffix.lower()
-        if name.startswith(".") or (suffix and suffix not in IMAGE_SUFFIXES):
+        if f in outside or name.startswith(".") or (suffix and suffix not in IMAGE_SUFFIXES):
             skipped.append(f)
         else:
             images.append(f)
@@ -66,37 +71,17 @@ def _is_dir(uri: str) -> bool:
     return (not storage.is_remote(uri)) and os.path.isdir(uri)
 
 
-def read_manifest_paths(uri: str) -> list[str]:
-    """The ``path`` column of a manifest (labels are not needed to predict); relative paths
-    resolve against the manifest's folder, as in training manifests."""
-    raw = storage.read_bytes(uri)
-    suffix = _suffix(uri)
-    try:
-        if suffix == ".parquet":
-            df = pd.read_parquet(io.BytesIO(raw))
-        elif suffix in (".jsonl", ".json"):
-            df = pd.read_json(io.BytesIO(raw), lines=True)
-        else:
-            df = pd.read_csv(io.BytesIO(raw))
-    except Exception as e:  # noqa: BLE001 - any parse error is a bad manifest
-        raise DataError(f"{uri}: cannot read the manifest ({e})") from None
-    if "path" not in df.columns:
-        raise DataError(f"{uri}: manifest needs a 'path' column; found {list(df.columns)}")
-    base = storage.parent(storage.normalize(uri))
-    out = []
-    for p in df["path"].astype(str):
-        if "://" in p or os.path.isabs(p):
-            out.append(p)
-        else:
-            out.append(storage.join(base, p))
-    return out
-
-
 # ----------------------------------------------------------------------------- Ray stages
 
 
-def decode_batch(batch: dict, spec: dict, max_pixels: int, fail_on_bad: bool) -> dict:
-    """Ray Data task: read + preprocess each path; bad files get a zero image and an error."""
+def decode_batch(
+    batch: dict, spec: dict, max_pixels: int, fail_on_bad: bool, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+) -> dict:
+    """Ray Data task: read + preprocess each path; bad files get a zero image and an error.
+
+    An error names the kind of problem only, never text from inside the file (the decoder's
+    reasons are written that way); running out of memory is not the file's fault and fails the run.
+    """
     from medxfer.config import PreprocessConfig
     from medxfer.data.preprocess import output_shape, preprocess_bytes
 
@@ -108,11 +93,12 @@ def decode_batch(batch: dict, spec: dict, max_pixels: int, fail_on_bad: bool) ->
     for i, p in enumerate(paths):
         err = ""
         try:
-            images[i] = preprocess_bytes(storage.read_bytes(p), sp, path=p, max_pixels=max_pixels)
+            images[i] = preprocess_bytes(storage.read_bytes(p), sp, path=p, max_pixels=max_pixels,
+                                         max_image_bytes=max_image_bytes)
         except ImageDecodeError as e:
             err = e.reason
-        except Exception as e:  # noqa: BLE001 - one broken file must not stop a large run
-            err = f"{type(e).__name__}: {e}"
+        except StorageError as e:  # a missing or unreadable file: its own row, as any bad file
+            err = str(e)
         if err and fail_on_bad:
             # DataError (one-argument) pickles cleanly across Ray; the CLI prints it.
             raise DataError(f"{p}: {err} (stopped because of --fail-on-bad)")
@@ -247,6 +233,7 @@ def predict(
     batch_size: int = 64,
     fail_on_bad: bool = False,
     max_pixels: int | None = None,
+    max_image_bytes: int | None = None,
 ) -> dict:
     """Predict every image of a folder or manifest; write predictions.parquet/.csv + summary.json."""
     import ray
@@ -271,6 +258,7 @@ def predict(
         fn_kwargs={
             "spec": bundle.card["preprocess"],
             "max_pixels": int(max_pixels or DataConfig().max_pixels),
+            "max_image_bytes": int(max_image_bytes or DataConfig().max_image_bytes),
             "fail_on_bad": fail_on_bad,
         },
         batch_size=16,

@@ -115,7 +115,13 @@ def s3_client(retries: int | None = None):
 
 
 def pyarrow_s3fs(retries: int | None = None):
-    """A pyarrow S3 filesystem pointed at ``AWS_ENDPOINT_URL`` when set (pyarrow won't read it)."""
+    """A pyarrow S3 filesystem pointed at ``AWS_ENDPOINT_URL`` when set (pyarrow won't read it).
+
+    No keys are passed: this object is pickled into Ray Data tasks and Ray Train's run config,
+    and a filesystem built with explicit keys carries the secret inside it. Built from the
+    standard AWS credential chain instead, it pickles only its settings, and each worker that
+    unpickles it resolves credentials from its own environment (pod Secret, workload identity).
+    """
     from pyarrow import fs as pafs
 
     kwargs: dict[str, Any] = {
@@ -129,12 +135,6 @@ def pyarrow_s3fs(retries: int | None = None):
         p = urlparse(ep)
         kwargs["endpoint_override"] = p.netloc or p.path
         kwargs["scheme"] = p.scheme or "https"
-    # Explicit keys when present in the environment; otherwise pyarrow's own AWS chain.
-    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        kwargs["secret_key"] = os.environ["AWS_SECRET_ACCESS_KEY"]
-        if os.environ.get("AWS_SESSION_TOKEN"):
-            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
     return pafs.S3FileSystem(**kwargs)
 
 
@@ -294,6 +294,26 @@ def put_if_absent(uri: str, data: bytes) -> bool:
         raise _local_error(uri, e, "create") from None
 
 
+def read_head(uri: str, nbytes: int) -> bytes:
+    """The first ``nbytes`` of an object (all of it when smaller): enough for an image header."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            obj = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max(0, nbytes - 1)}")
+            return obj["Body"].read()
+        except Exception as e:  # noqa: BLE001
+            raise _s3_error(uri, e, "read") from None
+    if is_remote(uri):
+        fs, path = pyarrow_fs(uri)
+        with fs.open_input_stream(path) as f:
+            return f.read(nbytes)
+    try:
+        with open(_local(uri), "rb") as f:
+            return f.read(nbytes)
+    except OSError as e:
+        raise _local_error(uri, e, "read") from None
+
+
 def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
@@ -398,11 +418,65 @@ def delete(uri: str, recursive: bool = False) -> None:
         raise _local_error(uri, e, "delete") from None
 
 
+def inside(path: str, real_root: str) -> bool:
+    """Whether local ``path``, symlinks resolved, is ``real_root`` or lies under it (already resolved)."""
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def links_leaving(root: str, files: list[str]) -> list[str]:
+    """The local ``files`` under ``root`` that are symlinks (or inside linked folders) leading outside it.
+
+    Listing a folder follows file symlinks, so a tree can name any file the process may read;
+    callers that copy or list a tree drop or refuse these. Remote trees have no links: [].
+    """
+    if is_remote(root):
+        return []
+    real_root = os.path.realpath(_local(root))
+    return [f for f in files if not inside(f, real_root)]
+
+
+def _relative_names(src: str, files: list[str]) -> list[tuple[str, str]]:
+    """``(file, name relative to src)`` pairs, refusing any name that could land outside a destination.
+
+    S3 keys are plain strings: ``b/../../x``, ``b//etc/x`` and ``b/./x`` are valid keys, and a local
+    destination would resolve them to places outside itself. Only names made of ordinary parts pass;
+    folder markers (keys ending in '/') carry no file and are left out.
+    """
+    remote = is_remote(src)
+    prefix = src.rstrip("/") if remote else _local(src)
+    pairs: list[tuple[str, str]] = []
+    bad: list[str] = []
+    for f in files:
+        rel = f[len(prefix) + 1:] if remote else os.path.relpath(f, prefix).replace(os.sep, "/")
+        if remote and rel.endswith("/"):
+            continue
+        if any(part in ("", ".", "..") for part in rel.split("/")):
+            bad.append(f)
+        pairs.append((f, rel))
+    if bad:
+        raise StorageError(
+            f"{src}: {len(bad)} name(s) would leave the destination when copied, e.g. {bad[0]!r}; "
+            "nothing was copied. Remove those objects (names with '..', '.' or empty parts)"
+        )
+    return pairs
+
+
 def copy_tree(src: str, dst: str) -> None:
-    """Copy every file under ``src`` to the same relative place under ``dst`` (any mix of backends)."""
-    src_n = src.rstrip("/")
-    for f in list_files(src_n):
-        rel = f[len(src_n):].lstrip("/").replace(os.sep, "/")
+    """Copy every file under ``src`` to the same relative place under ``dst`` (any mix of backends).
+
+    Everything is checked before the first write, so a refused tree leaves ``dst`` untouched:
+    every name must stay inside ``dst``, and a local source may not hold symlinks leading outside
+    it (a bundle's ``notes.txt`` linked to a file elsewhere would copy that file's contents).
+    """
+    files = list_files(src)
+    outside = links_leaving(src, files)
+    if outside:
+        raise StorageError(
+            f"{src}: {len(outside)} symlink(s) lead outside the folder, e.g. {outside[0]}; nothing was "
+            "copied. Replace the links with the files, or remove them"
+        )
+    for f, rel in _relative_names(src, files):
         write_bytes(join(dst, rel), read_bytes(f))
 
 

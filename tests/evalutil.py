@@ -22,7 +22,7 @@ def tiny_bundle(uri: str, classes=("malignant", "normal"), seed: int = 0, size: 
         "in_chans": 1,
         "num_outputs": n_out,
         "stem": getattr(model, "stem", "standard"),
-        "preprocess": PreprocessConfig(size=size).model_dump(mode="json"),
+        "preprocess": PreprocessConfig(size=size, channels=1).model_dump(mode="json"),  # a bundle carries a resolved spec
     }
     return save_bundle(uri, model.state_dict(), card)
 

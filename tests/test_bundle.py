@@ -18,7 +18,7 @@ from medxfer.models import create_model
 
 def _card(model):
     return {"task": "multiclass", "classes": ["normal", "pneumonia"], "backbone": "smallcnn", "in_chans": 1,
-            "num_outputs": 2, "stem": "standard", "preprocess": PreprocessConfig(size=28).model_dump(mode="json"),
+            "num_outputs": 2, "stem": "standard", "preprocess": PreprocessConfig(size=28, channels=1).model_dump(mode="json"),
             "lineage": {"init": "scratch"}, "name": "m"}
 
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import os
 import struct
 import time
 import zlib
 
 import cv2
+import hostile
 import numpy as np
 import pydicom
 import pytest
 from pydicom.pixels import get_decoder
 
 from medxfer.config import PreprocessConfig
-from medxfer.data.decode import decode, decode_image, header_size
+from medxfer.data.decode import decode, decode_image
 from medxfer.data.preprocess import preprocess_bytes, preprocess_pixels
 from medxfer.errors import ImageDecodeError
 
@@ -163,15 +165,23 @@ def test_empty_random_and_truncated_files(test_data):
         decode(dcm[: len(dcm) // 2], "t.dcm")
 
 
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def _png_header_only(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h, with the start of a zlib stream of zeros: what a bomb looks like."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    idat = zlib.compress(b"\x00" * 100_000)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
 def test_decompression_bombs_are_refused_from_the_header():
+    from medxfer.data.decode import read_header
+
     bomb = _png_header_only(50000, 50000) + b"\x00" * 100
-    assert header_size(bomb) == ("png", (50000, 50000))
+    h = read_header(bomb)
+    assert (h.fmt, h.width, h.height) == ("png", 50000, 50000)
     t = time.perf_counter()
     with pytest.raises(ImageDecodeError, match="50000x50000 = 2,500,000,000 pixels"):
         decode(bomb, "bomb.png")
@@ -213,7 +223,7 @@ def test_bit_depths_and_formats():
 def test_preprocess_resize_modes_channels_and_normalisation():
     img = np.zeros((100, 200), np.float32)
     img[:, 100:] = 1.0  # left half black, right half white
-    base = {"size": 50, "mean": [0.5], "std": [0.5]}
+    base = {"size": 50, "channels": 1, "mean": [0.5], "std": [0.5]}
     lb = preprocess_pixels(img, PreprocessConfig(resize="letterbox", **base))
     assert lb.shape == (1, 50, 50)
     assert np.all(lb[0, :12] == -1.0) and np.all(lb[0, -12:] == -1.0)  # padding rows (value 0 -> -1)
@@ -229,17 +239,17 @@ def test_preprocess_resize_modes_channels_and_normalisation():
     three = preprocess_pixels(img, PreprocessConfig(size=20, channels=3, mean=[0.1, 0.2, 0.3], std=[1, 1, 2]))
     assert three.shape == (3, 20, 20)
     np.testing.assert_allclose(three[:, 0, 0], [-0.1, -0.2, -0.15], atol=1e-6)
-    h = preprocess_pixels(img, PreprocessConfig(size=20, dtype="float16"))
+    h = preprocess_pixels(img, PreprocessConfig(size=20, channels=1, dtype="float16"))
     assert h.dtype == np.float16
-    const = preprocess_bytes(_png(np.full((8, 8), 51, np.uint8)), PreprocessConfig(size=8))
+    const = preprocess_bytes(_png(np.full((8, 8), 51, np.uint8)), PreprocessConfig(size=8, channels=1))
     np.testing.assert_allclose(const, -0.6, atol=1e-6)
 
 
 def test_clahe_raises_local_contrast_on_8_and_16_bit():
     rng = np.random.default_rng(0)
     low = (120 + rng.integers(0, 8, (128, 128))).astype(np.uint8)
-    spec_off = PreprocessConfig(size=128, mean=[0.0], std=[1.0])
-    spec_on = PreprocessConfig(size=128, mean=[0.0], std=[1.0], clahe=True, clahe_clip_limit=4.0)
+    spec_off = PreprocessConfig(size=128, channels=1, mean=[0.0], std=[1.0])
+    spec_on = PreprocessConfig(size=128, channels=1, mean=[0.0], std=[1.0], clahe=True, clahe_clip_limit=4.0)
     off = preprocess_bytes(_png(low), spec_off)
     on = preprocess_bytes(_png(low), spec_on)
     assert on.std() > 2 * off.std()
@@ -252,7 +262,7 @@ def test_clahe_raises_local_contrast_on_8_and_16_bit():
 
 
 def test_preprocess_is_deterministic_on_real_files(test_data):
-    spec = PreprocessConfig(size=64, clahe=True)
+    spec = PreprocessConfig(size=64, channels=1, clahe=True)
     for rel in ("cxr/tbx11k_tb_tb0005.png", "cxr/siim_monochrome2.dcm", "cxr/cxr_rgb_1036x885.jpg"):
         data = _read(test_data, rel)
         assert np.array_equal(preprocess_bytes(data, spec, rel), preprocess_bytes(data, spec, rel))
@@ -268,3 +278,168 @@ def test_dicom_without_preamble_is_read_by_extension(test_data, tmp_path):
     assert data[128:132] != b"DICM"
     img = decode_image(data, os.fspath(tmp_path / "bare.dcm"))
     assert img.shape == (64, 64)
+
+
+# ----------------------------------------------------------------------------- every format, size-checked
+
+
+def _encoded(ext: str, img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(ext, img)
+    assert ok, ext
+    return buf.tobytes()
+
+
+def _samples_of_every_format() -> dict[str, tuple[bytes, tuple[int, int]]]:
+    """A small real file of every format OpenCV reads and Pillow's header reader covers."""
+    from PIL import Image
+
+    g = (np.arange(48 * 80).reshape(48, 80) % 251).astype(np.uint8)
+    rgb = np.dstack([g, 255 - g, g // 2])
+    files = {
+        "webp": _encoded(".webp", rgb), "bigtiff": hostile.tiff([80], [48], big=True),
+        "jpeg2000": _encoded(".jp2", g), "pgm": _encoded(".pgm", g), "ppm": _encoded(".ppm", rgb),
+        "pbm": _encoded(".pbm", (g > 100).astype(np.uint8) * 255), "pfm": _encoded(".pfm", g.astype(np.float32) / 255),
+        "sun": _encoded(".sr", rgb), "avif": _encoded(".avif", rgb),
+        "png": _encoded(".png", g), "png16": _encoded(".png", g.astype(np.uint16) * 257),
+        "jpeg": _encoded(".jpg", rgb), "bmp": _encoded(".bmp", rgb), "tiff": _encoded(".tiff", rgb),
+    }
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "GIF")
+    files["gif"] = buf.getvalue()
+    return {k: (v, (80, 48)) for k, v in files.items()}
+
+
+def test_every_format_is_size_checked_from_its_header_before_decoding():
+    for name, (data, (w, h)) in _samples_of_every_format().items():
+        with pytest.raises(ImageDecodeError, match=f"image is {w}x{h} = .* refused from its header before decoding"):
+            decode(data, f"x.{name}", max_pixels=w * h - 1)
+        assert decode(data, f"x.{name}").pixels.shape[:2] == (h, w), name
+        from medxfer.data.decode import read_header
+
+        head = read_header(data, f"x.{name}")
+        assert (head.width, head.height) == (w, h), name
+    # Formats OpenCV reads whose size no header reader here can check: refused, never decoded.
+    hdr = _encoded(".hdr", np.ones((8, 8, 3), np.float32))
+    pam = _encoded(".pam", np.zeros((8, 8, 3), np.uint8))
+    for name, data in (("x.hdr", hdr), ("x.pam", pam)):
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is not None  # OpenCV would
+        with pytest.raises(ImageDecodeError, match="formats whose size cannot be read from a header are refused"):
+            decode(data, name)
+
+
+def test_bigtiff_webp_and_pnm_bombs_are_refused_from_the_header():
+    bombs = {
+        "bomb.tif": hostile.tiff([40000], [40000], big=True)[:2000],  # BigTIFF: 1.6 Gpx in a 2 KB file
+        "bomb.png": hostile.webp_lossless(16384, 16384),  # a WebP named .png
+        "bomb.pgm": b"P5\n40000 40000\n255\n" + b"\x00" * 1000,
+    }
+    for name, data in bombs.items():
+        with pytest.raises(ImageDecodeError, match="pixels, above the limit of .* refused from its header"):
+            decode(data, name)
+
+
+def test_duplicate_tiff_size_tags_follow_libtiffs_first_tag_rule():
+    """libtiff (OpenCV's TIFF decoder) ignores a repeated tag; the guard must read the same size."""
+    small_first = hostile.tiff([16, 60000], [16, 60000])
+    assert decode(small_first, "dup.tif").pixels.shape == (16, 16)  # not refused for the ignored 60000
+    from medxfer.data.decode import read_header
+
+    h = read_header(small_first)
+    assert (h.width, h.height) == (16, 16)
+    huge_first = hostile.tiff([40000, 16], [40000, 16])[:4000]
+    with pytest.raises(ImageDecodeError, match="40000x40000 = 1,600,000,000 pixels.*refused from its header"):
+        decode(huge_first, "dup.tif")
+
+
+def test_decoded_bytes_are_counted_not_only_pixels(test_data):
+    from medxfer.data.decode import read_header
+
+    g8 = np.zeros((100, 100), np.uint8)
+    decode(_png(g8), "g8.png", max_image_bytes=15_000)  # 10,000 bytes
+    for name, img, need in (("g16.png", g8.astype(np.uint16), 20_000),
+                            ("rgb16.png", np.zeros((100, 100, 3), np.uint16), 60_000),
+                            ("rgb16.tif", np.zeros((100, 100, 3), np.uint16), 60_000)):
+        data = _png(img) if name.endswith(".png") else _encoded(".tiff", img)
+        assert read_header(data).nbytes == need, name
+        with pytest.raises(ImageDecodeError, match=f"{name}: image is 100x100 .* {need:,} bytes decoded, above "
+                                                   r"the limit of 15,000; .*raise data.max_image_bytes"):
+            decode(data, name, max_image_bytes=15_000)
+    ct = _read(test_data, "dicom/CT_small.dcm")  # 128x128, 16 bits allocated: 32,768 bytes
+    decode(ct, "ct.dcm", max_image_bytes=32_768)
+    with pytest.raises(ImageDecodeError, match="ct.dcm: image is 128x128 .* 32,768 bytes decoded, above"):
+        decode(ct, "ct.dcm", max_image_bytes=32_767)
+    cine = _read(test_data, "dicom/examples_ybr_color.dcm")  # 30 frames of 240x320x3 bytes
+    with pytest.raises(ImageDecodeError, match="6,912,000 bytes decoded in all its frames"):
+        decode(cine, "cine.dcm", max_image_bytes=6_000_000)
+
+
+def test_malformed_dicom_values_reach_no_message_and_no_log(test_data, caplog):
+    files = hostile.malformed_dicoms(test_data)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(ImageDecodeError) as e:
+            decode(files["frames.dcm"], "frames.dcm")
+        assert e.value.reason == "DICOM NumberOfFrames is not a whole number"
+        with pytest.raises(ImageDecodeError) as e:
+            decode(files["slope.dcm"], "slope.dcm")
+        assert "value and display transforms" in e.value.reason
+        img = decode_image(files["window.dcm"], "window.dcm")  # a window that is no number: full range
+        assert img.min() == 0.0 and img.max() == 1.0
+    for text in [str(e.value), caplog.text]:
+        assert hostile.PLANTED not in text and "55501234" not in text and "DOE" not in text
+
+
+# ----------------------------------------------------------------------------- orientation, reduced decoding
+
+
+def _with_orientation(img: np.ndarray, orientation: int, fmt: str) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def test_exif_orientation_turns_a_phone_photo_upright():
+    """A phone held upright stores the picture sideways with orientation 6 (rotate 90 degrees clockwise)."""
+    stored = np.zeros((60, 100, 3), np.uint8)  # landscape as stored: 100 wide, 60 high
+    stored[:20, :20] = (255, 0, 0)  # a red mark in the stored top-left corner
+    d = decode(_with_orientation(stored, 6, "JPEG"), "phone.jpg")
+    assert d.pixels.shape == (100, 60, 3)  # upright: portrait
+    assert d.pixels[:15, -15:, 0].mean() > 0.9 and d.pixels[:15, :15, 0].mean() < 0.1  # mark now top-right
+    spec = PreprocessConfig(size=32, channels=3, resize="stretch", mean=[0.0], std=[1.0])
+    out = preprocess_bytes(_with_orientation(stored, 6, "JPEG"), spec, "phone.jpg")
+    assert out[0, :5, -8:].mean() > 0.9 and out[0, -8:, :8].mean() < 0.1
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillows_exif_transpose(orientation):
+    from PIL import Image, ImageOps
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    data = _with_orientation(stored, orientation, "PNG")  # lossless: exact comparison
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    np.testing.assert_array_equal(np.round(decode_image(data, "o.png") * 255).astype(np.uint8), expected)
+
+
+def test_large_jpeg_is_decoded_reduced_and_stays_close_to_the_full_decode(test_data):
+    """Far above the target size a JPEG is decoded at 1/8, 1/4 or 1/2 scale (libjpeg's DCT scaling),
+    keeping twice the target; the tensor stays close to the one made from the full decode."""
+    from medxfer.data.preprocess import preprocess_image
+
+    data = _read(test_data, "cxr/cxr_rgb_2373x2373.jpg")
+    full = decode(data, "cxr.jpg")
+    for size, factor in ((28, 8), (64, 8), (224, 4), (512, 2), (600, 1)):
+        for channels in (1, 3):
+            spec = PreprocessConfig(size=size, channels=channels, mean=[0.0], std=[1.0])
+            out, d = preprocess_image(data, spec, "cxr.jpg")
+            assert (d.header.width, d.header.height) == (2373, 2373)  # the stored size, for the card
+            assert d.pixels.shape[:2] == (-(-2373 // factor),) * 2, (size, d.pixels.shape)
+            diff = np.abs(out - preprocess_pixels(full.pixels, spec, full.bits))
+            assert diff.mean() < 0.01 and np.quantile(diff, 0.99) < 0.1, (size, diff.mean(), np.quantile(diff, 0.99))
+    # CLAHE works on the full decode (its tiles were tuned on full-resolution detail): identical pixels.
+    spec = PreprocessConfig(size=64, channels=1, clahe=True)
+    out, d = preprocess_image(data, spec, "cxr.jpg")
+    assert d.pixels.shape[:2] == (2373, 2373)
+    np.testing.assert_array_equal(out, preprocess_pixels(full.pixels, spec, full.bits))

@@ -145,3 +145,46 @@ def test_import_folder_per_class(tmp_path, capsys):
     assert main(["import", "folder", "--root", str(tmp_path / "s"), "--out", str(tmp_path / "x"),
                  "--split-fractions", "0.5,0.5"]) == 2
     assert "need three" in capsys.readouterr().err
+
+
+def test_import_folder_leaves_out_symlinks_leading_outside_the_root(tmp_path, capsys):
+    """With the manifest elsewhere the paths are absolute, so no manifest check could catch a link
+    to a file outside the root: the importer itself must not list it."""
+    png = cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes()
+    secret = tmp_path / "elsewhere" / "other-patient.png"
+    secret.parent.mkdir()
+    secret.write_bytes(png)
+    root = tmp_path / "root"
+    for c in ("benign", "malignant"):
+        (root / c).mkdir(parents=True)
+        (root / c / "1.png").write_bytes(png)
+    (root / "benign" / "inside-link.png").symlink_to(root / "malignant" / "1.png")
+    (root / "malignant" / "outside-link.png").symlink_to(secret)
+    (root / "linked-class").symlink_to(secret.parent, target_is_directory=True)
+    for out in (tmp_path / "out", root):  # manifest elsewhere (absolute paths) and inside the root
+        assert main(["import", "folder", "--root", str(root), "--out", str(out)]) == 0
+        m = pd.read_csv(out / "manifest.csv", dtype=str)
+        names = sorted(p.rsplit("/", 1)[1] for p in m["path"])
+        assert names == ["1.png", "1.png", "inside-link.png"], m
+        assert not any("other-patient" in p or "outside-link" in p for p in m["path"])
+
+
+def test_import_folder_missing_root_says_not_found(tmp_path, capsys):
+    assert main(["import", "folder", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nope: folder not found" in err and "Traceback" not in err
+
+
+def test_import_medmnist_refuses_a_non_npz_without_numpys_unsafe_advice(tmp_path, capsys):
+    not_npz = tmp_path / "scan.npz"
+    not_npz.write_bytes(b"\x80\x04\x95 this is a pickle, not an npz")
+    npy = tmp_path / "arr.npz"
+    np.save(npy.with_suffix(".npy"), np.zeros(3))
+    npy.write_bytes(npy.with_suffix(".npy").read_bytes())  # one .npy array named .npz
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, train_images=np.array([{"a": 1}], dtype=object), train_labels=np.zeros(1))
+    for f in (not_npz, npy, objects):
+        assert main(["import", "medmnist", "--npz", str(f), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert f"{f}: not a MedMNIST .npz file" in err, err
+        assert "allow_pickle" not in err and "unsafe" not in err and "pickle.load" not in err

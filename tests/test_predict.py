@@ -89,3 +89,54 @@ def test_predictions_table_ordinal_and_multilabel():
 def test_predict_refuses_bad_input(tmp_path, bundle):
     with pytest.raises(MedxferError, match="no files found"):
         predict(bundle, str(tmp_path / "nothing"), str(tmp_path / "o"))
+
+
+def test_predict_inputs_are_checked_like_training_manifests(tmp_path):
+    """'..' escapes and symlinks leading out of a manifest's folder are refused, as in training; a
+    folder's links to files outside it are skipped and reported, not predicted."""
+    import cv2
+
+    from medxfer.errors import DataError
+
+    png = cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes()
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(png)
+    folder = tmp_path / "worklist"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png)
+    (folder / "link.png").symlink_to(outside)
+    pd.DataFrame({"path": ["a.png", "../outside.png"]}).to_csv(folder / "dotdot.csv", index=False)
+    with pytest.raises(DataError, match=r"dotdot.csv: relative path\(s\) leave the manifest's folder via '\.\.'"):
+        list_inputs(str(folder / "dotdot.csv"))
+    pd.DataFrame({"path": ["a.png", "link.png"]}).to_csv(folder / "links.csv", index=False)
+    with pytest.raises(DataError, match=r"links.csv: path\(s\) at line\(s\) 3 are symlinks leading outside"):
+        list_inputs(str(folder / "links.csv"))
+    pd.DataFrame({"path": ["a.png", str(outside)]}).to_csv(folder / "ok.csv", index=False)
+    assert list_inputs(str(folder / "ok.csv")) == ([str(folder / "a.png"), str(outside)], [])  # absolute: as given
+    (folder / "ok.csv").unlink()
+    for f in ("dotdot.csv", "links.csv"):
+        (folder / f).unlink()
+    images, skipped = list_inputs(str(folder))
+    assert images == [str(folder / "a.png")] and skipped == [str(folder / "link.png")]
+
+
+def test_decode_errors_in_predictions_carry_no_header_values(test_data, tmp_path):
+    """A malformed DICOM attribute holding a patient identifier: the prediction row names the file
+    and the kind of problem, never the value (no Ray: the decode stage is a plain function)."""
+    from hostile import PLANTED, malformed_dicoms
+
+    from medxfer.config import PreprocessConfig
+    from medxfer.predict import decode_batch
+
+    paths = []
+    for name, data in malformed_dicoms(test_data).items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    spec = PreprocessConfig(size=16, channels=1).model_dump(mode="json")
+    out = decode_batch({"index": np.arange(len(paths)), "path": np.asarray(paths, dtype=object)}, spec,
+                       max_pixels=10**9, fail_on_bad=False)
+    errors = dict(zip([p.rsplit("/", 1)[1] for p in paths], out["error"], strict=True))
+    assert errors["frames.dcm"] == "DICOM NumberOfFrames is not a whole number"
+    assert errors["slope.dcm"].startswith("could not apply the DICOM file's value and display transforms")
+    assert errors["window.dcm"] == ""  # an unreadable window falls back to the full range
+    assert not any(PLANTED in e or "55501234" in e or "DOE" in e for e in out["error"])

@@ -195,6 +195,37 @@ def test_job_runtime_env_vars_are_merged_not_sent_twice(ray_head):
     assert "worker sees eu-west-1 from-the-job" in p.stdout, _out(p)[-3000:]
 
 
+def test_cronjob_retry_resubmits_a_failed_tick_and_follows_a_finished_one(ray_head):
+    """The CronJob pod's script, run by bash against the head: the tick's job (id = the Job's name)
+    failed, so the retried pod submits it again as <name>-2; a later retry finds that one
+    SUCCEEDED and exits 0 without a third submission."""
+    from medxfer.config_io import load_config
+    from medxfer.k8s import entrypoint, submit_script
+
+    cfg = load_config(str(REPO / "jobs" / "retrain.yaml"))
+    name = "medxfer-retrain-29000000"
+    first = subprocess.run([RAY, "job", "submit", "--address", ray_head.address, "--submission-id", name, "--",
+                            "python", "-c", "raise SystemExit(3)"], env=ray_head.env, capture_output=True, text=True,
+                           timeout=180)
+    assert first.returncode != 0, _out(first)
+    script = submit_script(cfg, "retrain", "retrain.yaml", None)
+    script = script.replace(entrypoint(cfg, "retrain", "retrain.yaml", None), "python -c 'print(\"tick ran\")'")
+    env = {**ray_head.env, "RAY_ADDRESS": ray_head.address, "MEDXFER_JOB_NAME": name}
+
+    def status(sid: str) -> str:
+        p = subprocess.run([RAY, "job", "status", "--address", ray_head.address, sid], env=ray_head.env,
+                           capture_output=True, text=True, timeout=60)
+        return _out(p) if p.returncode == 0 else "no such job"
+
+    retry = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert retry.returncode == 0, _out(retry)[-3000:]
+    assert "tick ran" in _out(retry)
+    assert f"'{name}-2' succeeded" in status(f"{name}-2") and f"'{name}' failed" in status(name)
+    again = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, _out(again)[-3000:]
+    assert status(f"{name}-3") == "no such job"  # nothing submitted a third time
+
+
 @pytest.mark.slow
 def test_submit_small_finetune(ray_head, test_data, tmp_path):
     """The issue's acceptance test: a (tiny) fine-tune submitted as a Ray job succeeds."""

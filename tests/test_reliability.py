@@ -674,7 +674,7 @@ def test_flaky_s3_preprocess_in_ray_data_workers_skips_nothing(ray_cluster, flak
     write_many([(storage.join(out, p), (src / p).read_bytes()) for p in df["path"]])
     storage.write_text(storage.join(out, "manifest.csv"), df.to_csv(index=False))
     n = {s: int((df["split"] == s).sum()) for s in ("train", "val", "test")}
-    cfg = validate_dict({"name": "flaky", "data": {"manifest": storage.join(out, "manifest.csv")},
+    cfg = validate_dict({"name": "flaky", "data": {"manifest": storage.join(out, "manifest.csv"), "engine": "ray"},
                          "preprocess": {"size": 28}, "storage": {"root": s3_root}})
     flaky_s3.configure(rate=0.10, faults=("500", "503", "reset"), match=matcher({"GET", "PUT", "HEAD"}))
 
@@ -722,7 +722,8 @@ def test_preprocess_of_dicoms_prints_and_stores_no_header_values(ray_cluster, te
     pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
     root = tmp_path / "store"
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"data": {"manifest": str(folder / "manifest.csv"), "max_bad_fraction": 0.2},
+    job.write_text(yaml.safe_dump({"data": {"manifest": str(folder / "manifest.csv"), "max_bad_fraction": 0.2,
+                                            "engine": "ray"},
                                    "preprocess": {"size": 32}, "storage": {"root": str(root)}}))
     r = subprocess.run([sys.executable, "-m", "medxfer", "-v", "preprocess", "--config", str(job)],
                        capture_output=True, text=True, env=_cluster_env(), cwd=tmp_path, timeout=600)

@@ -236,9 +236,9 @@ def test_plan_and_source_checks(tmp_path):
     from medxfer.train.jobs import check_source
     from medxfer.train.plan import plan_training
 
-    prepared = SimpleNamespace(task="multiclass", num_outputs=2, classes=["0", "1"], spec=PreprocessConfig(size=28),
-                               class_counts=lambda split: [30, 70], uri="/c", image_shape=(1, 28, 28),
-                               label_fraction=1.0, label_seed=0)
+    prepared = SimpleNamespace(task="multiclass", num_outputs=2, classes=["0", "1"],
+                               spec=PreprocessConfig(size=28, channels=1), class_counts=lambda split: [30, 70],
+                               uri="/c", image_shape=(1, 28, 28), label_fraction=1.0, label_seed=0)
     cfg = JobConfig.model_validate({"train": {"batch_size": 16, "loss": "weighted_ce"},
                                     "scaling": {"num_workers": 2}})
     plan = plan_training(cfg, "finetune", prepared, 101, use_gpu=False)
@@ -252,7 +252,7 @@ def test_plan_and_source_checks(tmp_path):
     uri = str(tmp_path / "src")
     save_bundle(uri, create_model("smallcnn", 2, 1).state_dict(),
                 {"task": "multiclass", "classes": ["a", "b"], "backbone": "smallcnn", "in_chans": 1,
-                 "num_outputs": 2, "preprocess": PreprocessConfig().model_dump(mode="json")})
+                 "num_outputs": 2, "preprocess": PreprocessConfig(channels=1).model_dump(mode="json")})
     ok = JobConfig.model_validate({"model": {"backbone": "smallcnn", "init": uri}})
     assert check_source(ok).card["backbone"] == "smallcnn"
     with pytest.raises(ConfigError, match="set model.backbone: smallcnn"):

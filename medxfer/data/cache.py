@@ -11,7 +11,10 @@ Layout under ``<storage.root>/cache/<key>/``::
     dataset.json                                        the card; written LAST, marks completion
 
 The key is the sha256 of the *resolved* manifest (paths, labels, splits — so split settings and
-the manifest's location are included), the spec, the task, the classes and the pixel limit.
+the manifest's location are included), the *resolved* spec, the task, the classes and the size
+limits. ``preprocess.channels: auto`` is resolved first, from the headers of a seeded sample of the
+manifest's images (:func:`resolve_channels`): 3 when any of them stores colour, else 1; the card
+(and so every model bundle trained from it) records the number, never "auto".
 ``label_fraction`` is not in the key: subsampling is applied when reading, so label-efficiency
 runs share one cache. A folder without ``dataset.json`` is an interrupted run and is rebuilt; each
 attempt writes its own ``shards-<attempt>`` folder and ``dataset.json`` is created with
@@ -23,6 +26,10 @@ file's bytes (pyarrow S3 filesystem with a few I/O threads, or local), applies
 storage; it returns only small metadata rows (errors, original sizes) for the card. Tasks ask for
 0.25 CPU and their number is capped at the cluster's CPU count, so all cores are busy and the
 pipeline still schedules while Ray Train workers hold whole CPUs.
+
+Only an image the decoder refuses (:class:`ImageDecodeError`) is a bad file, skipped and listed.
+Anything else — a read that failed after its retries, running out of memory, a bug — fails the
+job and caches nothing: skipping would quietly shrink the dataset under an unchanged key.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import sys
 import time
 import uuid
@@ -43,19 +51,24 @@ import pandas as pd
 
 from medxfer import storage
 from medxfer.config import JobConfig, PreprocessConfig
+from medxfer.data.decode import DEFAULT_MAX_IMAGE_BYTES
 from medxfer.data.manifest import (
     SPLITS,
+    _hash_keys,
     encode_labels,
     fingerprint,
     label_subsample,
     load_manifest,
     split_counts,
 )
-from medxfer.errors import DataError, ImageDecodeError, StorageError
+from medxfer.errors import ConfigError, DataError, ImageDecodeError, MedxferError, StorageError
 
 log = logging.getLogger("medxfer.data")
 
-CACHE_VERSION = 1
+# 2: EXIF orientation applied, large JPEGs decoded at reduced scale (different pixels than 1).
+CACHE_VERSION = 2
+CHANNEL_SAMPLE = 16  # images whose headers decide preprocess.channels: auto
+HEADER_BYTES = 1 << 20  # read for a header; the whole file only when that is not enough
 DATA_CPUS = 0.25  # per Ray Data task: leaves room next to Ray Train workers
 _IO_THREADS = 8
 _MAX_LISTED_BAD = 1000
@@ -76,8 +89,54 @@ def cache_key(df: pd.DataFrame, cfg: JobConfig, classes: list[str]) -> str:
         "task": cfg.data.task,
         "classes": list(classes),
         "max_pixels": cfg.data.max_pixels,
+        "max_image_bytes": cfg.data.max_image_bytes,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+
+
+def _stores_colour(uri: str) -> bool | None:
+    """Whether the image at ``uri`` stores colour, from its header; None when it cannot be told."""
+    from medxfer.data.decode import read_header
+
+    try:
+        head = storage.read_head(uri, HEADER_BYTES)
+        try:
+            return read_header(head, uri).color
+        except ImageDecodeError:
+            if len(head) < HEADER_BYTES:
+                return None
+            return read_header(storage.read_bytes(uri), uri).color  # e.g. a TIFF's directory at its end
+    except (ImageDecodeError, StorageError):
+        return None  # a bad or missing file is reported where the images are decoded
+
+
+def resolve_channels(cfg: JobConfig, df: pd.DataFrame | None = None) -> JobConfig:
+    """``cfg`` with ``preprocess.channels: auto`` replaced by 1 or 3, from the manifest's images.
+
+    The headers of a seeded sample of the images (the same sample for the same manifest, so the
+    cache key is stable) decide: 3 when any of them stores colour, else 1. Explicit 1 or 3 are
+    returned unchanged. ``df``: the loaded manifest(s), when the caller has them.
+    """
+    spec = cfg.preprocess
+    if spec.channels != "auto":
+        return cfg
+    if df is None:
+        df = load_manifest(None, cfg.data, check_files=False)
+    order = np.argsort(_hash_keys(df["path"], 0), kind="stable")[:CHANNEL_SAMPLE]
+    votes = [_stores_colour(p) for p in df["path"].to_numpy()[order]]
+    colour, known = sum(v is True for v in votes), sum(v is not None for v in votes)
+    channels = 3 if colour else 1
+    try:
+        resolved = PreprocessConfig.model_validate({**spec.model_dump(), "channels": channels})
+    except ValueError:
+        raise ConfigError([
+            f"preprocess.channels: 'auto' resolved to {channels} ({colour} of {known} sampled images store "
+            f"colour), but preprocess.mean/std have {len(spec.mean)} values; set preprocess.channels to "
+            f"{len(spec.mean)}, or give mean/std {channels} value(s)"
+        ]) from None
+    log.info("preprocess.channels: auto -> %d (%d of %d sampled images store colour); set preprocess.channels "
+             "to 1 or 3 to choose", channels, colour, known)
+    return cfg.model_copy(update={"preprocess": resolved})
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -113,13 +172,15 @@ def _write_parquet(table, uri: str) -> None:
     pq.write_table(table, path, filesystem=fs, compression="zstd")
 
 
-def _process_block(batch: pd.DataFrame, spec_json: str, shards: str, max_pixels: int) -> pd.DataFrame:
+def _process_block(
+    batch: pd.DataFrame, spec_json: str, shards: str, max_pixels: int, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+) -> pd.DataFrame:
     """One block of manifest rows -> Parquet shard(s) per split + metadata rows for the card."""
     import cv2
     import pyarrow as pa
 
-    from medxfer.data.decode import decode
-    from medxfer.data.preprocess import preprocess_pixels
+    from medxfer.data.decode import out_of_memory
+    from medxfer.data.preprocess import preprocess_image
 
     cv2.setNumThreads(1)  # one core per task; Ray schedules the parallelism
     spec = PreprocessConfig.model_validate_json(spec_json)
@@ -135,20 +196,23 @@ def _process_block(batch: pd.DataFrame, spec_json: str, shards: str, max_pixels:
             raise StorageError(f"{p}: could not read ({type(blob).__name__}: {str(blob)[:200]}) after "
                                "retries; nothing was cached, re-run when the storage is reachable")
         try:
-            d = decode(blob, p, frame=spec.frame, window=spec.window, max_pixels=max_pixels)
-            arr = preprocess_pixels(d.pixels, spec, d.bits)
-            images.append(arr.tobytes())
-            errors.append(None)
-            hs.append(d.pixels.shape[0]), ws.append(d.pixels.shape[1]), fmts.append(d.fmt)
-            colors.append(d.pixels.ndim == 3)
+            arr, d = preprocess_image(blob, spec, p, max_pixels, max_image_bytes)
         except ImageDecodeError as e:
             images.append(None)
             errors.append(e.reason)
             hs.append(0), ws.append(0), fmts.append(""), colors.append(False)
-        except Exception as e:  # noqa: BLE001 - a bad file must not kill the pipeline
-            images.append(None)
-            errors.append(f"unexpected decode failure ({type(e).__name__}: {str(e)[:200]})")
-            hs.append(0), ws.append(0), fmts.append(""), colors.append(False)
+            continue
+        except Exception as e:
+            if not out_of_memory(e):
+                raise  # a bug or a failing machine: not this image's fault, so not a bad file
+            raise MedxferError(
+                f"{p}: ran out of memory while decoding; nothing was cached. Give the preprocessing tasks "
+                "more memory, or lower data.max_image_bytes so that images this large are refused as bad files"
+            ) from None
+        images.append(arr.tobytes())
+        errors.append(None)
+        hs.append(d.header.height), ws.append(d.header.width), fmts.append(d.fmt)
+        colors.append(d.pixels.ndim == 3)
     ok = np.array([e is None for e in errors])
     rows = batch["row"].to_numpy()
     splits = batch["split"].to_numpy()
@@ -301,7 +365,7 @@ class PreparedData:
                 "keep": self.kept_rows(split),
             },
             num_cpus=DATA_CPUS,
-            concurrency=conc,
+            compute=ray.data.TaskPoolStrategy(size=conc),
         )
         return ds if with_path else ds.drop_columns(["path"])
 
@@ -364,6 +428,35 @@ def _stats(values: pd.Series) -> dict:
     return {"min": int(values.min()), "median": float(values.median()), "max": int(values.max())}
 
 
+def _block_kwargs(cfg: JobConfig, shards: str) -> dict:
+    return {"spec_json": cfg.preprocess.model_dump_json(), "shards": shards, "max_pixels": cfg.data.max_pixels,
+            "max_image_bytes": cfg.data.max_image_bytes}
+
+
+def choose_engine(data_cfg, n_images: int) -> str:
+    """'local' or 'ray' for ``data.engine`` (see its description for the 'auto' rule)."""
+    if data_cfg.engine != "auto":
+        return data_cfg.engine
+    return "local" if n_images <= data_cfg.local_max_images else "ray"
+
+
+def _run_local(df: pd.DataFrame, cfg: JobConfig, shards: str) -> pd.DataFrame:
+    """The pipeline's own block function over the same blocks, on this process's threads (no Ray).
+
+    OpenCV, Pillow, pydicom's decoders and pyarrow release the GIL for the heavy parts, so threads
+    use the machine's cores; each block writes its shards exactly as a Ray task would.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    cpus = os.cpu_count() or 1
+    blocks = _blocks(df[["row", "path", "label", "split"]], cpus)
+    kwargs = _block_kwargs(cfg, shards)
+    with ThreadPoolExecutor(max_workers=min(cpus, len(blocks))) as pool:
+        metas = list(pool.map(lambda b: _process_block(b, **kwargs), blocks))
+    return pd.concat(metas, ignore_index=True).sort_values("row").reset_index(drop=True)
+
+
 def _run_pipeline(df: pd.DataFrame, cfg: JobConfig, shards: str) -> pd.DataFrame:
     import ray
     import ray.data
@@ -380,25 +473,37 @@ def _run_pipeline(df: pd.DataFrame, cfg: JobConfig, shards: str) -> pd.DataFrame
         _process_block,
         batch_size=None,
         batch_format="pandas",
-        fn_kwargs={
-            "spec_json": cfg.preprocess.model_dump_json(),
-            "shards": shards,
-            "max_pixels": cfg.data.max_pixels,
-        },
+        fn_kwargs=_block_kwargs(cfg, shards),
         num_cpus=DATA_CPUS,
-        concurrency=max(1, min(len(blocks), int(round(cpus)))),
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(len(blocks), int(round(cpus))))),
     )
     try:
         meta = ds.to_pandas()
     except ray.exceptions.RayError as e:
-        raise DataError(f"preprocessing failed in a Ray task: {str(e).strip().splitlines()[-1][:300]}") from None
+        raise _task_error(e) from None
     return meta.sort_values("row").reset_index(drop=True)
+
+
+_TASK_ERRORS = {"StorageError": StorageError, "DataError": DataError, "MedxferError": MedxferError}
+
+
+def _task_error(e: BaseException) -> MedxferError:
+    """The error a preprocessing task raised (a read failing after its retries, running out of
+    memory), as the driver's own. Ray Data wraps it in a UserCodeException that keeps only its
+    text, so it is found in that text; anything else is named as a failed task."""
+    found = re.findall(r"^medxfer\.errors\.(\w+): (.+)$", str(e), flags=re.MULTILINE)
+    if found and found[-1][0] in _TASK_ERRORS:
+        name, message = found[-1]
+        return _TASK_ERRORS[name](message)
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return DataError(f"preprocessing failed in a Ray task: {(lines[-1] if lines else type(e).__name__)[:300]}")
 
 
 def prepare(cfg: JobConfig) -> PreparedData:
     """Return the cache for ``cfg``'s manifest(s) and spec, building it with Ray Data on a miss."""
     t0 = time.time()
     df = load_manifest(None, cfg.data, check_files=False)
+    cfg = resolve_channels(cfg, df)
     classes = df.attrs["classes"]
     key = cache_key(df, cfg, classes)
     root = storage.Layout(cfg.storage.root).cache(key)
@@ -414,15 +519,17 @@ def prepare(cfg: JobConfig) -> PreparedData:
     attempt = f"shards-{uuid.uuid4().hex[:8]}"
     shards = storage.join(root, attempt)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    log.info("preprocessing %d images into %s", len(df), root)
-    from medxfer.runtime import init_ray
+    engine = choose_engine(cfg.data, len(df))
+    log.info("preprocessing %d images into %s%s", len(df), root, " (in this process)" if engine == "local" else "")
+    if engine == "ray":
+        from medxfer.runtime import init_ray
 
-    init_ray()  # before the clock: cluster start-up is not decoding time
+        init_ray()  # before the clock: cluster start-up is not decoding time
     t1 = time.time()
     try:
-        meta = _run_pipeline(df, cfg, shards)
+        meta = (_run_pipeline if engine == "ray" else _run_local)(df, cfg, shards)
         decode_s = time.time() - t1
-        card = _make_card(df, meta, cfg, classes, key, root, attempt, started, decode_s, time.time() - t0)
+        card = _make_card(df, meta, cfg, classes, key, root, attempt, started, decode_s, time.time() - t0, engine)
     except BaseException:
         _quiet_delete(shards)
         raise
@@ -433,7 +540,15 @@ def prepare(cfg: JobConfig) -> PreparedData:
     for name in storage.list_dir(root):
         if name.startswith("shards-") and name != attempt:
             _quiet_delete(storage.join(root, name))
+    _warn_if_colour_dropped(card)
     return PreparedData(key, root, card, lf, ls, hit=False)
+
+
+def _warn_if_colour_dropped(card: dict) -> None:
+    colour = card["image_stats"]["color"]
+    if colour and card["spec"]["channels"] == 1:
+        log.warning("%d of %d images store colour and preprocess.channels is 1: they were converted to grayscale; "
+                    "set preprocess.channels to 3 (or auto) to keep colour", colour, card["total"])
 
 
 def _quiet_delete(uri: str) -> None:
@@ -443,7 +558,8 @@ def _quiet_delete(uri: str) -> None:
         log.warning("could not clean up %s: %s", uri, e)
 
 
-def _make_card(df, meta, cfg: JobConfig, classes, key, root, attempt, started, decode_s, total_s) -> dict:
+def _make_card(df, meta, cfg: JobConfig, classes, key, root, attempt, started, decode_s, total_s,
+               engine: str = "ray") -> dict:
     merged = df.merge(meta, on="row", how="left", validate="one_to_one")
     bad = merged[merged["error"].notna()]
     n, nbad = len(merged), len(bad)
@@ -488,6 +604,7 @@ def _make_card(df, meta, cfg: JobConfig, classes, key, root, attempt, started, d
             "split_seed": cfg.data.split_seed,
         },
         "max_pixels": cfg.data.max_pixels,
+        "max_image_bytes": cfg.data.max_image_bytes,
         "input_rows": n,
         "total": int(len(good)),
         "counts": split_counts(good, list(classes), cfg.data.task),
@@ -504,6 +621,7 @@ def _make_card(df, meta, cfg: JobConfig, classes, key, root, attempt, started, d
             "fraction": round(nbad / n, 6) if n else 0.0,
             "files": listed[:_MAX_LISTED_BAD],
         },
+        "engine": engine,
         "timing": {
             "decode_seconds": round(decode_s, 3),
             "total_seconds": round(total_s, 3),

@@ -135,10 +135,28 @@ def _is_image(name: str) -> bool:
     return ext in IMAGE_EXTENSIONS or ext == ""  # DICOM files often have no extension
 
 
+def _listed_images(root: str) -> list[str]:
+    """Image files under ``root``, without symlinks leading outside it (warned about, not listed).
+
+    A manifest elsewhere holds absolute paths, which no manifest check can tie to the root, so a
+    link to a file outside would become a training image without anyone having chosen it.
+    """
+    if not storage.is_remote(root) and not os.path.isdir(root):
+        raise DataError(f"{root}: folder not found; give the folder holding one subfolder per class")
+    files = [f for f in storage.list_files(root) if _is_image(f)]
+    if not files and storage.is_remote(root):
+        raise DataError(f"{root}: no files under this prefix; check the URI")
+    outside = set(storage.links_leaving(root, files))
+    if outside:
+        log.warning("%s: %d symlink(s) leading outside the folder not listed (e.g. %s)", root, len(outside),
+                    sorted(outside)[0])
+    return [f for f in files if f not in outside]
+
+
 def folder_manifest(root: str, manifest_uri: str, fractions=None, seed: int = 0) -> pd.DataFrame:
     """Build a manifest from ``root/<class>/...`` (or ``root/<split>/<class>/...``)."""
     root = storage.normalize(root)
-    files = [f for f in storage.list_files(root) if _is_image(f)]
+    files = _listed_images(root)
     prefix = root.rstrip("/").rstrip(os.sep)
     rels = [f[len(prefix):].lstrip("/").lstrip(os.sep).replace(os.sep, "/") for f in files]
     nested = [r for r in rels if "/" in r]

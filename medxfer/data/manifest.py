@@ -229,16 +229,16 @@ def _check_symlinks(df: pd.DataFrame, uri: str) -> None:
     rel = df[df["_relative"] & ~df["path"].str.startswith("s3://")]
     if rel.empty:
         return
-    real_base = os.path.realpath(base).rstrip(os.sep) + os.sep
+    real_base = os.path.realpath(base)
     bad: list[int] = []
     # Directories first (few), then files that are links themselves (one lstat each).
     parents = pd.Series([os.path.dirname(p) for p in rel["path"]], index=rel.index)
     for d in parents.unique():
-        if not (os.path.realpath(d) + os.sep).startswith(real_base):
+        if not storage.inside(d, real_base):
             bad.extend(rel.loc[parents == d, "_line"].tolist())
     for p, line in zip(rel["path"].tolist(), rel["_line"].tolist(), strict=True):
         try:
-            if stat.S_ISLNK(os.lstat(p).st_mode) and not os.path.realpath(p).startswith(real_base):
+            if stat.S_ISLNK(os.lstat(p).st_mode) and not storage.inside(p, real_base):
                 bad.append(line)
         except OSError:
             pass  # missing files are reported by the existence check
@@ -443,28 +443,48 @@ def label_subsample(labels: pd.Series, keys: pd.Series, fraction: float, seed: i
 # ----------------------------------------------------------------------------- loading
 
 
-def _load_one(uri: str, data_cfg: DataConfig, source: str) -> pd.DataFrame:
-    raw = read_table(uri)
-    _check_columns(raw, uri)
+def _path_rows(raw: pd.DataFrame, uri: str, columns: Sequence[str]) -> pd.DataFrame:
+    """Manifest rows with line numbers and resolved paths ('..' escapes refused); ``columns`` copied."""
     if raw.empty:
         raise DataError(f"{uri}: the manifest has a header but no rows")
     header_lines = 2 if _fmt_of(uri, b"") in ("csv", "tsv") else 1
     df = pd.DataFrame({"_line": np.arange(len(raw)) + header_lines, "_manifest": uri})
-    for col in ("path", "label", "split", "patient_id", "source"):
+    for col in columns:
         if col in raw.columns:
             df[col] = _as_str(raw[col]).to_numpy()
     empty_path = df["path"].isna().to_numpy()
     if empty_path.any():
         raise DataError(f"{uri}: empty path at line(s) {_lines(df.loc[empty_path, '_line'])}")
+    rel = ~(df["path"].str.startswith("/") | df["path"].str.contains("://", regex=False))
+    df["_relative"] = rel.to_numpy()
+    df["path"] = _resolve_paths(df["path"], uri, df["_line"].to_numpy())
+    return df
+
+
+def image_paths(uri: str) -> list[str]:
+    """The checked image paths of a manifest whose labels are not needed (prediction inputs).
+
+    The same rules as a training manifest's: relative paths resolve against the manifest's
+    folder, and neither '..' nor a symlink may lead out of it.
+    """
+    raw = read_table(uri)
+    if "path" not in raw.columns:
+        raise DataError(f"{uri}: the manifest needs a 'path' column; found {', '.join(map(repr, raw.columns))}")
+    df = _path_rows(raw, uri, ("path",))
+    _check_symlinks(df, uri)
+    return df["path"].tolist()
+
+
+def _load_one(uri: str, data_cfg: DataConfig, source: str) -> pd.DataFrame:
+    raw = read_table(uri)
+    _check_columns(raw, uri)
+    df = _path_rows(raw, uri, ("path", "label", "split", "patient_id", "source"))
     empty_label = df["label"].isna().to_numpy()
     if empty_label.any():
         raise DataError(
             f"{uri}: empty or missing label at line(s) {_lines(df.loc[empty_label, '_line'])}; every image "
             "needs a label (multilabel: use 'none' for no finding)"
         )
-    rel = ~(df["path"].str.startswith("/") | df["path"].str.contains("://", regex=False))
-    df["_relative"] = rel.to_numpy()
-    df["path"] = _resolve_paths(df["path"], uri, df["_line"].to_numpy())
     if "source" not in df.columns:
         df["source"] = source
     else:

@@ -126,10 +126,16 @@ def download(name: str, size: int = 28, dest: Path | None = None, timeout: float
 
 def load_npz(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{split: (images uint8 (N,H,W) or (N,H,W,3), labels (N,) or (N,K))}`` from a MedMNIST .npz."""
+    not_npz = DataError(
+        f"{path}: not a MedMNIST .npz file (a zip of plain numeric arrays: train_images, train_labels, ...); "
+        "check the file, or download it again"
+    )
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    except (OSError, ValueError, EOFError):
+        raise not_npz from None  # numpy's message would suggest loading the file unsafely
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise not_npz
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     with z:
         keys = set(z.files)
@@ -139,7 +145,10 @@ def load_npz(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 continue
             if ik not in keys or lk not in keys:
                 raise DataError(f"{path}: has {ik if ik in keys else lk} but not its pair")
-            images, labels = z[ik], z[lk]
+            try:
+                images, labels = z[ik], z[lk]
+            except (OSError, ValueError, EOFError):  # object arrays (pickles) or a damaged member
+                raise not_npz from None
             if labels.ndim == 2 and labels.shape[1] == 1:
                 labels = labels[:, 0]
             if labels.ndim not in (1, 2) or len(labels) != len(images):

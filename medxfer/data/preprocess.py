@@ -6,7 +6,10 @@ prepared differently from the ones it was trained on. No Ray, no I/O: unit-testa
 
 Order of operations (each step documented because it changes the pixels):
 
-1. decode to float [0,1] (:mod:`medxfer.data.decode`: windowing, MONOCHROME1, colour);
+1. decode to float [0,1] (:mod:`medxfer.data.decode`: windowing, MONOCHROME1, colour, EXIF
+   orientation). Without CLAHE a JPEG much larger than ``size`` is decoded at reduced scale (still
+   at least twice ``size``), the same in every caller; with CLAHE it is decoded in full, so that
+   CLAHE's tiles keep the detail they were tuned on;
 2. to 1 channel (ITU-R BT.601 luma) when ``channels == 1`` and the image is colour;
 3. optional CLAHE at the image's own integer depth (uint8 for 8-bit sources, uint16 otherwise;
    colour images on the L channel of Lab), before resizing so tiles see full-resolution detail;
@@ -23,13 +26,31 @@ import cv2
 import numpy as np
 
 from medxfer.config import PreprocessConfig
-from medxfer.data.decode import DEFAULT_MAX_PIXELS, decode, decode_image  # noqa: F401 - re-exported
+from medxfer.data.decode import (  # noqa: F401 - decode_image re-exported
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    Decoded,
+    decode,
+    decode_image,
+)
+from medxfer.errors import DataError
 
-__all__ = ["preprocess_bytes", "preprocess_pixels", "decode_image", "output_shape"]
+__all__ = ["preprocess_bytes", "preprocess_image", "preprocess_pixels", "decode_image", "output_shape"]
+
+
+def _channels(spec: PreprocessConfig) -> int:
+    """The spec's channel count; 'auto' must have been resolved against the dataset (the cache does,
+    and bundles carry the resolved spec), since one dataset's tensors need one shape."""
+    if spec.channels == "auto":
+        raise DataError(
+            "preprocess.channels is 'auto' here; it is resolved from the dataset when the cache is "
+            "prepared, and a model bundle must carry the resolved number (1 or 3)"
+        )
+    return int(spec.channels)
 
 
 def output_shape(spec: PreprocessConfig) -> tuple[int, int, int]:
-    return (int(spec.channels), int(spec.size), int(spec.size))
+    return (_channels(spec), int(spec.size), int(spec.size))
 
 
 def _to_gray(img: np.ndarray) -> np.ndarray:
@@ -79,14 +100,15 @@ def _fit(img: np.ndarray, size: int, mode: str) -> np.ndarray:
 
 def preprocess_pixels(img: np.ndarray, spec: PreprocessConfig, bits: int = 8) -> np.ndarray:
     """Steps 2-6 on already-decoded float [0,1] pixels (HxW or HxWx3); returns CHW ``spec.dtype``."""
+    channels = _channels(spec)
     img = np.asarray(img, dtype=np.float32)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
-    if spec.channels == 1:
+    if channels == 1:
         img = _to_gray(img)
     if spec.clahe:
         img = _clahe(img, bits, spec.clahe_clip_limit, spec.clahe_tile_grid)
-    if spec.channels == 3 and img.ndim == 2:
+    if channels == 3 and img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     img = _fit(np.ascontiguousarray(img), spec.size, spec.resize)
     if img.ndim == 2:
@@ -97,9 +119,29 @@ def preprocess_pixels(img: np.ndarray, spec: PreprocessConfig, bits: int = 8) ->
     return np.ascontiguousarray(out.transpose(2, 0, 1)).astype(spec.dtype, copy=False)
 
 
+def preprocess_image(
+    data: bytes,
+    spec: PreprocessConfig,
+    path: str = "",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> tuple[np.ndarray, Decoded]:
+    """Image bytes -> ``(array (channels, size, size) in spec.dtype, the Decoded it came from)``.
+
+    The one path from bytes to tensor: the cache builds its card from the Decoded (the stored size
+    and format), prediction keeps the array. Raises ImageDecodeError for files that cannot be used.
+    """
+    d = decode(data, path, frame=spec.frame, window=spec.window, max_pixels=max_pixels,
+               max_image_bytes=max_image_bytes, target=None if spec.clahe else spec.size)
+    return preprocess_pixels(d.pixels, spec, d.bits), d
+
+
 def preprocess_bytes(
-    data: bytes, spec: PreprocessConfig, path: str = "", max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    spec: PreprocessConfig,
+    path: str = "",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> np.ndarray:
     """Image bytes -> ``(channels, size, size)`` array in ``spec.dtype``. Raises ImageDecodeError."""
-    d = decode(data, path, frame=spec.frame, window=spec.window, max_pixels=max_pixels)
-    return preprocess_pixels(d.pixels, spec, d.bits)
+    return preprocess_image(data, spec, path, max_pixels, max_image_bytes)[0]

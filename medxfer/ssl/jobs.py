@@ -158,7 +158,10 @@ def pretrain_inputs(cfg: JobConfig, use_gpu: bool, source=None):
 
 def run_pretrain(cfg: JobConfig) -> dict:
     """Pretrain (or resume) the run ``cfg.name``; write its bundle, config.yaml and result.json."""
+    from medxfer.data.cache import resolve_channels
     from medxfer.train.launch import launch
+
+    cfg = resolve_channels(cfg)  # once for all sources: their tensors are pooled into one shape
 
     def inputs(use_gpu: bool):
         source = None

@@ -117,6 +117,11 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
     return launch(cfg, stage, inputs, check_same_run)
 
 
+def result_line(out: dict) -> str:
+    """How a run ended, for the command's last line (a finished run's stored result has no summary)."""
+    return out.get("summary") or f"{out['status']} (epoch {out['epoch']}/{out['epochs_total']})"
+
+
 def exit_code(out: dict) -> int:
     """0, or the shell's code for the signal that stopped the run (it resumes with the same command)."""
     if out.get("status") != "stopped":
@@ -130,7 +135,7 @@ def cmd_source_train(args) -> int:
     from medxfer.config_io import load_config
 
     out = run_training(load_config(args.config, args.set), "source")
-    print(f"{out['name']}: {out['status']} (epoch {out['epoch']}/{out['epochs_total']}); bundle {out['bundle']}")
+    print(f"{out['name']}: {result_line(out)}; bundle {out['bundle']}")
     return exit_code(out)
 
 
@@ -141,6 +146,6 @@ def cmd_finetune(args) -> int:
     if getattr(args, "source", None):
         cfg.model.init = args.source
     out = run_training(cfg, "finetune")
-    print(f"{out['name']}: {out['status']} (epoch {out['epoch']}/{out['epochs_total']}); bundle {out['bundle']}"
+    print(f"{out['name']}: {result_line(out)}; bundle {out['bundle']}"
           f"; source {out['lineage'].get('source_bundle_id', cfg.model.init)}")
     return exit_code(out)

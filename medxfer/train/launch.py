@@ -232,8 +232,8 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     storage.write_json(storage.join(run_uri, "result.json"), out)
     shown = f"best {metric} {best_metrics.get(metric, float('nan')):.4f} (epoch {state.best_epoch})" if plan.scored \
         else f"loss {out['final'].get('loss', float('nan')):.4f}"
-    log.info("%s: %s after epoch %d/%d; %s; bundle %s", cfg.name, status, state.epoch, cfg.train.epochs, shown,
-             out["bundle"])
+    out["summary"] = f"{status} (epoch {state.epoch}/{cfg.train.epochs}); {shown}"
+    log.debug("%s: %s; bundle %s", cfg.name, out["summary"], out["bundle"])
     return out
 
 
