@@ -238,7 +238,15 @@ def test_pretrain_on_ray_writes_a_bundle_finetune_loads(test_data, tmp_path, ray
     from medxfer.ssl.jobs import run_pretrain
 
     again = run_pretrain(load_config(str(path), ["train.max_epochs_this_run=null"]))
-    assert again["epochs_run"] == 0 and again["bundle_id"] == result["bundle_id"]
+    assert again["epochs_run"] == 0 and again["bundle_id"] == result["bundle_id"] and again["already_complete"]
+    # A finished pretraining is never rewritten by other settings — not even a longer schedule: refused
+    # naming the fields (exit 2), nothing in the run folder written.
+    from evalutil import file_hashes
+
+    files = file_hashes(run)
+    for change in ("pretrain.temperature=0.5", "train.epochs=3", "train.lr=0.01"):
+        assert main(["pretrain", "--config", str(path), "--set", change]) == 2, change
+    assert file_hashes(run) == files
 
     b = load_bundle(str(run / "bundle"))
     card = b.card
