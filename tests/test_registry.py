@@ -163,13 +163,12 @@ def test_cli_registry_promote_list_show(tmp_path, bundles, capsys):
 
 
 def _swap_classes(bundle_dir: str, rehash: bool) -> None:
-    from medxfer.bundle import CARD
-    from medxfer.card import card_digest
-
-    uri = storage.join(bundle_dir, CARD)
+    uri = storage.join(bundle_dir, "bundle.json")
     card = storage.read_json(uri)
     card["classes"] = card["classes"][::-1]
     if rehash:
+        from medxfer.card import card_digest
+
         card["card_sha256"] = card_digest(card)
     storage.write_json(uri, card)
 
