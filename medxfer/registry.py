@@ -408,21 +408,21 @@ def resolve_version(root: str | None, ref: str) -> tuple[Registry, str]:
     if not sep or not version:
         raise RegistryInputError(f"--registry-version {ref!r}: expected MODEL:VERSION, e.g. breast:v0003 or "
                                  "breast:champion")
-    reg = Registry(root or os.environ.get("MEDXFER_ROOT") or "./medxfer-runs", model)
+    reg = Registry(default_root(root), model)
     if version == "champion":
         ch = reg.champion()
         if ch is None:
             raise RegistryInputError(f"{model}: no champion yet; name a version (medxfer registry list {model})")
         version = ch["version"]
-    reg.version_uri(version)  # the name is checked before anything is read
     return reg, version
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def _root(args) -> str:
-    return args.root or os.environ.get("MEDXFER_ROOT") or "./medxfer-runs"
+def default_root(root: str | None) -> str:
+    """The storage root a registry command uses: given, else $MEDXFER_ROOT, else ./medxfer-runs."""
+    return root or os.environ.get("MEDXFER_ROOT") or "./medxfer-runs"
 
 
 def _fmt(v) -> str:
@@ -431,7 +431,7 @@ def _fmt(v) -> str:
 
 def cmd_registry(args) -> int:
     """``medxfer registry list|show|promote``."""
-    root = _root(args)
+    root = default_root(args.root)
     action = args.registry_command
     if action == "list":
         if not args.model:
