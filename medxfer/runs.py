@@ -11,11 +11,13 @@ A run name is a promise: ``runs/<name>/`` holds the weights of exactly the setti
   would rewrite its config and bundle to settings its weights were never trained with.
 
 Which settings shape the model: every field of :data:`SHAPING_SECTIONS` (the data and its
-split, the preprocessing spec, the network and its init, the optimisation and schedule —
-``train.epochs`` included, since the cosine schedule depends on it — and pretraining),
-except :data:`NOT_SHAPING`, which only decide how one invocation runs. ``scaling``,
-``failure``, ``storage``, ``evaluate``, ``promotion``, ``predict`` and ``experiment`` decide
-where and how a run executes or is judged, not what it learns.
+split, the preprocessing spec, the network and its init, the optimisation and schedule,
+and pretraining), except :data:`NOT_SHAPING`, which only decide how one invocation runs.
+``scaling``, ``failure``, ``storage``, ``evaluate``, ``promotion``, ``predict`` and
+``experiment`` decide where and how a run executes or is judged, not what it learns.
+:data:`GROW_ONLY` fields may grow: a larger ``train.epochs`` continues a run (finished or
+not) to the new total, and its config and bundle then describe that longer training; a
+smaller one is refused, since the weights were trained for longer than it says.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ log = logging.getLogger("medxfer.runs")
 
 SHAPING_SECTIONS = ("data", "preprocess", "model", "train", "pretrain")
 NOT_SHAPING = frozenset({"train.max_epochs_this_run", "train.num_checkpoints_to_keep"})
+GROW_ONLY = frozenset({"train.epochs"})
 FINISHED = ("complete", "early_stopped")
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record that a run has checkpoints
 
@@ -56,7 +59,8 @@ def shaping_fields(cfg: JobConfig) -> dict[str, Any]:
 def differences(before: JobConfig, now: JobConfig) -> list[str]:
     """``"field: old -> new"`` for every shaping field that differs."""
     a, b = shaping_fields(before), shaping_fields(now)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not (k in GROW_ONLY and b.get(k) > a.get(k))]
 
 
 def has_state(run_uri: str) -> bool:
@@ -78,12 +82,14 @@ def stored_config(run_uri: str) -> JobConfig | None:
                            "give this run a new name"]) from None
 
 
-def finished_result(run_uri: str) -> dict | None:
-    """The stored result of a run that finished with its bundle, else None."""
+def finished_result(run_uri: str, epochs: int) -> dict | None:
+    """The stored result of a run that finished with its bundle (and, when complete, ``epochs`` epochs), else None."""
     res_uri = storage.join(run_uri, "result.json")
     if not (storage.exists(res_uri) and storage.exists(storage.join(run_uri, "bundle", "bundle.json"))):
         return None
     res = storage.read_json(res_uri)
+    if res.get("status") == "complete" and int(res.get("epoch", 0)) < epochs:
+        return None  # train.epochs grew: the run continues
     return res if res.get("status") in FINISHED else None
 
 
@@ -103,7 +109,7 @@ def check_run(cfg: JobConfig, run_uri: str) -> dict | None:
                 "Nothing was changed; give this run a new name (name: ...) to train with these settings, or "
                 "restore them to resume or reuse the run"
             ])
-    done = finished_result(run_uri)
+    done = finished_result(run_uri, cfg.train.epochs)
     if done is None:
         return None
     log.info("%s: already complete (%s at epoch %s); bundle %s — nothing to do", cfg.name, done.get("status"),

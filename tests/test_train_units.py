@@ -269,5 +269,6 @@ def test_reused_run_name_with_other_model_is_refused(tmp_path):
     assert check_run(resume, str(tmp_path)) is None  # same model, another stopping point: resumes
     with pytest.raises(ConfigError, match=r"model\.backbone: 'smallcnn' -> 'resnet18'; preprocess\.size: 64 -> 32"):
         check_run(other, str(tmp_path))
-    with pytest.raises(ConfigError, match=r"train\.epochs: 10 -> 99.*new name"):  # another schedule, another run
-        check_run(cfg.model_copy(update={"train": TrainConfig(epochs=99)}), str(tmp_path))
+    assert check_run(cfg.model_copy(update={"train": TrainConfig(epochs=99)}), str(tmp_path)) is None  # continues
+    with pytest.raises(ConfigError, match=r"train\.epochs: 10 -> 5.*new name"):  # fewer than it was trained for
+        check_run(cfg.model_copy(update={"train": TrainConfig(epochs=5)}), str(tmp_path))
