@@ -24,7 +24,6 @@ import hashlib
 import logging
 import math
 import time
-from datetime import datetime, timezone
 
 from medxfer import storage
 from medxfer.config import JobConfig
@@ -87,66 +86,16 @@ def plan_pretrain(cfg: JobConfig, n_images: int, in_chans: int, size: int, use_g
     }
 
 
-def check_resumable(cfg: JobConfig, run_uri: str) -> None:
-    """A run resumes only with the network it started with; say so instead of a shape error in a worker."""
-    from medxfer.config_io import load_config
+def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, source=None):
+    """The card (:func:`medxfer.card.build_card`) plus ``pretraining``: method, sources, counts, loss."""
+    from medxfer.card import build_card as card_for
 
-    prev_uri = storage.join(run_uri, "config.yaml")
-    if not storage.exists(prev_uri):
-        return
-    prev = load_config(prev_uri, [])
-    fields = {
-        "pretrain.method": (prev.pretrain.method, cfg.pretrain.method),
-        "pretrain.projection_dim": (prev.pretrain.projection_dim, cfg.pretrain.projection_dim),
-        "model.backbone": (prev.model.backbone, cfg.model.backbone),
-        "preprocess.channels": (prev.preprocess.channels, cfg.preprocess.channels),
-    }
-    changed = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in fields.items() if a != b]
-    if changed:
-        raise ConfigError([f"name: run {cfg.name!r} in {run_uri} was started with other settings "
-                           f"({'; '.join(changed)}); give this run a new name, or restore those settings to resume"])
-
-
-def _finished(cfg: JobConfig, run_uri: str) -> dict | None:
-    """The stored result of a run that already reached ``train.epochs`` with its bundle, else None.
-
-    Re-running a finished run then costs nothing (no worker group is started); raising
-    ``train.epochs`` resumes it instead.
-    """
-    res_uri, card_uri = storage.join(run_uri, "result.json"), storage.join(run_uri, "bundle", "bundle.json")
-    if not (storage.exists(res_uri) and storage.exists(card_uri)):
-        return None
-    res = storage.read_json(res_uri)
-    if res.get("status") == "complete" and int(res.get("epoch", 0)) >= cfg.train.epochs:
-        return {**res, "epochs_run": 0}
-    return None
-
-
-def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, source=None) -> dict:
-    """The bundle card: the standard keys plus ``pretraining`` (method, sources, counts, loss)."""
-    p = cfg.preprocess
     keys = [s["cache_key"] for s in sources]
-    lineage = {"stage": "pretrain", "init": cfg.model.init, "method": cfg.pretrain.method}
-    if source is not None:  # supervised+ssl: self-supervision continued from a source bundle
-        lineage.update(source_uri=cfg.model.init, source_bundle_id=source.id,
-                       source_weights_sha256=source.card["weights_sha256"],
-                       source_data_fingerprint=source.card.get("data_fingerprint"),
-                       source_lineage=source.card.get("lineage"))
-    return {
-        "name": cfg.model.name,
-        "run": cfg.name,
-        "task": TASK,
-        "classes": [],
-        "backbone": cfg.model.backbone,
-        "stem": plan["stem"],
-        "in_chans": plan["in_chans"],
-        "num_outputs": 0,
-        "weights": "backbone only (backbone.*); fine-tune it: model.init = this bundle's URI",
-        "preprocess": p.model_dump(mode="json"),
-        "input": {"shape": [p.channels, p.size, p.size], "dtype": "float32",
-                  "note": "output of medxfer.data.preprocess.preprocess_bytes with this spec"},
-        "lineage": lineage,
-        "pretraining": {
+    return card_for(
+        cfg, "pretrain", task=TASK, classes=[], plan={**plan, "num_outputs": 0}, spec=cfg.preprocess,
+        data_fingerprint=data_fingerprint(keys), data_fingerprints=keys, source=source,
+        weights="backbone only (backbone.*); fine-tune it: model.init = this bundle's URI",
+        pretraining={
             "method": cfg.pretrain.method,
             "settings": cfg.pretrain.model_dump(mode="json"),
             "epochs": final.get("epoch"),
@@ -158,11 +107,7 @@ def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, sou
             "sources": sources,
             "images": sum(s["train_images"] for s in sources),
         },
-        "data_fingerprint": data_fingerprint(keys),
-        "data_fingerprints": keys,
-        "config": cfg.model_dump(mode="json"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    )
 
 
 def run_pretrain(cfg: JobConfig) -> dict:
@@ -172,6 +117,8 @@ def run_pretrain(cfg: JobConfig) -> dict:
     from medxfer.bundle import save_bundle
     from medxfer.config_io import dump_yaml
     from medxfer.data.cache import prepare, resolve_channels
+    from medxfer.models.registry import check_imagenet
+    from medxfer.runs import check_run
     from medxfer.runtime import init_ray
     from medxfer.ssl.worker import export_backbone, pretrain_func
     from medxfer.train.checkpoint import read_state, read_weights
@@ -179,22 +126,18 @@ def run_pretrain(cfg: JobConfig) -> dict:
 
     t0 = time.time()
     cfg = resolve_channels(cfg)  # once for all sources: their tensors are pooled into one shape
-    init_ray()
     layout = storage.Layout(cfg.storage.root)
     run_uri = layout.run(cfg.name)
+    done = check_run(cfg, run_uri)
+    if done is not None:
+        return done
+    check_imagenet(cfg)
+    init_ray()
     source = None
     if cfg.model.init not in ("scratch", "imagenet"):
         from medxfer.train.jobs import check_source
 
         source = check_source(cfg)  # a bundle init must exist, verify and match the backbone before workers start
-
-    if storage.exists(storage.join(run_uri, SNAPSHOT)):
-        check_resumable(cfg, run_uri)
-        done = _finished(cfg, run_uri)
-        if done is not None:
-            log.info("%s: already complete (epoch %d/%d); bundle %s", cfg.name, done["epoch"], cfg.train.epochs,
-                     done["bundle"])
-            return done
 
     sources, parts = [], []
     for m in manifests_of(cfg):
@@ -270,6 +213,7 @@ def cmd_pretrain(args) -> int:
     from medxfer.config_io import load_config
 
     out = run_pretrain(load_config(args.config, args.set))
-    print(f"{out['name']}: {out['status']} ({out['method']}, epoch {out['epoch']}/{out['epochs_total']}, "
+    state = f"already {out['status']}, nothing to do" if out.get("already_complete") else out["status"]
+    print(f"{out['name']}: {state} ({out['method']}, epoch {out['epoch']}/{out['epochs_total']}, "
           f"{out['train_images']} images from {len(out['sources'])} source(s)); bundle {out['bundle']}")
     return 0

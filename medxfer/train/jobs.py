@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from datetime import datetime, timezone
 
 from medxfer import storage
 from medxfer.config import JobConfig
@@ -44,29 +43,6 @@ def check_source(cfg: JobConfig):
             f"{b.card['backbone']!r}; set model.backbone: {b.card['backbone']}"
         ])
     return b
-
-
-def check_same_run(cfg: JobConfig, run_uri: str) -> None:
-    """Refuse to resume a run folder that holds a different model or data (a reused run name)."""
-    import yaml
-
-    cfg_uri = storage.join(run_uri, "config.yaml")
-    if not storage.exists(cfg_uri):
-        return
-    prev = yaml.safe_load(storage.read_text(cfg_uri)) or {}
-    now = cfg.model_dump(mode="json")
-    changed = [
-        f"{section}.{key}"
-        for section, keys in (("model", ("backbone", "init", "stem")), ("data", ("manifest", "task", "classes")),
-                              ("preprocess", tuple(now["preprocess"])))
-        for key in keys
-        if (prev.get(section) or {}).get(key, now[section][key]) != now[section][key]
-    ]
-    if changed:
-        raise ConfigError([
-            f"name: run {cfg.name!r} already exists at {run_uri} with different {', '.join(changed)}; "
-            "resuming would mix two runs — choose a new name, or delete that folder to start over"
-        ])
 
 
 def plan_run(cfg: JobConfig, prepared, n_train: int, use_gpu: bool) -> dict:
@@ -172,40 +148,6 @@ def _read_checkpoint(checkpoint):
         return read_weights(d), read_state(d)
 
 
-def build_card(cfg: JobConfig, stage: str, prepared, plan: dict, source, best_metrics: dict) -> dict:
-    lineage = {"init": cfg.model.init, "stage": stage}
-    if source is not None:
-        lineage.update(
-            source_uri=cfg.model.init,
-            source_bundle_id=source.id,
-            source_weights_sha256=source.card["weights_sha256"],
-            source_data_fingerprint=source.card.get("data_fingerprint"),
-            source_lineage=source.card.get("lineage"),
-        )
-    spec = prepared.spec
-    return {
-        "name": cfg.model.name,
-        "run": cfg.name,
-        "task": prepared.task,
-        "classes": list(prepared.classes),
-        "backbone": cfg.model.backbone,
-        "stem": plan["stem"],
-        "in_chans": plan["in_chans"],
-        "num_outputs": plan["num_outputs"],
-        "dropout": cfg.model.dropout,
-        "preprocess": spec.model_dump(mode="json"),
-        "input": {"shape": [spec.channels, spec.size, spec.size], "dtype": "float32",
-                  "note": "output of medxfer.data.preprocess.preprocess_bytes with this spec"},
-        "lineage": lineage,
-        "data_fingerprint": prepared.key,
-        "data_uri": getattr(prepared, "uri", None),
-        "metrics": {"val": {k: v for k, v in best_metrics.items() if k.startswith("val_")},
-                    "epoch": best_metrics.get("epoch")},
-        "config": cfg.model_dump(mode="json"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def fit_or_explain(trainer, run_uri: str):
     """``trainer.fit()``, with a failure turned into a message naming the run and the cause.
 
@@ -240,14 +182,21 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
     from ray.train.torch import TorchTrainer
 
     from medxfer.bundle import save_bundle
+    from medxfer.card import build_card, resolve_positive_class
     from medxfer.config_io import dump_yaml
+    from medxfer.models.registry import check_imagenet
+    from medxfer.runs import check_run
     from medxfer.runtime import init_ray
     from medxfer.train.worker import train_func
 
     t0 = time.time()
-    init_ray()
     layout = storage.Layout(cfg.storage.root)
     run_uri = layout.run(cfg.name)
+    done = check_run(cfg, run_uri)
+    if done is not None:
+        return done
+    check_imagenet(cfg)
+    init_ray()
     source = check_source(cfg)
     if stage == "finetune" and cfg.model.init == "scratch":
         log.warning("fine-tuning %s from scratch: no source weights (set model.init or --source)", cfg.name)
@@ -264,9 +213,8 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
                         "or set data.split_fractions")
     scaling, use_gpu = scaling_config(cfg)
     plan = plan_run(cfg, prepared, n_train, use_gpu)
+    positive = resolve_positive_class(cfg, prepared.task, list(prepared.classes))
     resumed = storage.exists(storage.join(run_uri, SNAPSHOT))
-    if resumed:
-        check_same_run(cfg, run_uri)
     storage.write_text(storage.join(run_uri, "config.yaml"), dump_yaml(cfg))
     log.info("%s %s: %s on %d train / %d val images, %d worker(s)%s, %s", "resuming" if resumed else "starting",
              stage, cfg.model.backbone, n_train, n_val, cfg.scaling.num_workers, " with GPUs" if use_gpu else "",
@@ -287,7 +235,11 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
     weights, best_state = _read_checkpoint(best_ckpt)
     _, last_state = _read_checkpoint(result.checkpoint) if result.checkpoint else (None, best_state)
     best_metrics = best_state.history[-1] if best_state.history else {}
-    card = build_card(cfg, stage, prepared, plan, source, best_metrics)
+    card = build_card(cfg, stage, task=prepared.task, classes=list(prepared.classes), plan=plan,
+                      spec=prepared.spec, data_fingerprint=prepared.key, source=source, positive=positive,
+                      data_uri=getattr(prepared, "uri", None),
+                      metrics={"val": {k: v for k, v in best_metrics.items() if k.startswith("val_")},
+                               "epoch": best_metrics.get("epoch")})
     bundle_uri = storage.join(run_uri, "bundle")
     card = save_bundle(bundle_uri, weights, card)
     # Metrics reported without a checkpoint are not kept by Ray: everything below comes from the
@@ -333,11 +285,15 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
     return out
 
 
+def _state(result: dict) -> str:
+    return f"already {result['status']}, nothing to do" if result.get("already_complete") else result["status"]
+
+
 def cmd_source_train(args) -> int:
     from medxfer.config_io import load_config
 
     out = run_training(load_config(args.config, args.set), "source")
-    print(f"{out['name']}: {out['status']} (epoch {out['epoch']}/{out['epochs_total']}); bundle {out['bundle']}")
+    print(f"{out['name']}: {_state(out)} (epoch {out['epoch']}/{out['epochs_total']}); bundle {out['bundle']}")
     return 0
 
 
@@ -348,6 +304,6 @@ def cmd_finetune(args) -> int:
     if getattr(args, "source", None):
         cfg.model.init = args.source
     out = run_training(cfg, "finetune")
-    print(f"{out['name']}: {out['status']} (epoch {out['epoch']}/{out['epochs_total']}); bundle {out['bundle']}"
+    print(f"{out['name']}: {_state(out)} (epoch {out['epoch']}/{out['epochs_total']}); bundle {out['bundle']}"
           f"; source {out['lineage'].get('source_bundle_id', cfg.model.init)}")
     return 0
