@@ -2,11 +2,15 @@
 
 Why this shape: a bundle is what leaves the training cluster — to evaluation, the
 registry, a clinician-facing service. Safetensors holds only tensors, so loading a bundle
-can never run code (``torch.load`` of a pickle could); the card carries everything needed
-to use the weights correctly — the preprocessing spec above all, so a model is never fed
-images prepared differently from its training data — and the sha256 of the weights file,
-checked on every load, so a truncated or tampered file is refused instead of silently
+can never run code (``torch.load`` of a pickle could); the card (:mod:`medxfer.card`) carries
+everything needed to use the weights correctly — the preprocessing spec above all, so a model
+is never fed images prepared differently from its training data — and the sha256 of the
+weights file. Every load checks the card's own hash, validates the card and checks the
+weights' hash, so a truncated, tampered or hand-edited bundle is refused instead of silently
 producing wrong predictions.
+
+A bundle is written once, by training, and never changed afterwards: evaluation results and
+operating points live in evaluation reports and registry versions, not in the card.
 """
 
 from __future__ import annotations
@@ -20,12 +24,11 @@ from typing import Any
 import torch
 
 from medxfer import storage
+from medxfer.card import FORMAT, OLD_FORMATS, ModelCard, card_digest, check_card, parse_card
 from medxfer.errors import BundleError, MedxferError
 
 WEIGHTS = "model.safetensors"
 CARD = "bundle.json"
-FORMAT = "medxfer-bundle/1"
-REQUIRED = ("task", "classes", "backbone", "in_chans", "num_outputs", "preprocess", "weights_sha256")
 
 
 def package_versions() -> dict[str, str]:
@@ -52,21 +55,19 @@ def _tensor_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
     return save(tensors)
 
 
-def save_bundle(uri: str, state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> dict[str, Any]:
-    """Write weights then card (the card last: a folder with a card is complete). Returns the card."""
-    missing = [k for k in REQUIRED if k != "weights_sha256" and k not in card]
-    if missing:
-        raise BundleError(f"{uri}: card lacks {', '.join(missing)}")
+def save_bundle(uri: str, state_dict: dict[str, torch.Tensor], card: ModelCard | dict[str, Any]) -> dict[str, Any]:
+    """Write weights then card (the card last: a folder with a card is complete). Returns the card as written."""
     data = _tensor_bytes(state_dict)
     sha = hashlib.sha256(data).hexdigest()
-    card = dict(card)
-    card.setdefault("format", FORMAT)
-    card["weights_sha256"] = sha
-    card.setdefault("id", f"{card.get('name', 'model')}@{sha[:12]}")
-    card.setdefault("versions", package_versions())
+    body = card.model_dump(mode="json") if isinstance(card, ModelCard) else dict(card)
+    body.update(format=FORMAT, weights_sha256=sha, card_sha256=None)
+    out = parse_card(body, storage.join(uri, CARD)).model_dump(mode="json")
+    out["id"] = out["id"] or f"{out['name']}@{sha[:12]}"
+    out["versions"] = out["versions"] or package_versions()
+    out["card_sha256"] = card_digest(out)
     storage.write_bytes(storage.join(uri, WEIGHTS), data)
-    storage.write_bytes(storage.join(uri, CARD), (json.dumps(card, indent=2, default=str) + "\n").encode())
-    return card
+    storage.write_bytes(storage.join(uri, CARD), (json.dumps(out, indent=2) + "\n").encode())
+    return out
 
 
 @dataclass
@@ -95,6 +96,14 @@ class Bundle:
     def id(self) -> str:
         return str(self.card.get("id", self.card["weights_sha256"][:12]))
 
+    @property
+    def card_sha256(self) -> str:
+        return str(self.card["card_sha256"])
+
+    @property
+    def positive_class(self) -> str | None:
+        return self.card.get("positive_class")
+
     def build_model(self, device: str | torch.device | None = None) -> torch.nn.Module:
         """The network in eval mode with the bundle's weights (strict: every tensor must match)."""
         from medxfer.models import create_model
@@ -120,41 +129,71 @@ class Bundle:
         return model.eval()
 
 
-def load_bundle(uri: str) -> Bundle:
-    """Read and verify a bundle: card present and complete, weights' sha256 equal to the card's."""
-    from safetensors.torch import load
-
-    card_uri, weights_uri = storage.join(uri, CARD), storage.join(uri, WEIGHTS)
+def read_card(uri: str) -> Any:
+    """The parsed JSON of a bundle's card (not yet checked)."""
+    card_uri = storage.join(uri, CARD)
     try:
-        card = json.loads(storage.read_bytes(card_uri))
+        return json.loads(storage.read_bytes(card_uri))
     except MedxferError as e:
         raise BundleError(f"{uri}: not a model bundle ({e}); expected {CARD} and {WEIGHTS}") from None
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{card_uri}: not valid JSON ({e.msg})") from None
-    if not isinstance(card, dict):
-        raise BundleError(f"{card_uri}: expected a JSON object")
-    missing = [k for k in REQUIRED if k not in card]
-    if missing:
-        raise BundleError(f"{card_uri}: card lacks {', '.join(missing)}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{card_uri}: not valid JSON ({getattr(e, 'msg', e)})") from None
+
+
+def _verified_weights(uri: str, sha: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    weights_uri = storage.join(uri, WEIGHTS)
     try:
         data = storage.read_bytes(weights_uri)
     except MedxferError as e:
         raise BundleError(f"{uri}: weights missing ({e})") from None
-    sha = hashlib.sha256(data).hexdigest()
-    if sha != card["weights_sha256"]:
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha:
         raise BundleError(
-            f"{weights_uri}: sha256 {sha[:16]}... does not match the card's {str(card['weights_sha256'])[:16]}...; "
+            f"{weights_uri}: sha256 {got[:16]}... does not match the card's {str(sha)[:16]}...; "
             "the weights were changed or truncated — re-copy the bundle from its source"
         )
     try:
-        state_dict = load(data)
+        return load(data)
     except Exception as e:  # noqa: BLE001 - any parse failure is a broken bundle
         raise BundleError(f"{weights_uri}: not a safetensors file ({e})") from None
-    return Bundle(uri=uri, card=card, state_dict=state_dict)
+
+
+def load_bundle(uri: str) -> Bundle:
+    """Read and verify a bundle: the card's hash, every card field, then the weights' sha256."""
+    raw = read_card(uri)
+    card = check_card(raw, storage.join(uri, CARD))
+    state_dict = _verified_weights(uri, card.weights_sha256)
+    return Bundle(uri=uri, card=card.model_dump(mode="json"), state_dict=state_dict)
+
+
+def upgrade_bundle(src: str, dst: str, positive_class: str | None = None) -> dict[str, Any]:
+    """Re-export a format-1 bundle as a hashed format-2 bundle at ``dst``; ``src`` is left untouched.
+
+    The old card's weights hash is checked first; what ``evaluate`` used to write into old cards
+    (operating point, evaluation) is dropped — it belongs to reports and registry versions.
+    """
+    raw = read_card(src)
+    if not isinstance(raw, dict) or raw.get("format") not in OLD_FORMATS:
+        raise BundleError(f"{src}: not a format-1 bundle ({OLD_FORMATS[0]}); nothing to upgrade")
+    if storage.normalize(dst).rstrip("/") == storage.normalize(src).rstrip("/") or storage.exists(
+            storage.join(dst, CARD)):
+        raise BundleError(f"{dst}: already holds a bundle (or is the source); give a new folder")
+    state_dict = _verified_weights(src, str(raw.get("weights_sha256")))
+    dropped = ("format", "operating_point", "evaluation", "weights_sha256", "card_sha256", "id")
+    body = {k: v for k, v in raw.items() if k not in dropped}
+    if body.get("task") == "multiclass":
+        classes = list(body.get("classes") or [])
+        body["positive_class"] = positive_class or (classes[-1] if classes else None)
+        body["positive_class_source"] = "bundle upgrade" if positive_class else "default"
+    elif positive_class:
+        raise BundleError(f"--positive-class: a {body.get('task')} bundle has no positive class")
+    return save_bundle(dst, state_dict, body)
 
 
 def cmd_bundle_show(args) -> int:
-    """``medxfer bundle show URI``: print the card and say whether the weights verify."""
+    """``medxfer bundle show URI``: print the card and say what was verified."""
     b = load_bundle(args.uri)
     card = dict(b.card)
     config = card.pop("config", None)
@@ -162,5 +201,14 @@ def cmd_bundle_show(args) -> int:
     if config is not None:
         print(f"(training config: {len(json.dumps(config))} bytes; see {storage.join(args.uri, CARD)})")
     n = sum(t.numel() for t in b.state_dict.values())
+    print(f"card: {card['format']}, sha256 verified ({card['card_sha256'][:16]}...)")
     print(f"weights: {len(b.state_dict)} tensors, {n:,} values, sha256 verified ({card['weights_sha256'][:16]}...)")
+    return 0
+
+
+def cmd_bundle_upgrade(args) -> int:
+    """``medxfer bundle upgrade SRC DST [--positive-class C]``: re-export an older bundle, hashed."""
+    card = upgrade_bundle(args.src, args.dst, args.positive_class)
+    print(f"{args.dst}: {card['format']} bundle {card['id']} (card sha256 {card['card_sha256'][:16]}..., "
+          f"positive class {card.get('positive_class') or '-'}); {args.src} left as it was")
     return 0

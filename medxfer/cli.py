@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Add a split column with these train,val,test fractions, e.g. 0.7,0.1,0.2.",
     )
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--positive-class", help="The class that is positive in binary metrics and decisions "
+                   "(e.g. melanoma); written to import.json, where training finds it. Default: the last class.")
     c.set_defaults(handler="medxfer.data.importers:cmd_import_folder")
 
     # stages that take a job config
@@ -104,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(handler="medxfer.evaluate:cmd_evaluate")
 
     c = sub.add_parser("predict", help="Batch inference over a folder or manifest (Ray Data).")
-    c.add_argument("--bundle", required=True, help="Model bundle URI.")
+    c.add_argument("--bundle", help="Model bundle URI (optional with --registry-version).")
+    c.add_argument("--report", help="Evaluation report.json of this bundle: its operating point decides.")
+    c.add_argument("--registry-version", metavar="MODEL:VERSION",
+                   help="A registry version (e.g. breast:v0003, or breast:champion): its bundle and operating "
+                   "point decide.")
+    c.add_argument("--root", default=None, help="Storage root of the registry (default $MEDXFER_ROOT or ./medxfer-runs).")
     c.add_argument("--input", required=True, help="Folder or manifest of images.")
     c.add_argument("--output", required=True, help="Output folder for predictions.parquet/.csv.")
     c.add_argument("--batch-size", type=int, default=64)
@@ -140,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = bsub.add_parser("show", help="Print a bundle's model card and verify its weights.")
     c.add_argument("uri")
     c.set_defaults(handler="medxfer.bundle:cmd_bundle_show")
+    c = bsub.add_parser("upgrade", help="Re-export a bundle of an older format as a hashed bundle in a new folder.")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--positive-class", help="The positive class of a multiclass bundle (default: the last class).")
+    c.set_defaults(handler="medxfer.bundle:cmd_bundle_upgrade")
 
     p = sub.add_parser("k8s", help="Render Kubernetes manifests for a job config.")
     ksub = p.add_subparsers(dest="k8s_command", metavar="ACTION", required=True)

@@ -12,6 +12,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# Run, model and registry names become folder names (runs/<name>/, registry/<model>/): one pattern
+# for all of them, checked wherever a name enters, so none can climb out of its folder.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
 
 class _Section(BaseModel):
     """Base for every config section: unknown keys are errors, values are validated on assignment."""
@@ -57,6 +61,13 @@ class DataConfig(_Section):
         "studies). Validation and test are never subsampled.",
     )
     label_seed: int = Field(0, description="Seed of the label_fraction subsample.")
+    positive_class: str | None = Field(
+        None,
+        description="multiclass: the class whose probability is the score of binary metrics, operating "
+        "points and decisions (e.g. melanoma). Stored in the model card, so evaluate and predict agree. "
+        "Default: the class named by `medxfer import folder --positive-class` (import.json beside the "
+        "manifest), else the last class.",
+    )
     bad_files: Literal["fail", "skip"] = Field(
         "skip",
         description="What to do with an undecodable image: stop, or skip and count it.",
@@ -94,6 +105,16 @@ class DataConfig(_Section):
         if any(f < 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"must be three non-negative fractions summing to 1, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _positive_class_fits(self) -> DataConfig:
+        if self.positive_class is None:
+            return self
+        if self.task != "multiclass":
+            raise ValueError(f"positive_class applies to multiclass tasks only (task is {self.task}); remove it")
+        if self.classes and self.positive_class not in self.classes:
+            raise ValueError(f"positive_class {self.positive_class!r} is not one of data.classes {self.classes}")
+        return self
 
 
 class PreprocessConfig(_Section):
@@ -161,7 +182,7 @@ class ModelConfig(_Section):
         "seed): test AUROC 0.898 standard vs 0.880 small, so small is opt-in.",
     )
     name: str = Field(
-        "medxfer-model", description="Model name in the registry (registry/<name>/)."
+        "medxfer-model", pattern=NAME_PATTERN, description="Model name in the registry (registry/<name>/)."
     )
 
 
@@ -336,7 +357,9 @@ class EvaluateSection(_Section):
         "'specificity>=X', or a fixed 'threshold=X'.",
     )
     positive_class: str | None = Field(
-        None, description="Class treated as positive for binary metrics (default: the last class)."
+        None,
+        description="Evaluate with this class as positive instead of the one in the model card "
+        "(data.positive_class at training); the report says which was used and why.",
     )
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the confidence intervals.")
     seed: int = Field(0, description="Bootstrap seed.")
@@ -413,7 +436,7 @@ class JobConfig(_Section):
 
     name: str = Field(
         "medxfer-run",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        pattern=NAME_PATTERN,
         description="Run name: runs/<name>/ in storage. The same name resumes the same run.",
     )
     data: DataConfig = Field(default_factory=DataConfig)

@@ -38,7 +38,8 @@ def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(cur, "model_fields", {}).keys())
 
 
-def _describe(err: dict, source: str) -> str:
+def describe_error(err: dict, source: str, root: type[BaseModel] = JobConfig) -> str:
+    """One line for one pydantic error: source, field path, what was expected, what was found."""
     loc = tuple(err.get("loc", ()))
     path = ".".join(str(p) for p in loc) or "<root>"
     found = err.get("input")
@@ -48,7 +49,7 @@ def _describe(err: dict, source: str) -> str:
     if len(found_s) > 60:
         found_s = found_s[:57] + "..."
     if err.get("type") == "extra_forbidden":
-        valid = _field_names(JobConfig, loc)
+        valid = _field_names(root, loc)
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f"did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else (
             f"valid keys here: {', '.join(valid)}"
@@ -114,7 +115,7 @@ def validate_dict(data: dict, source: str = "<config>") -> JobConfig:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError([_describe(err, source) for err in e.errors()]) from None
+        raise ConfigError([describe_error(err, source) for err in e.errors()]) from None
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> JobConfig:

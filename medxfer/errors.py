@@ -43,7 +43,9 @@ class ImageDecodeError(DataError):
 
 
 class BundleError(MedxferError):
-    """A model bundle is missing, incomplete or fails its integrity check."""
+    """A model bundle is missing, incomplete, invalid or fails its integrity check (the URI given is wrong)."""
+
+    exit_code = 2
 
 
 class RegistryError(MedxferError):

@@ -16,9 +16,14 @@ The order of work, and why:
 4. Metrics with seeded bootstrap intervals (:mod:`medxfer.metrics`), PNG plots
    (:mod:`medxfer.plots`), ``report.json`` and ``report.md`` go to ``--out`` (default: the
    ``report/`` folder beside the bundle).
-5. The operating point is written into the bundle's card (``bundle.json``). That is safe:
-   the bundle's sha256 covers the weights file only (see :mod:`medxfer.bundle`), so the
-   bundle still verifies. Registry versions are immutable and are never edited.
+5. The bundle is never written: the operating point lives in the report (and in the registry
+   version registered with it), so no later evaluation can silently change what an earlier
+   one decided. ``medxfer predict --report`` (or ``--registry-version``) applies it.
+
+The positive class of a multiclass model is the one its card names (``data.positive_class``
+at training, ``import folder --positive-class``, or the last class by default);
+``evaluate.positive_class`` overrides it for one evaluation. The report and the CLI say which
+class was positive and why.
 
 ``--compare A B`` scores both bundles on the same split (each through its own spec) and
 reports the paired-bootstrap AUROC difference with its interval.
@@ -163,12 +168,17 @@ def holdout_fingerprint(paths: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _positive_index(classes: list[str], name: str | None) -> int:
-    if name is None:
-        return len(classes) - 1
-    if name not in classes:
-        raise ConfigError([f"evaluate.positive_class: {name!r} is not one of the bundle's classes {classes}"])
-    return classes.index(name)
+def positive_class(bundle, ecfg) -> tuple[int, str]:
+    """``(index, reason)`` of the positive class: ``evaluate.positive_class``, else the card's."""
+    from medxfer.card import POSITIVE_SOURCES
+
+    classes = list(bundle.classes)
+    name = ecfg.positive_class
+    if name is not None:
+        if name not in classes:
+            raise ConfigError([f"evaluate.positive_class: {name!r} is not one of the bundle's classes {classes}"])
+        return classes.index(name), "named for this evaluation (evaluate.positive_class)"
+    return classes.index(bundle.positive_class), POSITIVE_SOURCES[bundle.card["positive_class_source"]]
 
 
 # ----------------------------------------------------------------------------- report
@@ -183,6 +193,7 @@ def build_report(bundle, scored: dict[str, dict], split: str, ecfg, prepared=Non
         "bundle": bundle.uri,
         "bundle_id": bundle.id,
         "weights_sha256": bundle.card["weights_sha256"],
+        "card_sha256": bundle.card_sha256,
         "model": bundle.card.get("name"),
         "task": task,
         "classes": classes,
@@ -193,13 +204,14 @@ def build_report(bundle, scored: dict[str, dict], split: str, ecfg, prepared=Non
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if task == "multiclass":
-        pos = _positive_index(classes, ecfg.positive_class)
+        pos, why = positive_class(bundle, ecfg)
         v = scored["val"]
         op = M.choose_operating_point(v["label"].astype(int) == pos, v["scores"][:, pos], ecfg.operating_point)
         y = s["label"].astype(int)
         body = M.classification_report(y, s["scores"], classes, pos, op.threshold, ecfg.bootstrap, ecfg.seed)
         sens, spec = M._sens_spec(y == pos, s["scores"][:, pos], op.threshold)
         rep["positive_class"] = classes[pos]
+        rep["positive_class_reason"] = why
         rep["operating_point"] = {
             **op.to_dict(),
             "positive_class": classes[pos],
@@ -278,6 +290,8 @@ def report_markdown(rep: dict) -> str:
         lines += [
             "## Operating point",
             "",
+            f"Positive class: **{op['positive_class']}**, {rep.get('positive_class_reason', '')}.",
+            "",
             f"A case is called **{op['positive_class']}** when P({op['positive_class']}) >= **{op['threshold']:.4f}**. "
             f"The threshold was chosen on the validation split (n={op['val']['n']}) by the rule `{op['rule']}`"
             + ("" if op.get("target_met", True) else " (**the target could not be met on validation**)")
@@ -329,31 +343,6 @@ def _in_registry(uri: str) -> bool:
     return "/registry/" in u and "/versions/" in u
 
 
-def store_operating_point(bundle_uri: str, rep: dict, report_uri: str) -> bool:
-    """Record the operating point and headline metrics in the bundle card, keeping it verifiable.
-
-    Safe because the bundle's sha256 covers ``model.safetensors`` only; the bundle is loaded
-    again afterwards to prove it. Registry versions are immutable and left alone.
-    """
-    from medxfer.bundle import CARD, load_bundle
-
-    if _in_registry(bundle_uri) or "operating_point" not in rep:
-        return False
-    card_uri = storage.join(bundle_uri, CARD)
-    card = storage.read_json(card_uri)
-    card["operating_point"] = {k: v for k, v in rep["operating_point"].items()}
-    card["evaluation"] = {
-        "split": rep["split"],
-        "report": report_uri,
-        "holdout_fingerprint": rep["holdout"]["fingerprint"],
-        "metrics": {k: {"value": m["value"], "ci": m["ci"]} for k, m in rep["metrics"].items()},
-        "at": rep["created"],
-    }
-    storage.write_json(card_uri, json_safe(card))
-    load_bundle(bundle_uri)  # still verifies (weights untouched)
-    return True
-
-
 def write_report(rep: dict, scored: dict, out: str) -> str:
     rep["plots"] = _plots(rep, scored, out)
     report_uri = storage.join(out, "report.json")
@@ -371,9 +360,8 @@ def _prepare_for(bundle, cfg: JobConfig):
     return prepare(evaluation_config(cfg, bundle))
 
 
-def evaluate_bundle(bundle_uri: str, cfg: JobConfig, split: str = "test", out: str | None = None,
-                    update_card: bool = True) -> dict:
-    """Evaluate ``bundle_uri`` on ``split`` of ``cfg``'s data; write the report; return it."""
+def evaluate_bundle(bundle_uri: str, cfg: JobConfig, split: str = "test", out: str | None = None) -> dict:
+    """Evaluate ``bundle_uri`` on ``split`` of ``cfg``'s data; write the report (never the bundle); return it."""
     from medxfer.bundle import load_bundle
 
     if out is None and _in_registry(bundle_uri):
@@ -388,7 +376,6 @@ def evaluate_bundle(bundle_uri: str, cfg: JobConfig, split: str = "test", out: s
     out = out or default_out(bundle_uri)
     report_uri = write_report(rep, scored, out)
     rep["report_uri"] = report_uri
-    rep["card_updated"] = store_operating_point(bundle_uri, rep, report_uri) if update_card else False
     log.info("%s on %s: %s; report %s", bundle.id, split,
              ", ".join(f"{k} {_fmt(m['value'])}" for k, m in list(rep["metrics"].items())[:4]), report_uri)
     return rep
@@ -403,6 +390,9 @@ def compare_bundles(a_uri: str, b_uri: str, cfg: JobConfig, split: str = "test",
     bundles = [load_bundle(a_uri), load_bundle(b_uri)]
     if bundles[0].task != bundles[1].task or bundles[0].classes != bundles[1].classes:
         raise ConfigError([f"--compare: {a_uri} and {b_uri} differ in task or classes; they cannot be compared"])
+    if ecfg.positive_class is None and bundles[0].positive_class != bundles[1].positive_class:
+        raise ConfigError([f"--compare: the cards name different positive classes ({bundles[0].positive_class!r} "
+                           f"and {bundles[1].positive_class!r}); name one with --set evaluate.positive_class=..."])
     reps, scores = [], []
     for b in bundles:
         prepared = _prepare_for(b, cfg)
@@ -417,7 +407,7 @@ def compare_bundles(a_uri: str, b_uri: str, cfg: JobConfig, split: str = "test",
     y = sa["label"][ia]
     task, classes = bundles[0].task, bundles[0].classes
     if task == "multiclass":
-        pos = _positive_index(classes, ecfg.positive_class)
+        pos, _ = positive_class(bundles[0], ecfg)
         stat_a = M.auroc_stat(y, sa["scores"][ia], pos)
         stat_b = M.auroc_stat(y, sb["scores"][ib], pos)
         metric = "auroc"
@@ -521,6 +511,10 @@ def cmd_evaluate(args) -> int:
         print(f"{k:>18}: {_fmt(m['value'])}  (95% CI {_fmt(m['ci'][0])} - {_fmt(m['ci'][1])})")
     if rep.get("operating_point"):
         op = rep["operating_point"]
+        print(f"positive class: {op['positive_class']} ({rep['positive_class_reason']})")
         print(f"operating point: P({op['positive_class']}) >= {op['threshold']:.4f} ({op['rule']}, chosen on val)")
     print(f"report: {rep['report_uri']}")
+    if rep.get("operating_point"):
+        print(f"decide with it: medxfer predict --bundle {args.bundle} --report {rep['report_uri']} --input ... "
+              "--output ... (or register it: medxfer registry promote)")
     return 0

@@ -5,6 +5,13 @@ small network on a GPU, so decoding runs as plain Ray tasks that scale over ever
 the cluster, while the model lives in a pool of long-lived actors (one GPU each when the
 cluster has GPUs) that load the bundle once and see only ready tensors.
 
+The decision (``positive`` / ``not positive``) needs an operating point, and the user names
+where it comes from: an evaluation report of this bundle (``--report``) or a registry version
+(``--registry-version MODEL:VERSION``), whose bundle and report were registered together. The
+output says which one decided (``threshold_source`` column, ``summary.json``, the CLI line);
+without one, prediction gives scores and no decision, and says so. The bundle itself never
+carries an operating point: it is written once, by training.
+
 Every input gets exactly one output row. A file that cannot be read or decoded gets a row
 with an ``error`` (the reason) and empty predictions, so a clinician's worklist never
 loses a study silently; ``--fail-on-bad`` stops at the first such file instead. The
@@ -166,18 +173,21 @@ def _col(name: str) -> str:
     return "prob_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def predictions_table(df: pd.DataFrame, card: dict) -> pd.DataFrame:
-    """Rows of (index, path, scores, error) -> the output table: class, probabilities, decision."""
+def predictions_table(df: pd.DataFrame, card: dict, decision: dict | None = None) -> pd.DataFrame:
+    """Rows of (index, path, scores, error) -> the output table: class, probabilities, decision.
+
+    ``decision``: the operating point that decides (from :func:`decision_from`), or None for
+    scores without a decision.
+    """
     task, classes = card["task"], list(card["classes"])
-    op = card.get("operating_point") or {}
-    threshold = op.get("threshold")
-    pos_name = op.get("positive_class", classes[-1])
-    pos = classes.index(pos_name) if pos_name in classes else len(classes) - 1
     scores = np.stack([np.asarray(s, dtype=np.float64).ravel() for s in df["scores"]]) if len(df) else (
         np.zeros((0, 1)))
     ok = (df["error"].fillna("") == "").to_numpy()
     out = pd.DataFrame({"path": df["path"].astype(str).to_numpy()})
     if task == "multiclass":
+        pos_name = decision["positive_class"] if decision else card["positive_class"]
+        pos = classes.index(pos_name)
+        threshold = decision["threshold"] if decision else None
         arg = np.where(ok, np.nan_to_num(scores, nan=-1).argmax(axis=1), -1)
         out["predicted_class"] = [classes[i] if i >= 0 else None for i in arg]
         for j, c in enumerate(classes):
@@ -185,13 +195,11 @@ def predictions_table(df: pd.DataFrame, card: dict) -> pd.DataFrame:
         out["positive_class"] = pos_name
         out["score"] = scores[:, pos]
         out["threshold"] = threshold
-        if threshold is not None:
-            out["decision"] = [
-                (pos_name if s >= threshold else "not " + pos_name) if o else None
-                for s, o in zip(scores[:, pos], ok, strict=True)
-            ]
-        else:
-            out["decision"] = None
+        out["threshold_source"] = decision["source"] if decision else None
+        out["decision"] = [
+            (pos_name if s >= threshold else "not " + pos_name) if o and threshold is not None else None
+            for s, o in zip(scores[:, pos], ok, strict=True)
+        ]
     elif task == "multilabel":
         for j, c in enumerate(classes):
             out[_col(c)] = scores[:, j]
@@ -210,6 +218,58 @@ def predictions_table(df: pd.DataFrame, card: dict) -> pd.DataFrame:
     return out
 
 
+def _operating_point(op: dict | None, bundle, source: str) -> dict | None:
+    """The decision rule of ``op`` for ``bundle``: threshold, positive class, rule, and where it came from."""
+    if bundle.task != "multiclass":
+        return None  # multilabel and ordinal outputs need no operating point
+    if not op or op.get("threshold") is None:
+        raise DataError(f"{source} holds no operating point; evaluate the bundle (medxfer evaluate) and give "
+                        "that report, or predict without one for scores only")
+    if op.get("positive_class") not in bundle.classes:
+        raise DataError(f"{source}: positive class {op.get('positive_class')!r} is not one of the bundle's "
+                        f"classes {bundle.classes}")
+    return {"threshold": float(op["threshold"]), "positive_class": op["positive_class"], "rule": op.get("rule"),
+            "chosen_on": op.get("chosen_on"), "source": source}
+
+
+def decision_from(bundle, report_uri: str | None) -> dict | None:
+    """The operating point of ``report_uri`` — an evaluation report of exactly this bundle."""
+    if report_uri is None:
+        return None
+    rep = storage.read_json(report_uri)
+    if not isinstance(rep, dict) or rep.get("weights_sha256") != bundle.card["weights_sha256"] or (
+            rep.get("card_sha256") not in (None, bundle.card_sha256)):
+        raise DataError(f"--report {report_uri}: not an evaluation of {bundle.uri} (bundle id "
+                        f"{rep.get('bundle_id') if isinstance(rep, dict) else '?'}, not {bundle.id}); give that "
+                        "bundle's report.json (medxfer evaluate --bundle ...)")
+    return _operating_point(rep.get("operating_point"), bundle, f"report {report_uri}")
+
+
+def _bundle_and_decision(bundle_uri: str | None, report: str | None, registry_version: str | None,
+                         root: str | None):
+    """``(bundle, bundle_uri, decision)`` for the sources the user named (at most one decides)."""
+    from medxfer.bundle import load_bundle
+
+    if report and registry_version:
+        raise DataError("give --report or --registry-version, not both: one operating point decides")
+    if registry_version:
+        from medxfer.registry import resolve_version
+
+        reg, version = resolve_version(root, registry_version)
+        record, bundle = reg.get(version), reg.load_bundle(version)
+        if bundle_uri is not None:
+            given = load_bundle(bundle_uri)
+            if (given.card["weights_sha256"], given.card_sha256) != (record["weights_sha256"], record["card_sha256"]):
+                raise DataError(f"--bundle {bundle_uri} is not the bundle of {reg.model} {version}; drop --bundle to "
+                                "use the registry's copy")
+        source = f"registry {reg.model} {version}"
+        return bundle, bundle_uri or bundle.uri, _operating_point(record.get("operating_point"), bundle, source)
+    if bundle_uri is None:
+        raise DataError("predict: give --bundle URI, or --registry-version MODEL:VERSION")
+    bundle = load_bundle(bundle_uri)  # verify before starting any work
+    return bundle, bundle_uri, decision_from(bundle, report)
+
+
 def _write_outputs(out: pd.DataFrame, output_uri: str) -> dict[str, str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -226,23 +286,32 @@ def _write_outputs(out: pd.DataFrame, output_uri: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------- entry points
 
 
+NO_DECISION = ("no operating point named (--report or --registry-version): scores only; the decision column "
+               "is empty and predicted_class is the most probable class, not a decision")
+
+
 def predict(
-    bundle_uri: str,
+    bundle_uri: str | None,
     input_uri: str,
     output_uri: str,
     batch_size: int = 64,
     fail_on_bad: bool = False,
     max_pixels: int | None = None,
     max_image_bytes: int | None = None,
+    report: str | None = None,
+    registry_version: str | None = None,
+    root: str | None = None,
 ) -> dict:
-    """Predict every image of a folder or manifest; write predictions.parquet/.csv + summary.json."""
+    """Predict every image of a folder or manifest; write predictions.parquet/.csv + summary.json.
+
+    ``report`` / ``registry_version``: where the operating point comes from (see the module docstring).
+    """
     import ray
 
-    from medxfer.bundle import load_bundle
     from medxfer.config import DataConfig
     from medxfer.runtime import init_ray
 
-    bundle = load_bundle(bundle_uri)  # verify before starting any work
+    bundle, bundle_uri, decision = _bundle_and_decision(bundle_uri, report, registry_version, root)
     paths, skipped = list_inputs(input_uri)
     if not paths:
         raise DataError(f"{input_uri}: no image files (suffixes {sorted(IMAGE_SUFFIXES)} or none)")
@@ -275,7 +344,7 @@ def predict(
     rows = ds.to_pandas().sort_values("index").reset_index(drop=True)
     if len(rows) != n:  # an invariant: one row per input, whatever happened to the file
         raise DataError(f"prediction returned {len(rows)} rows for {n} inputs")
-    out = predictions_table(rows, bundle.card)
+    out = predictions_table(rows, bundle.card, decision)
     written = _write_outputs(out, output_uri)
     bad = out[out["error"] != ""]
     summary = {
@@ -287,19 +356,24 @@ def predict(
         "n_errors": int(len(bad)),
         "errors": dict(zip(bad["path"], bad["error"], strict=True)),
         "skipped_non_images": skipped,
-        "operating_point": bundle.card.get("operating_point"),
+        "decision": decision or ({"source": None, "note": NO_DECISION} if bundle.task == "multiclass" else None),
         "outputs": written,
     }
     storage.write_json(storage.join(output_uri, "summary.json"), summary)
-    if "operating_point" not in bundle.card and bundle.task == "multiclass":
-        log.warning("%s has no operating point; the decision column is empty (run medxfer evaluate)", bundle_uri)
     return summary
 
 
 def cmd_predict(args) -> int:
-    """``medxfer predict --bundle URI --input FOLDER_OR_MANIFEST --output FOLDER``."""
-    s = predict(args.bundle, args.input, args.output, batch_size=args.batch_size, fail_on_bad=args.fail_on_bad)
+    """``medxfer predict --bundle URI [--report R | --registry-version M:V] --input FOLDER_OR_MANIFEST --output F``."""
+    s = predict(args.bundle, args.input, args.output, batch_size=args.batch_size, fail_on_bad=args.fail_on_bad,
+                report=args.report, registry_version=args.registry_version, root=args.root)
     print(f"predicted {s['n_predicted']} of {s['n_inputs']} images -> {s['outputs']['parquet']}")
+    d = s["decision"]
+    if d and d.get("source"):
+        print(f"decision: {d['positive_class']} when P({d['positive_class']}) >= {d['threshold']:.4f} "
+              f"({d['rule']}, chosen on {d['chosen_on']}), from {d['source']}")
+    elif d:
+        print(d["note"])
     if s["n_errors"]:
         print(f"{s['n_errors']} files could not be used (see the 'error' column):")
         for p, e in list(s["errors"].items())[:20]:

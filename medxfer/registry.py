@@ -9,6 +9,13 @@ Layout under ``<root>/registry/<model>/``::
     champion/g00000004.json       promotion number 4: {version, previous, decision, at}
     champion.json                 the latest promotion record, for simple readers
 
+What a version vouches for: ``version.json`` records the sha256 of the bundle's weights *and*
+of its card (:mod:`medxfer.card`), and the operating point of the evaluation report registered
+with it. Every read of a version's bundle (promotion, ``predict --registry-version``, retrain's
+re-evaluation of the champion) checks both hashes against that record, so an edited card
+(swapped class names) is refused even when its own hash was recomputed. Version and model
+names are matched against their patterns on every read, never joined into a path unchecked.
+
 Why this shape. Object stores have no rename and no transactions, but they (and local
 filesystems, via ``os.link``) have *create-if-absent* (``storage.put_if_absent``). Every
 state change here is one such create, so it either happened completely or not at all:
@@ -39,13 +46,21 @@ import socket
 import uuid
 
 from medxfer import storage
+from medxfer.config import NAME_PATTERN
 from medxfer.errors import RegistryError, StorageError
 
 log = logging.getLogger("medxfer.registry")
 
+_NAME = re.compile(NAME_PATTERN)
 _VERSION = re.compile(r"^v(\d{4,})$")
 _GEN = re.compile(r"^g(\d{8,})\.json$")
 LOWER_IS_BETTER = {"mae", "brier", "ece"}
+
+
+class RegistryInputError(RegistryError):
+    """A model or version name, or a registry reference, that the user can correct."""
+
+    exit_code = 2
 
 
 def _now() -> str:
@@ -102,6 +117,10 @@ def decide(challenger: dict, champion: dict | None, promotion_cfg) -> tuple[bool
             f"reports are on different holdouts ({fc[:12]} vs {fh[:12]}); evaluate both models on the "
             "same data (medxfer evaluate --compare) before promoting"
         )
+    pc, ph = challenger.get("positive_class"), champion.get("positive_class")
+    if pc and ph and pc != ph:
+        return False, (f"reports use different positive classes ({pc} vs {ph}); evaluate both with the same "
+                       "evaluate.positive_class before promoting")
     h = _metric(champion, name)
     if h is None:
         return True, f"champion report has no finite '{name}'; challenger {name} {c:.4f} replaces it"
@@ -131,14 +150,19 @@ class Registry:
     """One model's registry folder. All methods are safe against concurrent writers."""
 
     def __init__(self, root: str, model_name: str):
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", model_name or ""):
-            raise RegistryError(f"model name {model_name!r}: use letters, digits, '.', '_' or '-'")
+        if not _NAME.match(model_name or ""):
+            raise RegistryInputError(f"model name {model_name!r}: use letters, digits, '.', '_' or '-' "
+                                     "(at most 128, starting with a letter or digit)")
         self.root = storage.normalize(root)
         self.model = model_name
         self.uri = storage.Layout(root).registry(model_name)
 
     # -- paths
     def version_uri(self, version: str) -> str:
+        """The version's folder; the name is checked first, wherever it came from (CLI, a record on disk)."""
+        if not isinstance(version, str) or not _VERSION.match(version):
+            raise RegistryInputError(f"{self.model}: version {version!r} is not a version name (v0001, v0002, ...); "
+                                     f"see `medxfer registry list {self.model}`")
         return storage.join(self.uri, "versions", version)
 
     def bundle_uri(self, version: str) -> str:
@@ -175,6 +199,20 @@ class Registry:
             raise RegistryError(f"{self.model} {version}: no such version; see `medxfer registry list {self.model}`")
         return storage.read_json(vj)
 
+    def load_bundle(self, version: str):
+        """The version's bundle, verified — and its weights and card equal to what the version recorded."""
+        from medxfer.bundle import load_bundle
+
+        record = self.get(version)
+        bundle = load_bundle(self.bundle_uri(version))
+        recorded = (record.get("weights_sha256"), record.get("card_sha256"))
+        if (bundle.card["weights_sha256"], bundle.card_sha256) != recorded:
+            raise RegistryError(
+                f"{self.model} {version}: the bundle at {bundle.uri} is not the one registered (card or weights "
+                "differ from version.json); the registry copy was changed — register the bundle again from its run"
+            )
+        return bundle
+
     def report(self, version: str) -> dict | None:
         uri = storage.join(self.version_uri(version), "report.json")
         return storage.read_json(uri) if storage.exists(uri) else None
@@ -195,11 +233,12 @@ class Registry:
         from medxfer.bundle import load_bundle
 
         src = load_bundle(bundle_uri)  # verifies the source before anything is written
+        operating_point = report_operating_point(report, src, bundle_uri)
         version = self._claim_version()
         dst = self.bundle_uri(version)
         storage.copy_tree(bundle_uri, dst)
         copy = load_bundle(dst)
-        if copy.card["weights_sha256"] != src.card["weights_sha256"]:
+        if (copy.card["weights_sha256"], copy.card_sha256) != (src.card["weights_sha256"], src.card_sha256):
             raise RegistryError(f"{dst}: copy does not verify against {bundle_uri}")
         if report is not None:
             storage.put_if_absent(storage.join(self.version_uri(version), "report.json"),
@@ -212,8 +251,11 @@ class Registry:
             "bundle": dst,
             "bundle_id": src.id,
             "weights_sha256": src.card["weights_sha256"],
+            "card_sha256": src.card_sha256,
             "task": src.task,
             "classes": src.classes,
+            "positive_class": src.positive_class,
+            "operating_point": operating_point,
             "note": note,
             "metrics": {k: v.get("value") for k, v in (report or {}).get("metrics", {}).items()},
             "holdout": (report or {}).get("holdout"),
@@ -281,7 +323,7 @@ class Registry:
         against (default: the current one). Raises RegistryError when another promotion
         got there first, so a decision is never applied to a champion it did not see.
         """
-        self.get(version)  # complete versions only
+        self.load_bundle(version)  # complete versions whose bundle is still the registered one
         gens = self.generations()
         gen = expected_generation if expected_generation is not None else (gens[-1] if gens else 0)
         record = self._claim(version, decision or {"promoted": True, "reason": "manual"}, gen)
@@ -310,6 +352,7 @@ class Registry:
         through their registered reports. Returns ``{"promoted": bool, "reason": str, "champion": version, "generation": n,
         "compared_with": version or None}``.
         """
+        self.load_bundle(version)  # never promote a copy that no longer matches its record
         report = self.report(version)
         for _ in range(attempts):
             gens = self.generations()
@@ -339,11 +382,47 @@ class Registry:
         raise RegistryError(f"{self.model}: promotion of {version} kept losing races ({attempts} tries)")
 
 
+def report_operating_point(report: dict | None, bundle, bundle_uri: str) -> dict | None:
+    """The operating point a version records: the report's, once the report is shown to be this bundle's."""
+    if not report:
+        return None
+    sha = report.get("weights_sha256")
+    if (sha is not None and sha != bundle.card["weights_sha256"]) or report.get("card_sha256") not in (
+            None, bundle.card_sha256):
+        raise RegistryInputError(f"the report (of bundle {report.get('bundle_id')}) is not an evaluation of "
+                                 f"{bundle_uri} ({bundle.id}); give that bundle's report.json")
+    op = report.get("operating_point")
+    return json_safe(op) if op and sha is not None else None
+
+
+def models(root: str) -> list[str]:
+    """Registered model names under ``root``: folders named like a model that hold versions; strays ignored."""
+    base = storage.Layout(root).registry()
+    return [m for m in storage.list_dir(base)
+            if _NAME.match(m) and storage.exists(storage.join(base, m, "versions"))]
+
+
+def resolve_version(root: str | None, ref: str) -> tuple[Registry, str]:
+    """``MODEL:VERSION`` (``VERSION`` may be ``champion``) -> the registry and the version name."""
+    model, sep, version = (ref or "").partition(":")
+    if not sep or not version:
+        raise RegistryInputError(f"--registry-version {ref!r}: expected MODEL:VERSION, e.g. breast:v0003 or "
+                                 "breast:champion")
+    reg = Registry(default_root(root), model)
+    if version == "champion":
+        ch = reg.champion()
+        if ch is None:
+            raise RegistryInputError(f"{model}: no champion yet; name a version (medxfer registry list {model})")
+        version = ch["version"]
+    return reg, version
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
-def _root(args) -> str:
-    return args.root or os.environ.get("MEDXFER_ROOT") or "./medxfer-runs"
+def default_root(root: str | None) -> str:
+    """The storage root a registry command uses: given, else $MEDXFER_ROOT, else ./medxfer-runs."""
+    return root or os.environ.get("MEDXFER_ROOT") or "./medxfer-runs"
 
 
 def _fmt(v) -> str:
@@ -352,14 +431,14 @@ def _fmt(v) -> str:
 
 def cmd_registry(args) -> int:
     """``medxfer registry list|show|promote``."""
-    root = _root(args)
+    root = default_root(args.root)
     action = args.registry_command
     if action == "list":
         if not args.model:
-            models = storage.list_dir(storage.Layout(root).registry())
-            if not models:
+            names = models(root)
+            if not names:
                 print(f"no models registered under {storage.Layout(root).registry()}")
-            for m in models:
+            for m in names:
                 reg = Registry(root, m)
                 ch = reg.champion()
                 print(f"{m}\tversions={len(reg.list_versions())}\tchampion={ch['version'] if ch else '-'}")

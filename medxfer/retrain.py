@@ -7,10 +7,15 @@ What makes it safe to run from a cron schedule:
   training resumes from its checkpoint, a finished training is not repeated, and a tick
   that already reached a decision just returns that decision.
 - **No overlapping runs.** A lock in storage (``locks/retrain-<model>/``) taken with a
-  conditional create; a second tick while one is running exits 0 with a message. A lock
-  older than ``promotion.lock_ttl_s`` belongs to a crashed run and is taken over. Each lock
-  holder gets its own numbered lock object, so taking over an expired lock is itself a
-  conditional create, and two ticks can never both take it.
+  conditional create; a second tick while one is running exits 0 with a message. A lease
+  not renewed for ``promotion.lock_ttl_s`` belongs to a crashed run and is taken over. Each
+  lock holder gets its own numbered lock object, so taking over an expired lock is itself a
+  conditional create, and two ticks can never both take it. The holder renews its lease
+  from a heartbeat thread while it works (a run may outlast the TTL), and checks that it
+  still holds the lock before training, registering and promoting: a holder whose lease
+  was taken over (a stalled heartbeat, a partition) stops and promotes nothing. A damaged
+  lock object (not JSON, keys missing) is reported, counts as held for one TTL from when it
+  was first seen, and is then taken over — it never blocks every later tick.
 - **A fair comparison.** The champion is re-evaluated on *this* run's holdout (same
   manifest rows, each model through its own preprocessing spec) instead of trusting a
   report from an older holdout; then :func:`medxfer.registry.decide` applies the
@@ -23,13 +28,15 @@ What makes it safe to run from a cron schedule:
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import re
+import threading
 import time
 
 from medxfer import storage
 from medxfer.config import JobConfig
-from medxfer.errors import ConfigError
+from medxfer.errors import ConfigError, MedxferError
 from medxfer.registry import Registry, _dumps, _owner, json_safe
 
 log = logging.getLogger("medxfer.retrain")
@@ -81,16 +88,30 @@ def run_name_for(name: str, tick: _dt.datetime) -> str:
     return f"{name}-{tick:%Y%m%dT%H}"
 
 
+def _iso(epoch: float) -> str:
+    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class LockLost(MedxferError):
+    """This tick's retrain lock was taken over while it ran; it stops without promoting."""
+
+
 class RunLock:
     """A lease in storage: numbered lock objects ``lNNNNNNNN.json``, released by ``.released`` markers.
 
     The holder is the highest-numbered lock that is neither released nor expired. Taking
     the lock = creating the next number with put-if-absent, so exactly one contender wins.
+    The holder renews its own object (:meth:`start_heartbeat`); a higher number appearing
+    means it was taken over (:attr:`lost`).
     """
 
-    def __init__(self, uri: str, ttl_s: int, run: str):
+    def __init__(self, uri: str, ttl_s: float, run: str):
         self.uri, self.ttl_s, self.run = uri, ttl_s, run
         self.number: int | None = None
+        self.record: dict | None = None
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def _numbers(self) -> list[int]:
         return sorted(int(m.group(1)) for m in (_LOCK.match(n) for n in storage.list_dir(self.uri)) if m)
@@ -98,15 +119,50 @@ class RunLock:
     def _path(self, n: int, suffix: str = "json") -> str:
         return storage.join(self.uri, f"l{n:08d}.{suffix}")
 
+    def _read(self, n: int) -> tuple[dict | None, str]:
+        """``(record, "")``, or ``(None, what is wrong)`` for a damaged lock object (storage errors propagate)."""
+        raw = storage.read_bytes(self._path(n))
+        try:
+            rec = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return None, "not valid JSON"
+        try:
+            float(rec["expires_epoch"])
+        except (KeyError, TypeError, ValueError):
+            return None, "no numeric 'expires_epoch'"
+        return rec, ""
+
+    def _damaged(self, n: int, problem: str) -> dict | None:
+        """A damaged top lock counts as held for one TTL from when a tick first saw it, then as free."""
+        now = time.time()
+        storage.put_if_absent(self._path(n, "damaged"), _dumps({"first_seen_epoch": now, "problem": problem}))
+        try:
+            seen = float(json.loads(storage.read_bytes(self._path(n, "damaged")))["first_seen_epoch"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            seen = now
+        expires = seen + self.ttl_s
+        log.warning("retrain lock %s is damaged (%s); it counts as held until %s, then it is taken over",
+                    self._path(n), problem, _iso(expires))
+        if now > expires:
+            return None
+        return {"run": "unknown (damaged lock)", "owner": "unknown", "expires": _iso(expires), "number": n,
+                "damaged": f"{self._path(n)}: {problem}"}
+
     def holder(self) -> dict | None:
         """The active lock record, or None when the lock is free."""
         nums = self._numbers()
-        if not nums:
+        if not nums or storage.exists(self._path(nums[-1], "released")):
             return None
-        top = storage.read_json(self._path(nums[-1]))
-        if storage.exists(self._path(nums[-1], "released")) or time.time() > float(top["expires_epoch"]):
-            return None
-        return top
+        top, problem = self._read(nums[-1])
+        if top is None:
+            return self._damaged(nums[-1], problem)
+        return None if time.time() > float(top["expires_epoch"]) else top
+
+    def _lease(self, n: int, acquired: str | None = None) -> dict:
+        now = time.time()
+        return {"run": self.run, "owner": self.record["owner"] if self.record else _owner(),
+                "acquired": acquired or _iso(now), "renewed": _iso(now), "expires": _iso(now + self.ttl_s),
+                "expires_epoch": now + self.ttl_s, "number": n}
 
     def acquire(self) -> tuple[bool, dict | None]:
         """``(True, record)`` when taken; ``(False, current holder)`` otherwise."""
@@ -116,26 +172,68 @@ class RunLock:
             if current is not None:
                 return False, current
             n = (nums[-1] + 1) if nums else 1
-            now = time.time()
-            record = {
-                "run": self.run,
-                "owner": _owner(),
-                "acquired": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(timespec="seconds"),
-                "expires": _dt.datetime.fromtimestamp(now + self.ttl_s, _dt.timezone.utc).isoformat(timespec="seconds"),
-                "expires_epoch": now + self.ttl_s,
-                "number": n,
-            }
+            record = self._lease(n)
             if nums and not storage.exists(self._path(nums[-1], "released")):
-                log.warning("taking over an expired retrain lock (%s)", self._path(nums[-1]))
+                log.warning("taking over an expired or damaged retrain lock (%s)", self._path(nums[-1]))
             if storage.put_if_absent(self._path(n), _dumps(record)):
-                self.number = n
+                self.number, self.record, self.lost = n, record, None
                 return True, record
         return False, self.holder()
 
+    def _taken_over(self) -> str | None:
+        """Why this holder's lock is no longer the top one (a higher number exists, or none at all), else None."""
+        nums = self._numbers()
+        if nums and nums[-1] == self.number:
+            return None
+        other = self._path(nums[-1]) if nums else "nothing (the lock folder was emptied)"
+        return f"the lock is now {other}, not this tick's {self._path(self.number)}"
+
+    def renew(self) -> bool:
+        """Extend the lease; False, with :attr:`lost` set, once another holder has taken the lock."""
+        if self.number is None or self.lost:
+            return False
+        self.lost = self._taken_over()
+        if self.lost:
+            return False
+        self.record = self._lease(self.number, self.record["acquired"])
+        storage.write_bytes(self._path(self.number), _dumps(self.record))
+        return True
+
+    def start_heartbeat(self) -> None:
+        """Renew the lease every third of its TTL in a daemon thread until :meth:`release`."""
+        every = self.ttl_s / 3
+
+        def beat() -> None:
+            while not self._stop.wait(every):
+                try:
+                    if not self.renew():
+                        log.error("retrain lock lost: %s", self.lost)
+                        return
+                except MedxferError as e:  # storage trouble: retry at the next beat; check() decides
+                    log.warning("could not renew the retrain lock (%s); retrying", e)
+
+        self._stop.clear()
+        self._beat = threading.Thread(target=beat, name=f"medxfer-lock-{self.run}", daemon=True)
+        self._beat.start()
+
+    def check(self, step: str) -> None:
+        """Raise LockLost unless this tick still holds an unexpired lease (before each step that writes)."""
+        if self.lost is None and self.number is not None:
+            self.lost = self._taken_over()
+            if self.lost is None and time.time() > float(self.record["expires_epoch"]):
+                self.lost = f"the lease expired at {self.record['expires']} without being renewed"
+        if self.lost is not None or self.number is None:
+            raise LockLost(f"{self.run}: lost the retrain lock before {step} ({self.lost}); stopped without "
+                           "promoting anything — run the tick again once the other run is done")
+
     def release(self) -> None:
-        if self.number is not None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+            self._beat = None
+        if self.number is not None and self.lost is None:
             storage.put_if_absent(self._path(self.number, "released"), b"{}\n")
-            self.number = None
+        self.number = None
 
 
 def _headline(rep: dict | None) -> dict:
@@ -171,23 +269,24 @@ def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
 
     ok, holder = lock.acquire()
     if not ok:
-        msg = (f"another retrain of {cfg.model.name} is running (run {holder.get('run')}, owner "
-               f"{holder.get('owner')}, lock expires {holder.get('expires')}); this tick ({run}) does nothing")
+        if holder.get("damaged"):
+            msg = (f"the retrain lock of {cfg.model.name} is damaged ({holder['damaged']}); it counts as held until "
+                   f"{holder['expires']}, then the next tick takes it over; this tick ({run}) does nothing")
+        else:
+            msg = (f"another retrain of {cfg.model.name} is running (run {holder.get('run')}, owner "
+                   f"{holder.get('owner')}, lock expires {holder.get('expires')}); this tick ({run}) does nothing")
         log.warning(msg)
         return {"kind": "medxfer-retrain-decision/1", "run": run, "model": cfg.model.name,
                 "status": "skipped", "promoted": False, "reason": msg}
+    lock.start_heartbeat()
     try:
         if storage.exists(decision_uri):
             rec = storage.read_json(decision_uri)
             log.info("%s already decided (%s); nothing to do", run, rec.get("status"))
             return {**rec, "repeated_tick": True}
         prepared = prepare(run_cfg)
-        result_uri = storage.join(run_uri, "result.json")
-        result = storage.read_json(result_uri) if storage.exists(result_uri) else None
-        if result is None or result.get("status") != "complete":
-            result = run_training(run_cfg, "finetune", prepared=prepared)
-        else:
-            log.info("%s: training already complete; reusing %s", run, result["bundle"])
+        lock.check("training")
+        result = run_training(run_cfg, "finetune", prepared=prepared)  # a finished run is returned as it is
         bundle_uri = result["bundle"]
         split = cfg.evaluate.split
         challenger = evaluate_bundle(bundle_uri, run_cfg, split, out=storage.join(run_uri, "report"))
@@ -195,11 +294,15 @@ def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
         champion_reports = {}
         champion_rep = None
         if before is not None:
-            champion_rep = evaluate_bundle(reg.bundle_uri(before["version"]), run_cfg, split,
-                                           out=storage.join(run_uri, "champion-report"), update_card=False)
+            champion_uri = reg.load_bundle(before["version"]).uri  # still the registered bundle
+            champion_rep = evaluate_bundle(champion_uri, run_cfg, split, out=storage.join(run_uri, "champion-report"))
             champion_reports[before["version"]] = champion_rep
         sha = load_bundle(bundle_uri).card["weights_sha256"]
-        version = _find_registered(reg, bundle_uri, sha) or reg.register(bundle_uri, challenger, note=f"retrain {run}")
+        version = _find_registered(reg, bundle_uri, sha)
+        if version is None:
+            lock.check("registering")
+            version = reg.register(bundle_uri, challenger, note=f"retrain {run}")
+        lock.check("promoting")
         outcome = reg.try_promote(version, cfg.promotion, champion_reports=champion_reports)
         record = {
             "kind": "medxfer-retrain-decision/1",

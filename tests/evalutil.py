@@ -9,8 +9,9 @@ from medxfer.config import PreprocessConfig
 from medxfer.models import create_model
 
 
-def tiny_bundle(uri: str, classes=("malignant", "normal"), seed: int = 0, size: int = 28, task="multiclass") -> dict:
-    """An untrained smallcnn saved as a real bundle (weights differ by seed)."""
+def tiny_bundle(uri: str, classes=("malignant", "normal"), seed: int = 0, size: int = 28, task="multiclass",
+                positive_class: str | None = None) -> dict:
+    """An untrained smallcnn saved as a real bundle (weights differ by seed; default positive class: the last)."""
     torch.manual_seed(seed)
     n_out = 1 if task == "ordinal" else len(classes)
     model = create_model("smallcnn", n_out, 1)
@@ -24,7 +25,27 @@ def tiny_bundle(uri: str, classes=("malignant", "normal"), seed: int = 0, size: 
         "stem": getattr(model, "stem", "standard"),
         "preprocess": PreprocessConfig(size=size, channels=1).model_dump(mode="json"),  # a bundle carries a resolved spec
     }
+    if positive_class is not None:
+        card.update(positive_class=positive_class, positive_class_source="data.positive_class")
     return save_bundle(uri, model.state_dict(), card)
+
+
+def file_hashes(folder) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (local or s3://), by path: a bundle's bytes, to compare."""
+    import hashlib
+
+    from medxfer import storage
+
+    return {f: hashlib.sha256(storage.read_bytes(f)).hexdigest() for f in storage.list_files(str(folder))}
+
+
+def report_for(bundle: dict, threshold: float, positive_class: str, auroc: float = 0.8) -> dict:
+    """A report of ``bundle`` (as save_bundle returned it) with an operating point, as evaluate writes them."""
+    return {**report(auroc, 0.9), "kind": "medxfer-evaluation/1", "bundle_id": bundle["id"],
+            "weights_sha256": bundle["weights_sha256"], "card_sha256": bundle["card_sha256"],
+            "positive_class": positive_class,
+            "operating_point": {"rule": "youden", "threshold": threshold, "positive_class": positive_class,
+                                "chosen_on": "val"}}
 
 
 def report(auroc: float, sensitivity: float, fingerprint: str = "holdout-1") -> dict:
@@ -52,12 +73,12 @@ def breast_job(root: str, manifest: str, name: str = "breast-eval", **sections):
 
     base = {
         "name": name,
-        "data": {"manifest": manifest},
+        "data": {"manifest": manifest, "positive_class": "0"},  # 0 = malignant in BreastMNIST
         "preprocess": {"size": 28},
         "model": {"backbone": "smallcnn", "init": "scratch", "name": "breast"},
         "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "augment": False, "warmup_epochs": 0},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "use_gpu": False},
-        "evaluate": {"positive_class": "0", "operating_point": "sensitivity>=0.8", "bootstrap": 300},
+        "evaluate": {"operating_point": "sensitivity>=0.8", "bootstrap": 300},
         "storage": {"root": root},
     }
     return validate_dict(deep_merge(base, sections))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 from medxfer import storage
 from medxfer.bundle import CARD, WEIGHTS, cmd_bundle_show, load_bundle, save_bundle
+from medxfer.cli import main
 from medxfer.config import PreprocessConfig
 from medxfer.errors import BundleError
 from medxfer.inference import ordinal_to_grade, predict_arrays
@@ -20,6 +24,12 @@ def _card(model):
     return {"task": "multiclass", "classes": ["normal", "pneumonia"], "backbone": "smallcnn", "in_chans": 1,
             "num_outputs": 2, "stem": "standard", "preprocess": PreprocessConfig(size=28, channels=1).model_dump(mode="json"),
             "lineage": {"init": "scratch"}, "name": "m"}
+
+
+def _digest(card: dict) -> str:
+    from medxfer.card import card_digest
+
+    return card_digest(card)
 
 
 def _roundtrip(uri):
@@ -54,8 +64,9 @@ def test_roundtrip_s3_and_incomplete(s3_root):
     _roundtrip(uri)
     card = json.loads(storage.read_bytes(storage.join(uri, CARD)))
     del card["classes"]
+    card["card_sha256"] = _digest(card)  # a consistent hash: the field check is what refuses it
     storage.write_bytes(storage.join(uri, CARD), json.dumps(card).encode())
-    with pytest.raises(BundleError, match="lacks classes"):
+    with pytest.raises(BundleError, match=r"bundle.json: classes: expected .*[Ff]ield required"):
         load_bundle(uri)
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(storage.join(s3_root, "nothing-here"))
@@ -68,3 +79,90 @@ def test_predict_tasks():
     m1 = create_model("smallcnn", 1, 1).eval()
     assert predict_arrays(m1, x, "ordinal").shape == (4,)
     assert ordinal_to_grade(np.array([-0.7, 0.4, 2.6, 9.0]), 5).tolist() == [0, 0, 3, 4]
+
+
+def _edit_card(bundle: Path, rehash: bool = True, **changes) -> None:
+    card = json.loads((bundle / CARD).read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        node = card
+        for p in parents:
+            node = node[p]
+        node[key] = value
+    if rehash:
+        card["card_sha256"] = _digest(card)
+    (bundle / CARD).write_text(json.dumps(card, indent=2))
+
+
+def test_card_edited_after_training_is_refused(tmp_path, capsys):
+    """Swapped class names flip every prediction; the card's hash no longer matches, so nothing uses it."""
+    uri = tmp_path / "bundle"
+    _roundtrip(str(uri))
+    _edit_card(uri, rehash=False, classes=["pneumonia", "normal"])
+    with pytest.raises(BundleError, match="does not match its card_sha256"):
+        load_bundle(str(uri))
+    capsys.readouterr()
+    assert main(["bundle", "show", str(uri)]) == 2
+    err = capsys.readouterr().err
+    assert "card_sha256" in err and "sha256 verified" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("preprocess__size", 100000, r"preprocess\.size: expected less than or equal to 2048"),
+    ("num_outputs", "abc", r"num_outputs: expected a valid integer"),
+    ("num_outputs", 200000000, r"num_outputs: expected less than or equal to 10000"),
+    ("num_outputs", 7, r"num_outputs: 7 does not fit a multiclass card with 2 classes \(expected 2\)"),
+    ("in_chans", 3, r"in_chans: 3 differs from preprocess\.channels 1"),
+    ("backbone", "resnet9000", r"backbone: expected one of"),
+    ("positive_class", "cancer", r"positive_class: 'cancer' is not one of the classes"),
+    ("classes", ["a", "a"], r"classes: names repeat"),
+])
+def test_card_fields_are_checked_before_anything_is_built(tmp_path, capsys, field, value, message):
+    """Even with a consistent hash, a card whose fields are out of range or inconsistent is refused by field
+    name (exit 2), before any network, head or pixel buffer is allocated."""
+    uri = tmp_path / "bundle"
+    _roundtrip(str(uri))
+    _edit_card(uri, **{field: value})
+    t0 = time.perf_counter()
+    with pytest.raises(BundleError, match=message):
+        load_bundle(str(uri))
+    assert time.perf_counter() - t0 < 5
+    capsys.readouterr()
+    assert main(["bundle", "show", str(uri)]) == 2
+    assert f"{CARD}: {field.replace('__', '.')}" in capsys.readouterr().err
+
+
+def test_bundle_show_of_something_that_is_not_a_bundle_exits_2(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("hello")
+    assert main(["bundle", "show", str(tmp_path / "notes")]) == 2
+    assert "not a model bundle" in capsys.readouterr().err
+    (tmp_path / "notes" / CARD).write_text("{not json")
+    assert main(["bundle", "show", str(tmp_path / "notes")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_format_1_bundle_is_refused_and_upgrade_re_exports_it(tmp_path, capsys):
+    """A card written before cards were hashed (and possibly edited by evaluate) is refused with the command
+    that re-exports it; the upgrade checks the weights, drops the stored operating point and leaves the
+    old bundle's bytes alone."""
+    old = tmp_path / "old"
+    _roundtrip(str(old))
+    card = json.loads((old / CARD).read_text())
+    for k in ("card_sha256", "positive_class", "positive_class_source"):
+        card.pop(k)
+    card["format"] = "medxfer-bundle/1"
+    card["operating_point"] = {"threshold": 0.3, "positive_class": "pneumonia"}
+    (old / CARD).write_text(json.dumps(card))
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in old.iterdir()}
+    with pytest.raises(BundleError, match=r"medxfer-bundle/1.*medxfer bundle upgrade"):
+        load_bundle(str(old))
+    new = tmp_path / "new"
+    assert main(["bundle", "upgrade", str(old), str(new), "--positive-class", "pneumonia"]) == 0
+    b = load_bundle(str(new))
+    assert b.card["format"] == "medxfer-bundle/2" and b.positive_class == "pneumonia"
+    assert "operating_point" not in b.card and b.card["positive_class_source"] == "bundle upgrade"
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in old.iterdir()} == before
+    capsys.readouterr()
+    assert main(["bundle", "upgrade", str(old), str(new)]) == 2  # never over an existing bundle
+    assert "already holds a bundle" in capsys.readouterr().err

@@ -8,31 +8,38 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from evalutil import tiny_bundle
+from evalutil import file_hashes, report_for, tiny_bundle
 
 from medxfer import storage
-from medxfer.bundle import CARD
-from medxfer.errors import MedxferError
+from medxfer.cli import main
+from medxfer.errors import DataError, MedxferError
 from medxfer.predict import list_inputs, predict, predictions_table
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    uri = str(tmp_path_factory.mktemp("pb") / "bundle")
-    tiny_bundle(uri, classes=("normal", "abnormal"), size=32)
-    card = json.loads(storage.read_bytes(storage.join(uri, CARD)))
-    card["operating_point"] = {"rule": "youden", "threshold": 0.5, "positive_class": "abnormal"}
-    storage.write_json(storage.join(uri, CARD), card)  # the hash covers the weights only
-    return uri
+def bundle_and_report(tmp_path_factory):
+    """A tiny real bundle and an evaluation report of it whose operating point is 0.5 for 'abnormal'."""
+    base = tmp_path_factory.mktemp("pb")
+    uri = str(base / "bundle")
+    card = tiny_bundle(uri, classes=("normal", "abnormal"), size=32)
+    rep = base / "report.json"
+    rep.write_text(json.dumps(report_for(card, 0.5, "abnormal")))
+    return uri, str(rep)
 
 
-def test_predict_folder_every_file_gets_a_row(ray_cluster, bundle, test_data, s3_root):
+@pytest.fixture(scope="module")
+def bundle(bundle_and_report):
+    return bundle_and_report[0]
+
+
+def test_predict_folder_every_file_gets_a_row(ray_cluster, bundle_and_report, test_data, s3_root):
+    bundle, report = bundle_and_report
     folder = test_data / "images"
     inputs, skipped = list_inputs(str(folder))
     assert any(p.endswith(".dcm") for p in inputs) and any(p.endswith(".jpg") for p in inputs)
     assert any("Apache-2.0" in p for p in skipped)  # a licence text, not an image
     out_uri = f"{s3_root}/predictions"
-    s = predict(bundle, str(folder), out_uri, batch_size=8)
+    s = predict(bundle, str(folder), out_uri, batch_size=8, report=report)
     df = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{out_uri}/predictions.parquet")))
     csv = pd.read_csv(io.BytesIO(storage.read_bytes(f"{out_uri}/predictions.csv")), keep_default_na=False)
     assert len(df) == len(inputs) == len(csv) == s["n_inputs"]
@@ -52,6 +59,9 @@ def test_predict_folder_every_file_gets_a_row(ray_cluster, bundle, test_data, s3
     assert set(good["predicted_class"]) <= {"normal", "abnormal"}
     want = np.where(good["prob_abnormal"] >= 0.5, "abnormal", "not abnormal")
     assert list(good["decision"]) == list(want)
+    # The output names the operating point that decided: this report's.
+    assert set(df["threshold_source"]) == {f"report {report}"} and s["decision"]["source"] == f"report {report}"
+    assert s["decision"]["threshold"] == 0.5 and s["decision"]["positive_class"] == "abnormal"
     assert s["n_errors"] == len(bad) and set(s["errors"]) == set(bad["path"])
     assert len(csv[csv["error"] != ""]) == len(bad)
 
@@ -61,8 +71,12 @@ def test_predict_manifest_missing_file_and_fail_on_bad(ray_cluster, bundle, test
     man = tmp_path / "m.csv"
     pd.DataFrame({"path": [str(cxr / "tbx11k_tb_tb0005.png"), "missing.png",
                            str(cxr / "siim_monochrome2.dcm")]}).to_csv(man, index=False)
-    s = predict(bundle, str(man), str(tmp_path / "out"), batch_size=4)
+    s = predict(bundle, str(man), str(tmp_path / "out"), batch_size=4)  # no operating point named
     df = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    # Scores only: no decision, and the summary says why and how to get one.
+    assert df["decision"].isna().all() and df["threshold"].isna().all() and df["threshold_source"].isna().all()
+    assert s["decision"]["source"] is None and "--report or --registry-version" in s["decision"]["note"]
+    assert df["score"].notna().sum() == 2 and set(df["positive_class"]) == {"abnormal"}
     assert list(df["path"]) == [str(cxr / "tbx11k_tb_tb0005.png"), str(tmp_path / "missing.png"),
                                 str(cxr / "siim_monochrome2.dcm")]
     assert list(df["error"] == "") == [True, False, True]
@@ -140,3 +154,38 @@ def test_decode_errors_in_predictions_carry_no_header_values(test_data, tmp_path
     assert errors["slope.dcm"].startswith("could not apply the DICOM file's value and display transforms")
     assert errors["window.dcm"] == ""  # an unreadable window falls back to the full range
     assert not any(PLANTED in e or "55501234" in e or "DOE" in e for e in out["error"])
+
+
+def test_predict_with_a_registry_version_uses_its_operating_point(ray_cluster, bundle_and_report, test_data,
+                                                                  tmp_path, capsys):
+    """The registry version's bundle and operating point decide, the output says so, and neither the
+    bundle nor its registry copy changes by a byte."""
+    bundle, report = bundle_and_report
+    root = str(tmp_path / "store")
+    before = file_hashes(bundle)
+    assert main(["registry", "promote", "chest", "--bundle", bundle, "--report", report, "--root", root]) == 0
+    registered = file_hashes(storage.join(root, "registry", "chest", "versions", "v0001", "bundle"))
+    cxr = test_data / "images" / "cxr"
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", "--registry-version", "chest:champion", "--root", root, "--input", str(cxr),
+                 "--output", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "from registry chest v0001" in line and "P(abnormal) >= 0.5000" in line
+    df = pd.read_parquet(out / "predictions.parquet")
+    assert set(df["threshold_source"]) == {"registry chest v0001"} and df["decision"].notna().any()
+    assert json.loads((out / "summary.json").read_text())["decision"]["source"] == "registry chest v0001"
+    assert file_hashes(bundle) == before
+    assert file_hashes(storage.join(root, "registry", "chest", "versions", "v0001", "bundle")) == registered
+
+
+def test_predict_refuses_an_operating_point_of_another_model(bundle_and_report, tmp_path):
+    bundle, report = bundle_and_report
+    other = tiny_bundle(str(tmp_path / "other"), classes=("normal", "abnormal"), size=32, seed=5)
+    rep = tmp_path / "other-report.json"
+    rep.write_text(json.dumps(report_for(other, 0.2, "abnormal")))
+    with pytest.raises(DataError, match="not an evaluation of"):
+        predict(bundle, str(tmp_path), str(tmp_path / "o"), report=str(rep))
+    with pytest.raises(DataError, match="not both"):
+        predict(bundle, str(tmp_path), str(tmp_path / "o"), report=report, registry_version="m:v0001")
+    assert not (tmp_path / "o").exists()

@@ -160,3 +160,92 @@ def test_cli_registry_promote_list_show(tmp_path, bundles, capsys):
     # No report and no --force: a clear error, exit 1.
     assert main(["registry", "promote", "m1", "--bundle", bundles[2], "--root", root]) == 1
     assert "evaluate" in capsys.readouterr().err
+
+
+def _swap_classes(bundle_dir: str, rehash: bool) -> None:
+    uri = storage.join(bundle_dir, "bundle.json")
+    card = storage.read_json(uri)
+    card["classes"] = card["classes"][::-1]
+    if rehash:
+        from medxfer.card import card_digest
+
+        card["card_sha256"] = card_digest(card)
+    storage.write_json(uri, card)
+
+
+def test_an_edited_card_is_never_registered_promoted_or_used(tmp_path, capsys):
+    """Swapped class names flip every decision. A card edited in place fails its own hash; one whose hash was
+    recomputed too fails the hash the registry recorded when the version was made."""
+    root = str(tmp_path / "store")
+    rep = tmp_path / "rep.json"
+    rep.write_text(json.dumps(report(0.8, 0.9)))
+    edited = str(tmp_path / "edited")
+    tiny_bundle(edited)
+    _swap_classes(edited, rehash=False)
+    assert main(["registry", "promote", "m", "--bundle", edited, "--report", str(rep), "--root", root]) == 2
+    assert "card_sha256" in capsys.readouterr().err
+    assert Registry(root, "m").list_versions(include_incomplete=True) == []
+    # A registered version whose copy is edited afterwards, hash and all.
+    good = str(tmp_path / "good")
+    tiny_bundle(good)
+    reg = Registry(root, "m")
+    v = reg.register(good, report(0.8, 0.9))
+    assert reg.get(v)["card_sha256"] == storage.read_json(storage.join(good, "bundle.json"))["card_sha256"]
+    _swap_classes(reg.bundle_uri(v), rehash=True)
+    with pytest.raises(RegistryError, match="not the one registered"):
+        reg.try_promote(v, RULE)
+    with pytest.raises(RegistryError, match="not the one registered"):
+        reg.promote(v)
+    assert reg.champion() is None
+    capsys.readouterr()
+    assert main(["predict", "--registry-version", f"m:{v}", "--root", root, "--input", str(tmp_path),
+                 "--output", str(tmp_path / "pred")]) == 1
+    assert "not the one registered" in capsys.readouterr().err and not (tmp_path / "pred").exists()
+
+
+def test_version_and_model_names_are_checked_on_every_read(tmp_path, bundles, capsys):
+    root = tmp_path / "store"
+    reg = Registry(str(root), "m")
+    reg.register(bundles[0], report(0.8, 0.9))
+    # A version.json outside the registry that a path like ../../x would reach.
+    outside = root / "registry" / "x"
+    outside.mkdir(parents=True)
+    (outside / "version.json").write_text(json.dumps({"version": "planted"}))
+    capsys.readouterr()
+    for bad in ("../../x", "../x", "v1", "v0001/../../x", "/etc"):
+        assert main(["registry", "show", "m", "--version", bad, "--root", str(root)]) == 2, bad
+        err = capsys.readouterr().err
+        assert "not a version name" in err and "planted" not in err
+    assert main(["registry", "show", "../m", "--root", str(root)]) == 2
+    assert "model name" in capsys.readouterr().err
+    with pytest.raises(RegistryError, match="not a version name"):
+        reg.bundle_uri("../../x")
+    # A champion record naming a version outside the pattern is refused when it is used, too.
+    reg._claim("../../x", {"reason": "planted"}, 0)
+    with pytest.raises(RegistryError, match="not a version name"):
+        reg.try_promote("v0001", RULE)
+
+
+def test_model_name_in_the_config_has_the_run_name_pattern():
+    from medxfer.config_io import validate_dict
+    from medxfer.errors import ConfigError
+
+    for bad in ("../x", "a/b", "", ".hidden", "x" * 129):
+        with pytest.raises(ConfigError, match="model.name"):
+            validate_dict({"model": {"name": bad}})
+    assert validate_dict({"model": {"name": "breast-v2.1_a"}}).model.name == "breast-v2.1_a"
+
+
+def test_registry_list_ignores_stray_entries(tmp_path, bundles, capsys):
+    root = tmp_path / "store"
+    Registry(str(root), "breast").register(bundles[0], report(0.8, 0.9))
+    reg_dir = root / "registry"
+    (reg_dir / "notes.txt").write_text("not a model")
+    (reg_dir / ".DS_Store").write_text("")
+    (reg_dir / "tmp").mkdir()  # a folder without versions
+    (reg_dir / "bad name").mkdir()
+    (reg_dir / "bad name" / "versions").mkdir()
+    capsys.readouterr()
+    assert main(["registry", "list", "--root", str(root)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("breast\tversions=1")

@@ -268,6 +268,7 @@ def test_pickle_disguised_as_weights_is_refused_and_never_run(tmp_path):
     from evalutil import tiny_bundle
 
     from medxfer.bundle import CARD, WEIGHTS, load_bundle
+    from medxfer.card import card_digest
     from medxfer.train.checkpoint import load_checkpoint
 
     marker = tmp_path / "pwned"
@@ -278,6 +279,7 @@ def test_pickle_disguised_as_weights_is_refused_and_never_run(tmp_path):
     (b / WEIGHTS).write_bytes(evil)
     card = json.loads((b / CARD).read_text())
     card["weights_sha256"] = hashlib.sha256(evil).hexdigest()
+    card["card_sha256"] = card_digest(card)  # the card vouches for the payload, hash and all
     (b / CARD).write_text(json.dumps(card))
     with pytest.raises(BundleError, match="not a safetensors file"):
         load_bundle(str(b))
@@ -335,6 +337,58 @@ def test_second_tick_while_one_runs_exits_cleanly_and_touches_nothing(tmp_path, 
     with pytest.raises(MedxferError, match="nowhere.csv: not found"):
         run_retrain(cfg, "2026-11-25T05:00:00Z")
     assert RunLock(lock_uri, 3600, "probe").holder() is None
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b'{"run": "x", "owner": "y"}', b'{"expires_epoch": "soon"}'])
+def test_damaged_retrain_lock_is_reported_and_taken_over_after_its_ttl(tmp_path, capsys, damage):
+    """A lock object that is not JSON or lacks its expiry (a crash mid-write on a store without atomic PUT,
+    a hand edit) is named in the skip message, counts as held for one TTL from when it was first seen, and
+    is then taken over, instead of failing every later tick."""
+    from medxfer.cli import main
+    from medxfer.config_io import dump_yaml
+    from medxfer.retrain import RunLock, run_retrain
+
+    root = tmp_path / "store"
+    cfg = validate_dict({"name": "nightly", "model": {"name": "breast"}, "storage": {"root": str(root)},
+                         "data": {"manifest": str(tmp_path / "nowhere.csv")}})
+    lock_dir = root / "locks" / "retrain-breast"
+    lock_dir.mkdir(parents=True)
+    (lock_dir / "l00000001.json").write_bytes(damage)
+    rec = run_retrain(cfg, "2026-11-25T02:00:00Z")
+    assert rec["status"] == "skipped" and "l00000001.json" in rec["reason"] and "damaged" in rec["reason"]
+    f = tmp_path / "job.yaml"
+    f.write_text(dump_yaml(cfg))
+    capsys.readouterr()
+    assert main(["retrain", "--config", str(f), "--tick", "2026-11-25T03:00:00Z"]) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert (lock_dir / "l00000001.json").read_bytes() == damage  # reported, not rewritten
+    # One TTL after it was first seen, the next contender takes the lock over.
+    short = RunLock(str(lock_dir), 0.5, "next")
+    assert not short.acquire()[0]
+    time.sleep(0.6)
+    ok, record = short.acquire()
+    assert ok and record["number"] == 2
+    short.release()
+
+
+def test_offline_imagenet_init_is_refused_before_ray_starts(tmp_path):
+    """model.init: imagenet with an empty torch cache and no network: exit 2 with the fix, from the driver,
+    before data preparation and before Ray starts (not three failed worker groups later)."""
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "ft", "data": {"manifest": str(tmp_path / "manifest.csv")},
+                                   "model": {"backbone": "resnet18", "init": "imagenet"},
+                                   "storage": {"root": str(tmp_path / "store")}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.lower().endswith("_proxy")}
+    env.update(TORCH_HOME=str(tmp_path / "torch"), https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    code = ("import sys, ray; from medxfer.cli import main; rc = main(sys.argv[1:]); "
+            "print('ray initialized:', ray.is_initialized()); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, "finetune", "--config", str(job)], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert "ImageNet weights of resnet18" in p.stderr and str(tmp_path / "torch") in p.stderr
+    assert "model.init: scratch" in p.stderr and "Traceback" not in p.stderr
+    assert "ray initialized: False" in p.stdout
+    assert not (tmp_path / "store").exists()  # no run folder, no cache
 
 
 # ============================================================================ disk errors

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +16,7 @@ from medxfer.cli import main
 from medxfer.config_io import dump_yaml
 from medxfer.errors import ConfigError
 from medxfer.registry import Registry
-from medxfer.retrain import RunLock, parse_tick, run_name_for, run_retrain
+from medxfer.retrain import LockLost, RunLock, parse_tick, run_name_for, run_retrain
 
 
 def test_tick_names_and_lock(tmp_path):
@@ -49,6 +51,37 @@ def test_tick_names_and_lock(tmp_path):
         assert sum(ex.map(take, range(6))) == 1
 
 
+def test_lock_heartbeat_renews_the_lease_and_a_taken_over_holder_knows(tmp_path):
+    """A short TTL: the holder's heartbeat keeps the lease alive for many TTLs; once another contender takes
+    the lock (here: after the lease was made to lapse), the old holder sees it and refuses to go on."""
+    import time
+
+    from medxfer.retrain import LockLost
+
+    uri = str(tmp_path / "locks")
+    holder = RunLock(uri, 0.6, "long-run")
+    assert holder.acquire()[0]
+    holder.start_heartbeat()
+    try:
+        time.sleep(2.0)  # more than three TTLs
+        ok, who = RunLock(uri, 0.6, "next-tick").acquire()
+        assert not ok and who["run"] == "long-run" and who["renewed"] != who["acquired"]
+        holder.check("promoting")  # still held
+        # A stalled holder: its lease lapses, the next tick takes over, and the holder finds out.
+        holder._stop.set()
+        holder._beat.join()
+        time.sleep(0.8)
+        thief = RunLock(uri, 60, "next-tick")
+        assert thief.acquire()[0]
+        with pytest.raises(LockLost, match="lost the retrain lock before promoting"):
+            holder.check("promoting")
+        assert not holder.renew() and "l00000002.json" in holder.lost
+    finally:
+        holder.release()
+    # The lost holder's release leaves the new holder's lock alone.
+    assert RunLock(uri, 60, "probe").holder()["run"] == "next-tick"
+
+
 @pytest.fixture(scope="module")
 def store(s3_server) -> str:
     bucket = f"medxfer-retrain-{uuid.uuid4().hex[:10]}"
@@ -60,7 +93,7 @@ def test_retrain_promotes_better_refuses_worse(ray_cluster, store, test_data, tm
     manifest = breast_manifest(test_data, tmp_path / "breast")
     reg = Registry(store, "breast")
     weak = str(tmp_path / "weak")
-    tiny_bundle(weak, classes=("0", "1"), size=28, seed=0)  # an untrained network as the champion
+    tiny_bundle(weak, classes=("0", "1"), size=28, seed=0, positive_class="0")  # an untrained network as champion
     weak_v = reg.register(weak, None, note="untrained")
     reg.promote(weak_v)
 
@@ -90,6 +123,31 @@ def test_retrain_promotes_better_refuses_worse(ray_cluster, store, test_data, tm
     assert skipped["status"] == "skipped" and "manual" in skipped["reason"]
     assert not storage.exists(storage.join(storage.Layout(store).run("nightly-20261126T02"), "decision.json"))
     other.release()
+
+    # A tick whose lock is taken over while it runs (its heartbeat stalled, say) stops and promotes nothing.
+    lock_uri = storage.join(storage.Layout(store).root, "locks", "retrain-breast")
+    stolen = threading.Event()
+
+    def take_over():
+        probe = RunLock(lock_uri, 3600, "probe")
+        for _ in range(3000):
+            h = probe.holder()
+            if h and h["run"] == "nightly-20261127T02":
+                n = h["number"] + 1
+                thief = {**h, "run": "thief", "number": n}
+                stolen.set()
+                return storage.put_if_absent(storage.join(lock_uri, f"l{n:08d}.json"), json.dumps(thief).encode())
+            time.sleep(0.02)
+
+    with ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(take_over)
+        with pytest.raises(LockLost, match="lost the retrain lock"):
+            run_retrain(cfg, "2026-11-27T02:00:00Z")
+        assert fut.result() and stolen.is_set()
+    assert reg.champion()["version"] == better and len(reg.list_versions()) == 2
+    assert not storage.exists(storage.join(storage.Layout(store).run("nightly-20261127T02"), "decision.json"))
+    assert RunLock(lock_uri, 3600, "probe").holder()["run"] == "thief"  # the thief's lock is left alone
+    storage.put_if_absent(storage.join(lock_uri, f"l{RunLock(lock_uri, 1, 'p')._numbers()[-1]:08d}.released"), b"{}")
 
     # A worse challenger (barely trained) is refused; the champion stays; the data cache is reused.
     worse = breast_job(store, manifest, name="nightly", train={"epochs": 1, "lr": 1e-7})

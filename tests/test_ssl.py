@@ -237,12 +237,20 @@ def test_pretrain_on_ray_writes_a_bundle_finetune_loads(test_data, tmp_path, ray
     result = storage.read_json(str(run / "result.json"))
     assert result["status"] == "complete" and result["epoch"] == 2
     assert result["resumed_from_epoch"] == 1 and result["epochs_run"] == 1
-    # Running a finished run again starts nothing and returns its result.
+    # A finished pretraining is never rewritten by other settings (a shorter schedule included): refused
+    # naming the fields (exit 2), nothing in the run folder written. The same settings start nothing.
+    from evalutil import file_hashes
+
     from medxfer.config_io import load_config
     from medxfer.ssl.jobs import run_pretrain
 
+    files = file_hashes(run)
+    for change in ("pretrain.temperature=0.5", "train.epochs=1", "train.lr=0.01"):
+        assert main(["pretrain", "--config", str(path), "--set", change]) == 2, change
+    assert file_hashes(run) == files
     again = run_pretrain(load_config(str(path), ["train.max_epochs_this_run=null"]))
-    assert again["epochs_run"] == 0 and again["bundle_id"] == result["bundle_id"]
+    assert again["epochs_run"] == 0 and again["bundle_id"] == result["bundle_id"] and again["already_complete"]
+    assert file_hashes(run) == files
 
     b = load_bundle(str(run / "bundle"))
     card = b.card

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from evalutil import file_hashes
 from sklearn.metrics import roc_auc_score
 
 from medxfer import storage
 from medxfer.bundle import load_bundle
 from medxfer.config import JobConfig
+from medxfer.errors import ConfigError
 from medxfer.inference import predict_arrays
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
@@ -64,7 +66,7 @@ def _cfg(root, name, dataset, **train):
     }
 
 
-def test_source_resume_then_finetune_on_s3(data_root, tmp_path):
+def test_source_resume_then_finetune_on_s3(data_root, tmp_path, capsys):
     """Three trainer runs: source (stopped after 2 of 3 epochs), the same command again (resumes
     at epoch 2), then fine-tuning on BreastMNIST from the source bundle via ``finetune --source``."""
     from medxfer.data.cache import prepare
@@ -94,6 +96,23 @@ def test_source_resume_then_finetune_on_s3(data_root, tmp_path):
     assert len(y) == out["best"]["val_n"] == 160
     assert roc_auc_score(y, p[:, 1]) == pytest.approx(out["best"]["val_auroc"], abs=1e-4)
 
+    # The finished run is never rewritten: a changed setting that shapes the weights is refused (exit 2) naming
+    # it and the way out; the same config reports "already complete"; not one file of the run changes.
+    from medxfer.cli import main
+
+    files = file_hashes(run)
+    src_yaml = tmp_path / "src.yaml"
+    src_yaml.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    capsys.readouterr()
+    assert main(["source-train", "--config", str(src_yaml), "--set", "train.lr=0.01",
+                 "--set", "train.early_stopping.patience=3"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr: 0.002 -> 0.01" in err and "train.early_stopping.patience: None -> 3" in err
+    assert "new name" in err and "Traceback" not in err
+    assert main(["source-train", "--config", str(src_yaml), "--set", "train.max_epochs_this_run=null"]) == 0
+    assert "src: already complete, nothing to do (epoch 3/3)" in capsys.readouterr().out
+    assert file_hashes(run) == files
+
     # Fine-tune through the CLI handler (--source), training only the last stage + head, so the
     # frozen stages must equal the source's weights exactly.
     ft = _cfg(data_root, "ft", "breast", epochs=3, freeze="partial:1", lr=2e-3)
@@ -110,3 +129,8 @@ def test_source_resume_then_finetune_on_s3(data_root, tmp_path):
     frozen = [k for k in src.state_dict if k.startswith(("backbone.block1", "backbone.block2", "backbone.block3"))]
     assert frozen and all(torch.equal(src.state_dict[k], tgt.state_dict[k]) for k in frozen)
     assert not torch.equal(src.state_dict["backbone.block4.0.weight"], tgt.state_dict["backbone.block4.0.weight"])
+    # The same for fine-tuning: another source (here: none) for the finished run is refused, nothing written.
+    ft_files = file_hashes(storage.join(data_root, "runs", "ft"))
+    with pytest.raises(ConfigError, match=r"model\.init: .* -> 'scratch'"):
+        cmd_finetune(SimpleNamespace(config=str(path), set=[], source="scratch"))
+    assert file_hashes(storage.join(data_root, "runs", "ft")) == ft_files

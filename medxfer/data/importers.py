@@ -190,8 +190,26 @@ def folder_manifest(root: str, manifest_uri: str, fractions=None, seed: int = 0)
     return df
 
 
+def import_record(df: pd.DataFrame, root: str, positive_class: str | None) -> dict:
+    """What ``import.json`` says about a folder import: its classes and, when named, the positive class.
+
+    Training reads ``positive_class`` from here when the job config names none, so the
+    class chosen at import (e.g. melanoma, not the alphabetically last nevus) reaches the
+    model card, and through it evaluation and prediction.
+    """
+    from medxfer.config import DataConfig
+    from medxfer.data.manifest import infer_classes
+
+    classes = infer_classes(df, DataConfig())  # in the order training will use
+    if positive_class is not None and positive_class not in classes:
+        raise DataError(f"--positive-class {positive_class!r}: not one of the class folders under {root}: "
+                        f"{', '.join(classes)}")
+    return {"source": storage.normalize(root), "images": int(len(df)), "classes": classes,
+            "positive_class": positive_class}
+
+
 def cmd_import_folder(args) -> int:
-    """``medxfer import folder --root URI --out URI [--split-fractions a,b,c]``."""
+    """``medxfer import folder --root URI --out URI [--split-fractions a,b,c] [--positive-class C]``."""
     fractions = None
     if args.split_fractions:
         try:
@@ -203,7 +221,13 @@ def cmd_import_folder(args) -> int:
     out = storage.normalize(args.out)
     manifest_uri = out if out.lower().endswith((".csv",)) else storage.join(out, "manifest.csv")
     df = folder_manifest(args.root, manifest_uri, fractions, args.seed)
+    record = import_record(df, args.root, getattr(args, "positive_class", None))
+    storage.write_text(storage.join(storage.parent(manifest_uri), "import.json"), json.dumps(record, indent=2) + "\n")
     storage.write_text(manifest_uri, df.to_csv(index=False))
     counts = df["label"].value_counts().to_dict()
     print(f"wrote {manifest_uri}: {len(df)} images, classes {counts}")
+    pos = record["positive_class"]
+    print(f"positive class: {pos} (in import.json; training uses it unless data.positive_class says otherwise)" if pos
+          else f"positive class: not named, so {record['classes'][-1]} (the last class) by default; name it with "
+          "--positive-class or data.positive_class")
     return 0

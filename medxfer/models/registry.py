@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medxfer.errors import ConfigError, MedxferError
+from medxfer.errors import ConfigError
 
 log = logging.getLogger("medxfer.models")
 
@@ -230,6 +230,42 @@ def _imagenet_weights(spec: BackboneSpec):
     return getattr(getattr(tvm, enum_name), member)
 
 
+def _imagenet_error(backbone: str, weights, e: Exception) -> ConfigError:
+    import torch.hub
+
+    cache = f"{torch.hub.get_dir()}/checkpoints"
+    url = getattr(weights, "url", "")
+    return ConfigError([
+        f"model.init: imagenet: could not get the ImageNet weights of {backbone} ({type(e).__name__}: {e}). Fix: "
+        f"run once with network access (they are cached in {cache}), or download {url} into that folder "
+        "(TORCH_HOME moves it), or set model.init: scratch"
+    ])
+
+
+def check_imagenet(cfg) -> None:
+    """``model.init: imagenet``: the weights are cached, or fetched now — on the driver, before any worker starts.
+
+    Without this, an offline cluster learns it only inside every Ray Train worker, after data
+    preparation, with one traceback per attempt. Fetching on the driver also fills the cache
+    that workers on the same node read.
+    """
+    if cfg.model.init != "imagenet":
+        return
+    import os
+    from urllib.parse import urlparse
+
+    import torch.hub
+
+    weights = _imagenet_weights(get_spec(cfg.model.backbone))
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
+    if os.path.exists(cached):
+        return
+    try:
+        torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
+    except (OSError, RuntimeError) as e:
+        raise _imagenet_error(cfg.model.backbone, weights, e) from None
+
+
 def create_model(
     backbone: str,
     num_outputs: int,
@@ -258,15 +294,7 @@ def create_model(
     except (OSError, RuntimeError) as e:  # URLError is an OSError; a bad partial download a RuntimeError
         if not use_imagenet:
             raise
-        import torch.hub
-
-        cache = f"{torch.hub.get_dir()}/checkpoints"
-        url = getattr(weights, "url", "")
-        raise MedxferError(
-            f"could not get the ImageNet weights of {backbone} ({type(e).__name__}: {e}). Fix: run once with "
-            f"network access (they are cached in {cache}), or download {url} into that folder "
-            "(TORCH_HOME moves it), or set model.init: scratch"
-        ) from None
+        raise _imagenet_error(backbone, weights, e) from None
     _replace_first_conv(net, spec, in_chans, stride1=(stem == "small"))
     _set(net, spec.classifier, nn.Identity())
     model = Classifier(net, spec, num_outputs, dropout)

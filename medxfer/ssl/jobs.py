@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timezone
 
 from medxfer import storage
 from medxfer.config import JobConfig
@@ -61,51 +60,16 @@ def data_fingerprint(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
 
 
-def check_resumable(cfg: JobConfig, run_uri: str) -> None:
-    """A run resumes only with the network it started with; say so instead of a shape error in a worker."""
-    from medxfer.config_io import load_config
+def build_card(cfg: JobConfig, sources: list[dict], plan, final: dict, source=None):
+    """The card (:func:`medxfer.card.build_card`) plus ``pretraining``: method, sources, counts, loss."""
+    from medxfer.card import build_card as card_for
 
-    prev_uri = storage.join(run_uri, "config.yaml")
-    if not storage.exists(prev_uri):
-        return
-    prev = load_config(prev_uri, [])
-    fields = {
-        "pretrain.method": (prev.pretrain.method, cfg.pretrain.method),
-        "pretrain.projection_dim": (prev.pretrain.projection_dim, cfg.pretrain.projection_dim),
-        "model.backbone": (prev.model.backbone, cfg.model.backbone),
-        "preprocess.channels": (prev.preprocess.channels, cfg.preprocess.channels),
-    }
-    changed = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in fields.items() if a != b]
-    if changed:
-        raise ConfigError([f"name: run {cfg.name!r} in {run_uri} was started with other settings "
-                           f"({'; '.join(changed)}); give this run a new name, or restore those settings to resume"])
-
-
-def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, source=None) -> dict:
-    """The bundle card: the standard keys plus ``pretraining`` (method, sources, counts, loss)."""
-    p = cfg.preprocess
     keys = [s["cache_key"] for s in sources]
-    lineage = {"stage": "pretrain", "init": cfg.model.init, "method": cfg.pretrain.method}
-    if source is not None:  # supervised+ssl: self-supervision continued from a source bundle
-        lineage.update(source_uri=cfg.model.init, source_bundle_id=source.id,
-                       source_weights_sha256=source.card["weights_sha256"],
-                       source_data_fingerprint=source.card.get("data_fingerprint"),
-                       source_lineage=source.card.get("lineage"))
-    return {
-        "name": cfg.model.name,
-        "run": cfg.name,
-        "task": TASK,
-        "classes": [],
-        "backbone": cfg.model.backbone,
-        "stem": plan.stem,
-        "in_chans": plan.in_chans,
-        "num_outputs": 0,
-        "weights": "backbone only (backbone.*); fine-tune it: model.init = this bundle's URI",
-        "preprocess": p.model_dump(mode="json"),
-        "input": {"shape": [p.channels, p.size, p.size], "dtype": "float32",
-                  "note": "output of medxfer.data.preprocess.preprocess_bytes with this spec"},
-        "lineage": lineage,
-        "pretraining": {
+    return card_for(
+        cfg, "pretrain", task=TASK, classes=[], plan=plan, spec=cfg.preprocess,
+        data_fingerprint=data_fingerprint(keys), data_fingerprints=keys, source=source,
+        weights="backbone only (backbone.*); fine-tune it: model.init = this bundle's URI",
+        pretraining={
             "method": cfg.pretrain.method,
             "settings": cfg.pretrain.model_dump(mode="json"),
             "epochs": final.get("epoch"),
@@ -117,11 +81,7 @@ def build_card(cfg: JobConfig, sources: list[dict], plan: dict, final: dict, sou
             "sources": sources,
             "images": sum(s["train_images"] for s in sources),
         },
-        "data_fingerprint": data_fingerprint(keys),
-        "data_fingerprints": keys,
-        "config": cfg.model_dump(mode="json"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    )
 
 
 def pretrain_inputs(cfg: JobConfig, use_gpu: bool, source=None):
@@ -171,14 +131,15 @@ def run_pretrain(cfg: JobConfig) -> dict:
             source = check_source(cfg)  # must exist, verify and match the backbone before workers start
         return pretrain_inputs(cfg, use_gpu, source)
 
-    return launch(cfg, "pretrain", inputs, check_resumable)
+    return launch(cfg, "pretrain", inputs)
 
 
 def cmd_pretrain(args) -> int:
     from medxfer.config_io import load_config
 
     out = run_pretrain(load_config(args.config, args.set))
-    print(f"{out['name']}: {out['status']} ({out['method']}, epoch {out['epoch']}/{out['epochs_total']}, "
+    state = f"already {out['status']}, nothing to do" if out.get("already_complete") else out["status"]
+    print(f"{out['name']}: {state} ({out['method']}, epoch {out['epoch']}/{out['epochs_total']}, "
           f"{out['train_images']} images from {len(out['sources'])} source(s)); bundle {out['bundle']}")
     from medxfer.train.jobs import exit_code
 

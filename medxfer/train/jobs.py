@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime, timezone
 
-from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
 
@@ -36,61 +34,15 @@ def check_source(cfg: JobConfig):
     return b
 
 
-def check_same_run(cfg: JobConfig, run_uri: str) -> None:
-    """Refuse to resume a run folder that holds a different model or data (a reused run name)."""
-    import yaml
+def supervised_card(cfg: JobConfig, stage: str, prepared, plan, source, positive, best_metrics: dict) -> dict:
+    """The bundle card of a source-train or finetune run (the one builder: ``medxfer.card.build_card``)."""
+    from medxfer.card import build_card
 
-    cfg_uri = storage.join(run_uri, "config.yaml")
-    if not storage.exists(cfg_uri):
-        return
-    prev = yaml.safe_load(storage.read_text(cfg_uri)) or {}
-    now = cfg.model_dump(mode="json")
-    changed = [
-        f"{section}.{key}"
-        for section, keys in (("model", ("backbone", "init", "stem")), ("data", ("manifest", "task", "classes")),
-                              ("preprocess", tuple(now["preprocess"])))
-        for key in keys
-        if (prev.get(section) or {}).get(key, now[section][key]) != now[section][key]
-    ]
-    if changed:
-        raise ConfigError([
-            f"name: run {cfg.name!r} already exists at {run_uri} with different {', '.join(changed)}; "
-            "resuming would mix two runs — choose a new name, or delete that folder to start over"
-        ])
-
-
-def build_card(cfg: JobConfig, stage: str, prepared, plan, source, best_metrics: dict) -> dict:
-    lineage = {"init": cfg.model.init, "stage": stage}
-    if source is not None:
-        lineage.update(
-            source_uri=cfg.model.init,
-            source_bundle_id=source.id,
-            source_weights_sha256=source.card["weights_sha256"],
-            source_data_fingerprint=source.card.get("data_fingerprint"),
-            source_lineage=source.card.get("lineage"),
-        )
-    spec = prepared.spec
-    return {
-        "name": cfg.model.name,
-        "run": cfg.name,
-        "task": prepared.task,
-        "classes": list(prepared.classes),
-        "backbone": cfg.model.backbone,
-        "stem": plan.stem,
-        "in_chans": plan.in_chans,
-        "num_outputs": plan.num_outputs,
-        "dropout": cfg.model.dropout,
-        "preprocess": spec.model_dump(mode="json"),
-        "input": {"shape": [spec.channels, spec.size, spec.size], "dtype": "float32",
-                  "note": "output of medxfer.data.preprocess.preprocess_bytes with this spec"},
-        "lineage": lineage,
-        "data_fingerprint": prepared.key,
-        "data_uri": getattr(prepared, "uri", None),
-        "metrics": {"val": {k: v for k, v in best_metrics.items() if k.startswith("val_")},
-                    "epoch": best_metrics.get("epoch")},
-        "config": cfg.model_dump(mode="json"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return build_card(cfg, stage, task=prepared.task, classes=list(prepared.classes), plan=plan, spec=prepared.spec,
+                      data_fingerprint=prepared.key, source=source, positive=positive,
+                      data_uri=getattr(prepared, "uri", None),
+                      metrics={"val": {k: v for k, v in best_metrics.items() if k.startswith("val_")},
+                               "epoch": best_metrics.get("epoch")})
 
 
 def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
@@ -114,11 +66,13 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
             data = prepare(cfg)
         return supervised_inputs(cfg, stage, data, use_gpu, source)
 
-    return launch(cfg, stage, inputs, check_same_run)
+    return launch(cfg, stage, inputs)
 
 
 def result_line(out: dict) -> str:
-    """How a run ended, for the command's last line (a finished run's stored result has no summary)."""
+    """How a run ended, for the command's last line."""
+    if out.get("already_complete"):
+        return f"already {out['status']}, nothing to do (epoch {out['epoch']}/{out['epochs_total']})"
     return out.get("summary") or f"{out['status']} (epoch {out['epoch']}/{out['epochs_total']})"
 
 

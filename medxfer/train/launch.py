@@ -50,20 +50,22 @@ def split_rows(prepared, split: str) -> int:
 
 def supervised_inputs(cfg: JobConfig, stage: str, prepared, use_gpu: bool, source=None) -> StageInputs:
     """Source training and fine-tuning on one prepared dataset."""
-    from medxfer.train.jobs import build_card
+    from medxfer.card import resolve_positive_class
+    from medxfer.train.jobs import supervised_card
 
     n_train, n_val = split_rows(prepared, "train"), split_rows(prepared, "val")
     if n_val == 0:
         raise DataError(f"{prepared.uri}: the validation split is empty; add a split column with 'val' rows "
                         "or set data.split_fractions")
     plan = plan_training(cfg, stage, prepared, n_train, use_gpu)
+    positive = resolve_positive_class(cfg, prepared.task, list(prepared.classes))
     datasets = None
     if plan.data.mode == "stream":
         datasets = {"train": prepared.dataset("train").select_columns(["image", "label"]),
                     "val": prepared.dataset("val").select_columns(["image", "label", "path"])}
     return StageInputs(
         plan=plan, describe=f"on {n_train} train / {n_val} val images",
-        card=lambda best, state: build_card(cfg, stage, prepared, plan, source, best),
+        card=lambda best, state: supervised_card(cfg, stage, prepared, plan, source, positive, best),
         datasets=datasets, data_fingerprint=prepared.key,
         result_extra={"train_images": n_train, "val_images": n_val},
     )
@@ -132,50 +134,34 @@ def _status(state, cfg: JobConfig, stopped: str | None) -> str:
     return "max_epochs_this_run"
 
 
-def finished_result(cfg: JobConfig, run_uri: str) -> dict | None:
-    """The stored result of a run that already reached ``train.epochs`` with its bundle, else None.
-
-    Re-running a finished run then costs nothing (no worker group is started); raising
-    ``train.epochs`` resumes it instead.
-    """
-    res_uri, card_uri = storage.join(run_uri, "result.json"), storage.join(run_uri, "bundle", "bundle.json")
-    if not (storage.exists(res_uri) and storage.exists(card_uri)):
-        return None
-    res = storage.read_json(res_uri)
-    if res.get("status") == "complete" and int(res.get("epoch", 0)) >= cfg.train.epochs:
-        return {**res, "epochs_run": 0}
-    return None
-
-
-def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs],
-           same_run: Callable[[JobConfig, str], None]) -> dict:
+def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs]) -> dict:
     """Train (or resume) the run ``cfg.name``; write its bundle, config.yaml and result.json.
 
-    ``make_inputs(use_gpu)`` prepares the data and plans the run (called once Ray is up);
-    ``same_run(cfg, run_uri)`` refuses to resume a run folder made with another config.
+    Before any work the run folder is checked (:func:`medxfer.runs.check_run`): a run made with
+    other settings is refused, a finished one is reported and nothing is written again.
+    ``make_inputs(use_gpu)`` prepares the data and plans the run (called once Ray is up).
     """
     from ray.train import DataConfig
     from ray.train.torch import TorchTrainer
 
     from medxfer.bundle import save_bundle
     from medxfer.config_io import dump_yaml
+    from medxfer.models.registry import check_imagenet
+    from medxfer.runs import check_run
     from medxfer.runtime import init_ray
     from medxfer.train.checkpoint import read_best_weights, read_state
     from medxfer.train.control import Monitor
     from medxfer.train.worker import train_func
 
     t0 = time.time()
-    init_ray()
     layout = storage.Layout(cfg.storage.root)
     run_uri = layout.run(cfg.name)
+    done = check_run(cfg, run_uri)
+    if done is not None:
+        return done
+    check_imagenet(cfg)
+    init_ray()
     resumed = storage.exists(storage.join(run_uri, SNAPSHOT))
-    if resumed:
-        same_run(cfg, run_uri)
-        done = finished_result(cfg, run_uri)
-        if done is not None:
-            log.info("%s: already complete (epoch %d/%d); bundle %s", cfg.name, done["epoch"], cfg.train.epochs,
-                     done["bundle"])
-            return done
     monitor = Monitor(cfg.name)  # its actor starts while the data is prepared
     scaling, use_gpu = scaling_config(cfg)
     inputs = make_inputs(use_gpu)
