@@ -161,7 +161,7 @@ def test_s3_filesystems_handed_to_ray_carry_no_credentials(s3_server, monkeypatc
     import ray.cloudpickle
 
     from medxfer.config import JobConfig
-    from medxfer.train.jobs import run_config
+    from medxfer.train.launch import run_config
 
     secret, key_id = "MARKER-SECRET-3b9d", "MARKER-KEYID-77aa"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
