@@ -190,25 +190,3 @@ def upgrade_bundle(src: str, dst: str, positive_class: str | None = None) -> dic
     elif positive_class:
         raise BundleError(f"--positive-class: a {body.get('task')} bundle has no positive class")
     return save_bundle(dst, state_dict, body)
-
-
-def cmd_bundle_show(args) -> int:
-    """``medxfer bundle show URI``: print the card and say what was verified."""
-    b = load_bundle(args.uri)
-    card = dict(b.card)
-    config = card.pop("config", None)
-    print(json.dumps(card, indent=2, default=str))
-    if config is not None:
-        print(f"(training config: {len(json.dumps(config))} bytes; see {storage.join(args.uri, CARD)})")
-    n = sum(t.numel() for t in b.state_dict.values())
-    print(f"card: {card['format']}, sha256 verified ({card['card_sha256'][:16]}...)")
-    print(f"weights: {len(b.state_dict)} tensors, {n:,} values, sha256 verified ({card['weights_sha256'][:16]}...)")
-    return 0
-
-
-def cmd_bundle_upgrade(args) -> int:
-    """``medxfer bundle upgrade SRC DST [--positive-class C]``: re-export an older bundle, hashed."""
-    card = upgrade_bundle(args.src, args.dst, args.positive_class)
-    print(f"{args.dst}: {card['format']} bundle {card['id']} (card sha256 {card['card_sha256'][:16]}..., "
-          f"positive class {card.get('positive_class') or '-'}); {args.src} left as it was")
-    return 0

@@ -15,7 +15,6 @@ Re-running with the same ``--root`` reuses finished runs and the preprocessed ca
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -185,9 +184,3 @@ def print_table(summary: dict, tag: str = "") -> None:
     print(f"champion of breast-demo: {champ.get('version')}")
     print(f"reports: {', '.join(r['report'] for r in rows if r.get('report'))}")
     print(f"summary: {storage.join(summary['root'], 'demo.json')}  ({summary['wall_time_s']:.0f} s in all)")
-
-
-def cmd_demo(args) -> int:
-    summary = run_demo(args.data_dir, args.root, fast=args.fast)
-    log.debug("%s", json.dumps(summary, default=str)[:500])
-    return 0

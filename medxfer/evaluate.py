@@ -491,30 +491,3 @@ def resolve_config(data: str | None, overrides: list[str] | None, bundle_uri: st
     if not card_cfg:
         raise ConfigError([f"{bundle_uri}: the card holds no training config; give --data"])
     return validate_dict(deep_merge(card_cfg, parse_overrides(overrides)), f"{bundle_uri} card config")
-
-
-def cmd_evaluate(args) -> int:
-    """``medxfer evaluate --bundle URI --data MANIFEST_OR_CONFIG [--split S] [--out DIR] [--compare A B]``."""
-    if args.compare:
-        a, b = args.compare
-        cfg = resolve_config(args.data, args.set, a)
-        r = compare_bundles(a, b, cfg, args.split or cfg.evaluate.split, args.out)
-        d = r["difference"]
-        print(f"{r['metric']} A - B = {_fmt(d['difference'], 4)} (95% CI {_fmt(d['ci'][0], 4)} to "
-              f"{_fmt(d['ci'][1], 4)}) on {r['n_common']} images; report {storage.join(r['out'], 'compare.md')}")
-        return 0
-    if not args.bundle:
-        raise ConfigError(["evaluate: give --bundle URI (or --compare A B)"])
-    cfg = resolve_config(args.data, args.set, args.bundle)
-    rep = evaluate_bundle(args.bundle, cfg, args.split or cfg.evaluate.split, args.out)
-    for k, m in rep["metrics"].items():
-        print(f"{k:>18}: {_fmt(m['value'])}  (95% CI {_fmt(m['ci'][0])} - {_fmt(m['ci'][1])})")
-    if rep.get("operating_point"):
-        op = rep["operating_point"]
-        print(f"positive class: {op['positive_class']} ({rep['positive_class_reason']})")
-        print(f"operating point: P({op['positive_class']}) >= {op['threshold']:.4f} ({op['rule']}, chosen on val)")
-    print(f"report: {rep['report_uri']}")
-    if rep.get("operating_point"):
-        print(f"decide with it: medxfer predict --bundle {args.bundle} --report {rep['report_uri']} --input ... "
-              "--output ... (or register it: medxfer registry promote)")
-    return 0

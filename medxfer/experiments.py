@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import re
 import time
@@ -288,12 +287,3 @@ def _csv(rows: list[dict]) -> str:
     w.writeheader()
     w.writerows(flat)
     return buf.getvalue()
-
-
-def cmd_label_efficiency(args) -> int:
-    from medxfer.config_io import load_config
-
-    res = run_label_efficiency(load_config(args.config, args.set), args.out)
-    print(f"label efficiency: {len(res['trials'])} trials in {res['wall_time_s']:.0f}s; {res['out']}")
-    json.dumps(res["summary"])  # fail here, not later, if anything is not serialisable
-    return 0

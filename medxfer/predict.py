@@ -361,21 +361,3 @@ def predict(
     }
     storage.write_json(storage.join(output_uri, "summary.json"), summary)
     return summary
-
-
-def cmd_predict(args) -> int:
-    """``medxfer predict --bundle URI [--report R | --registry-version M:V] --input FOLDER_OR_MANIFEST --output F``."""
-    s = predict(args.bundle, args.input, args.output, batch_size=args.batch_size, fail_on_bad=args.fail_on_bad,
-                report=args.report, registry_version=args.registry_version, root=args.root)
-    print(f"predicted {s['n_predicted']} of {s['n_inputs']} images -> {s['outputs']['parquet']}")
-    d = s["decision"]
-    if d and d.get("source"):
-        print(f"decision: {d['positive_class']} when P({d['positive_class']}) >= {d['threshold']:.4f} "
-              f"({d['rule']}, chosen on {d['chosen_on']}), from {d['source']}")
-    elif d:
-        print(d["note"])
-    if s["n_errors"]:
-        print(f"{s['n_errors']} files could not be used (see the 'error' column):")
-        for p, e in list(s["errors"].items())[:20]:
-            print(f"  {p}: {e}")
-    return 0

@@ -333,14 +333,3 @@ def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
         return record
     finally:
         lock.release()
-
-
-def cmd_retrain(args) -> int:
-    """``medxfer retrain --config FILE [--tick ISO | --tick-from-job NAME]``: exit 0 promoted or not."""
-    from medxfer.config_io import load_config
-
-    job_name = getattr(args, "tick_from_job", None)
-    tick = args.tick if job_name is None else tick_from_job_name(job_name)
-    rec = run_retrain(load_config(args.config, args.set), tick)
-    print(f"{rec['run']}: {rec['status']}: {rec['reason']}")
-    return 0

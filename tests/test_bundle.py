@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from medxfer import storage
-from medxfer.bundle import CARD, WEIGHTS, cmd_bundle_show, load_bundle, save_bundle
+from medxfer.bundle import CARD, WEIGHTS, load_bundle, save_bundle
 from medxfer.cli import main
+from medxfer.cli.models import cmd_bundle_show
 from medxfer.config import PreprocessConfig
 from medxfer.errors import BundleError
 from medxfer.inference import ordinal_to_grade, predict_arrays

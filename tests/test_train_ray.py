@@ -69,8 +69,9 @@ def _cfg(root, name, dataset, **train):
 def test_source_resume_then_finetune_on_s3(data_root, tmp_path, capsys):
     """Three trainer runs: source (stopped after 2 of 3 epochs), the same command again (resumes
     at epoch 2), then fine-tuning on BreastMNIST from the source bundle via ``finetune --source``."""
+    from medxfer.cli.train import cmd_finetune
     from medxfer.data.cache import prepare
-    from medxfer.train.jobs import cmd_finetune, run_training
+    from medxfer.train.jobs import run_training
 
     cfg = JobConfig.model_validate(_cfg(data_root, "src", "pneumonia", epochs=3, max_epochs_this_run=2))
     first = run_training(cfg, "source")

@@ -637,23 +637,3 @@ def _version() -> str:
         return str(__version__)
     except ImportError:
         return "unknown"
-
-
-def cmd_preprocess(args) -> int:
-    """``medxfer preprocess --config FILE``: build (or find) the cache and print where it is."""
-    from medxfer.config_io import load_config
-
-    cfg = load_config(args.config, args.set)
-    p = prepare(cfg)
-    counts = ", ".join(f"{s} {p.card['counts'][s]['total']}" for s in SPLITS)
-    if p.hit:
-        print(f"cache hit: {p.uri} ({counts}); nothing decoded")
-    else:
-        bad = p.card["bad_files"]["count"]
-        print(
-            f"preprocessed {p.card['input_rows']} images in {p.card['timing']['decode_seconds']} s "
-            f"({p.card['timing']['images_per_second']} img/s) -> {p.uri} ({counts}"
-            + (f"; {bad} bad file(s) skipped, listed in dataset.json" if bad else "") + ")"
-        )
-    print(f"key: {p.key}")
-    return 0

@@ -98,32 +98,6 @@ def import_medmnist(npz: str | Path, out: str, name: str | None = None) -> dict:
     return summary
 
 
-def cmd_import_medmnist(args) -> int:
-    """``medxfer import medmnist``: --npz FILE, or --name NAME [--size N] downloaded with MD5 check."""
-    if args.npz:
-        npz = args.npz
-        if storage.is_remote(npz):
-            local = medmnist.cache_dir() / Path(storage.basename(npz))
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(storage.read_bytes(npz))
-            npz = str(local)
-        elif not os.path.exists(npz):
-            raise DataError(f"{npz}: file not found")
-        name = args.name or Path(args.npz).stem
-    else:
-        if not args.name:
-            raise DataError("give --npz FILE, or --name NAME (e.g. pneumoniamnist) to download the official file")
-        npz = str(medmnist.download(args.name, args.size))
-        name = args.name if args.size == 28 else f"{args.name}_{args.size}"
-    s = import_medmnist(npz, args.out, name)
-    print(
-        f"imported {s['images']} images ({', '.join(f'{k} {v}' for k, v in s['splits'].items())}) "
-        f"from {name} to {storage.normalize(args.out)} in {s['seconds']} s; manifest: "
-        f"{storage.join(storage.normalize(args.out), 'manifest.csv')}"
-    )
-    return 0
-
-
 # ----------------------------------------------------------------------------- folders
 
 
@@ -206,28 +180,3 @@ def import_record(df: pd.DataFrame, root: str, positive_class: str | None) -> di
                         f"{', '.join(classes)}")
     return {"source": storage.normalize(root), "images": int(len(df)), "classes": classes,
             "positive_class": positive_class}
-
-
-def cmd_import_folder(args) -> int:
-    """``medxfer import folder --root URI --out URI [--split-fractions a,b,c] [--positive-class C]``."""
-    fractions = None
-    if args.split_fractions:
-        try:
-            fractions = tuple(float(x) for x in args.split_fractions.split(","))
-        except ValueError:
-            raise DataError(f"--split-fractions {args.split_fractions!r}: expected three numbers, e.g. 0.7,0.1,0.2") from None
-        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-            raise DataError(f"--split-fractions {args.split_fractions!r}: need three non-negative fractions summing to 1")
-    out = storage.normalize(args.out)
-    manifest_uri = out if out.lower().endswith((".csv",)) else storage.join(out, "manifest.csv")
-    df = folder_manifest(args.root, manifest_uri, fractions, args.seed)
-    record = import_record(df, args.root, getattr(args, "positive_class", None))
-    storage.write_text(storage.join(storage.parent(manifest_uri), "import.json"), json.dumps(record, indent=2) + "\n")
-    storage.write_text(manifest_uri, df.to_csv(index=False))
-    counts = df["label"].value_counts().to_dict()
-    print(f"wrote {manifest_uri}: {len(df)} images, classes {counts}")
-    pos = record["positive_class"]
-    print(f"positive class: {pos} (in import.json; training uses it unless data.positive_class says otherwise)" if pos
-          else f"positive class: not named, so {record['classes'][-1]} (the last class) by default; name it with "
-          "--positive-class or data.positive_class")
-    return 0

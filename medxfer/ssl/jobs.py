@@ -132,15 +132,3 @@ def run_pretrain(cfg: JobConfig) -> dict:
         return pretrain_inputs(cfg, use_gpu, source)
 
     return launch(cfg, "pretrain", inputs)
-
-
-def cmd_pretrain(args) -> int:
-    from medxfer.config_io import load_config
-
-    out = run_pretrain(load_config(args.config, args.set))
-    state = f"already {out['status']}, nothing to do" if out.get("already_complete") else out["status"]
-    print(f"{out['name']}: {state} ({out['method']}, epoch {out['epoch']}/{out['epochs_total']}, "
-          f"{out['train_images']} images from {len(out['sources'])} source(s)); bundle {out['bundle']}")
-    from medxfer.train.jobs import exit_code
-
-    return exit_code(out)

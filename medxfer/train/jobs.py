@@ -8,7 +8,6 @@ must mean the same model and data — and their model card.
 from __future__ import annotations
 
 import logging
-import sys
 
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
@@ -67,39 +66,3 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
         return supervised_inputs(cfg, stage, data, use_gpu, source)
 
     return launch(cfg, stage, inputs)
-
-
-def result_line(out: dict) -> str:
-    """How a run ended, for the command's last line."""
-    if out.get("already_complete"):
-        return f"already {out['status']}, nothing to do (epoch {out['epoch']}/{out['epochs_total']})"
-    return out.get("summary") or f"{out['status']} (epoch {out['epoch']}/{out['epochs_total']})"
-
-
-def exit_code(out: dict) -> int:
-    """0, or the shell's code for the signal that stopped the run (it resumes with the same command)."""
-    if out.get("status") != "stopped":
-        return 0
-    print(f"{out['name']}: stopped by {out.get('stopped_by')} after epoch {out['epoch']}/{out['epochs_total']} with a "
-          "checkpoint; run the same command to resume", file=sys.stderr)
-    return 130 if out.get("stopped_by") == "SIGINT" else 143
-
-
-def cmd_source_train(args) -> int:
-    from medxfer.config_io import load_config
-
-    out = run_training(load_config(args.config, args.set), "source")
-    print(f"{out['name']}: {result_line(out)}; bundle {out['bundle']}")
-    return exit_code(out)
-
-
-def cmd_finetune(args) -> int:
-    from medxfer.config_io import load_config
-
-    cfg = load_config(args.config, args.set)
-    if getattr(args, "source", None):
-        cfg.model.init = args.source
-    out = run_training(cfg, "finetune")
-    print(f"{out['name']}: {result_line(out)}; bundle {out['bundle']}"
-          f"; source {out['lineage'].get('source_bundle_id', cfg.model.init)}")
-    return exit_code(out)

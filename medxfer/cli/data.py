@@ -1,0 +1,84 @@
+"""Handlers for ``medxfer import medmnist|folder`` and ``medxfer preprocess``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from medxfer import storage
+from medxfer.config_io import load_config
+from medxfer.data import medmnist
+from medxfer.data.cache import prepare
+from medxfer.data.importers import folder_manifest, import_medmnist, import_record
+from medxfer.data.manifest import SPLITS
+from medxfer.errors import DataError
+
+
+def cmd_import_medmnist(args) -> int:
+    """``medxfer import medmnist``: --npz FILE, or --name NAME [--size N] downloaded with MD5 check."""
+    if args.npz:
+        npz = args.npz
+        if storage.is_remote(npz):
+            local = medmnist.cache_dir() / Path(storage.basename(npz))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(storage.read_bytes(npz))
+            npz = str(local)
+        elif not os.path.exists(npz):
+            raise DataError(f"{npz}: file not found")
+        name = args.name or Path(args.npz).stem
+    else:
+        if not args.name:
+            raise DataError("give --npz FILE, or --name NAME (e.g. pneumoniamnist) to download the official file")
+        npz = str(medmnist.download(args.name, args.size))
+        name = args.name if args.size == 28 else f"{args.name}_{args.size}"
+    s = import_medmnist(npz, args.out, name)
+    print(
+        f"imported {s['images']} images ({', '.join(f'{k} {v}' for k, v in s['splits'].items())}) "
+        f"from {name} to {storage.normalize(args.out)} in {s['seconds']} s; manifest: "
+        f"{storage.join(storage.normalize(args.out), 'manifest.csv')}"
+    )
+    return 0
+
+
+def cmd_import_folder(args) -> int:
+    """``medxfer import folder --root URI --out URI [--split-fractions a,b,c] [--positive-class C]``."""
+    fractions = None
+    if args.split_fractions:
+        try:
+            fractions = tuple(float(x) for x in args.split_fractions.split(","))
+        except ValueError:
+            raise DataError(f"--split-fractions {args.split_fractions!r}: expected three numbers, e.g. 0.7,0.1,0.2") from None
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+            raise DataError(f"--split-fractions {args.split_fractions!r}: need three non-negative fractions summing to 1")
+    out = storage.normalize(args.out)
+    manifest_uri = out if out.lower().endswith((".csv",)) else storage.join(out, "manifest.csv")
+    df = folder_manifest(args.root, manifest_uri, fractions, args.seed)
+    record = import_record(df, args.root, getattr(args, "positive_class", None))
+    storage.write_text(storage.join(storage.parent(manifest_uri), "import.json"), json.dumps(record, indent=2) + "\n")
+    storage.write_text(manifest_uri, df.to_csv(index=False))
+    counts = df["label"].value_counts().to_dict()
+    print(f"wrote {manifest_uri}: {len(df)} images, classes {counts}")
+    pos = record["positive_class"]
+    print(f"positive class: {pos} (in import.json; training uses it unless data.positive_class says otherwise)" if pos
+          else f"positive class: not named, so {record['classes'][-1]} (the last class) by default; name it with "
+          "--positive-class or data.positive_class")
+    return 0
+
+
+def cmd_preprocess(args) -> int:
+    """``medxfer preprocess --config FILE``: build (or find) the cache and print where it is."""
+    cfg = load_config(args.config, args.set)
+    p = prepare(cfg)
+    counts = ", ".join(f"{s} {p.card['counts'][s]['total']}" for s in SPLITS)
+    if p.hit:
+        print(f"cache hit: {p.uri} ({counts}); nothing decoded")
+    else:
+        bad = p.card["bad_files"]["count"]
+        print(
+            f"preprocessed {p.card['input_rows']} images in {p.card['timing']['decode_seconds']} s "
+            f"({p.card['timing']['images_per_second']} img/s) -> {p.uri} ({counts}"
+            + (f"; {bad} bad file(s) skipped, listed in dataset.json" if bad else "") + ")"
+        )
+    print(f"key: {p.key}")
+    return 0

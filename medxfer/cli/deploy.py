@@ -1,0 +1,47 @@
+"""Handlers for ``medxfer k8s render`` and ``medxfer demo``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import PurePosixPath
+
+from medxfer.errors import ConfigError
+
+log = logging.getLogger("medxfer.demo")
+
+
+def cmd_k8s_render(args) -> int:
+    from medxfer.config_io import load_config
+    from medxfer.k8s import CONFIG_DIR, CONFIGMAP, DEFAULT_IMAGE, configmap, render, stage_from_path, to_yaml
+
+    parts = ["medxfer k8s render", f"--config {args.config}", f"--kind {args.kind}"]
+    if args.kind == "configmap":
+        if args.set or args.stage:
+            raise ConfigError(["--kind configmap: the ConfigMap holds the files in --config as they are; "
+                               "--set and --stage do not apply"])
+        sys.stdout.write(to_yaml(configmap(args.config), " ".join(parts)))
+        return 0
+    cfg = load_config(args.config, args.set)
+    stage = args.stage or stage_from_path(args.config)
+    obj = render(cfg, args.kind, stage, args.image or DEFAULT_IMAGE,
+                 config_file=PurePosixPath(args.config).name, overrides=args.set)
+    if args.kind != "raycluster":
+        print(f"medxfer: note: the pod reads {CONFIG_DIR}/{PurePosixPath(args.config).name}: it must be in the "
+              f"{CONFIGMAP} ConfigMap (k8s/04-configmap-jobs.yaml, rendered from jobs/ by `make k8s`)",
+              file=sys.stderr)
+    parts += [f"--stage {args.stage}"] if args.stage else []
+    parts += [f"--image {args.image}"] if args.image else []
+    parts += [f"--set {shlex.quote(s)}" for s in args.set]
+    sys.stdout.write(to_yaml(obj, " ".join(parts)))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from medxfer.demo import run_demo
+
+    summary = run_demo(args.data_dir, args.root, fast=args.fast)
+    log.debug("%s", json.dumps(summary, default=str)[:500])
+    return 0

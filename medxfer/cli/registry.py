@@ -1,0 +1,80 @@
+"""Handlers for ``medxfer registry list|show|promote`` and ``medxfer retrain``."""
+
+from __future__ import annotations
+
+import json
+
+from medxfer import storage
+from medxfer.errors import RegistryError
+
+
+def cmd_registry(args) -> int:
+    """``medxfer registry list|show|promote``."""
+    from medxfer.registry import Registry, _fmt, default_root, models
+
+    root = default_root(args.root)
+    action = args.registry_command
+    if action == "list":
+        if not args.model:
+            names = models(root)
+            if not names:
+                print(f"no models registered under {storage.Layout(root).registry()}")
+            for m in names:
+                reg = Registry(root, m)
+                ch = reg.champion()
+                print(f"{m}\tversions={len(reg.list_versions())}\tchampion={ch['version'] if ch else '-'}")
+            return 0
+        reg = Registry(root, args.model)
+        ch = reg.champion()
+        for v in reg.list_versions(include_incomplete=True):
+            if v.get("incomplete"):
+                print(f"{v['version']}\t(incomplete registration)")
+                continue
+            mark = "*" if ch and ch["version"] == v["version"] else " "
+            m = v.get("metrics", {})
+            print(f"{mark} {v['version']}\t{v['registered_at']}\tauroc={_fmt(m.get('auroc'))}\t"
+                  f"sensitivity={_fmt(m.get('sensitivity'))}\t{v.get('note', '')}")
+        return 0
+    if action == "show":
+        if not args.model:
+            raise RegistryError("registry show: name a model (see `medxfer registry list`)")
+        reg = Registry(root, args.model)
+        if args.version:
+            out = {"version": reg.get(args.version), "report_metrics": (reg.report(args.version) or {}).get("metrics")}
+        else:
+            ch = reg.sync_pointer()
+            out = {"champion": ch, "promotions": len(reg.generations()),
+                   "versions": [v["version"] for v in reg.list_versions()]}
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    if action == "promote":
+        from medxfer.config import PromotionSection
+
+        report = None
+        report_uri = args.report or storage.join(storage.parent(args.bundle), "report", "report.json")
+        if storage.exists(report_uri):
+            report = storage.read_json(report_uri)
+        elif not args.force:
+            raise RegistryError(
+                f"{report_uri}: no evaluation report; run `medxfer evaluate --bundle {args.bundle}` "
+                "first, pass --report, or --force to promote without comparison"
+            )
+        reg = Registry(root, args.model)
+        version = reg.register(args.bundle, report, note="medxfer registry promote")
+        result = reg.try_promote(version, PromotionSection(), force=args.force)
+        state = "PROMOTED" if result["promoted"] else "not promoted"
+        print(f"{args.model} {version}: {state}: {result['reason']}")
+        return 0
+    raise RegistryError(f"unknown registry action {action!r}")
+
+
+def cmd_retrain(args) -> int:
+    """``medxfer retrain --config FILE [--tick ISO | --tick-from-job NAME]``: exit 0 promoted or not."""
+    from medxfer.config_io import load_config
+    from medxfer.retrain import run_retrain, tick_from_job_name
+
+    job_name = getattr(args, "tick_from_job", None)
+    tick = args.tick if job_name is None else tick_from_job_name(job_name)
+    rec = run_retrain(load_config(args.config, args.set), tick)
+    print(f"{rec['run']}: {rec['status']}: {rec['reason']}")
+    return 0
