@@ -384,10 +384,11 @@ class PromotionSection(_Section):
         True, description="Also refuse a challenger whose sensitivity at the operating point is lower."
     )
     lock_ttl_s: int = Field(
-        6 * 3600,
+        900,
         ge=60,
-        description="medxfer retrain: a run lock older than this is considered abandoned (crashed run) "
-        "and may be taken over by the next tick.",
+        description="medxfer retrain: the run lock's lease, renewed every third of it while the run works; "
+        "a lease not renewed for this long belongs to a crashed run and is taken over (a retry of the same "
+        "tick waits for it).",
     )
 
 

@@ -7,7 +7,9 @@ What makes it safe to run from a cron schedule:
   training resumes from its checkpoint, a finished training is not repeated, and a tick
   that already reached a decision just returns that decision.
 - **No overlapping runs.** A lock in storage (``locks/retrain-<model>/``) taken with a
-  conditional create; a second tick while one is running exits 0 with a message. A lease
+  conditional create; a second tick while one is running exits 0 with a message, while a
+  retry of the *same* tick waits for its earlier attempt's lease (see
+  :meth:`RunLock.acquire_waiting_for_own_run`). A lease
   not renewed for ``promotion.lock_ttl_s`` belongs to a crashed run and is taken over. Each
   lock holder gets its own numbered lock object, so taking over an expired lock is itself a
   conditional create, and two ticks can never both take it. The holder renews its lease
@@ -226,6 +228,25 @@ class RunLock:
             raise LockLost(f"{self.run}: lost the retrain lock before {step} ({self.lost}); stopped without "
                            "promoting anything — run the tick again once the other run is done")
 
+    def acquire_waiting_for_own_run(self, poll_s: float | None = None) -> tuple[bool, dict | None]:
+        """Like :meth:`acquire`, but when the holder is this same run (a retried tick), wait for it.
+
+        A retry of a tick whose first attempt crashed finds that attempt's lease, which stops being
+        renewed and expires within one TTL; skipping (as for another run's lock) would lose the
+        tick while the scheduler reports success. So the retry waits until the lease is released or
+        expires, then takes the lock. If the other attempt is alive, it finishes first and the
+        retry then finds its decision.
+        """
+        poll = poll_s if poll_s is not None else max(1.0, min(30.0, self.ttl_s / 10))
+        deadline = time.time() + 2 * self.ttl_s
+        while True:
+            ok, holder = self.acquire()
+            if ok or holder is None or holder.get("run") != self.run or time.time() > deadline:
+                return ok, holder
+            log.info("%s: an earlier attempt of this tick holds the retrain lock (expires %s); waiting for it",
+                     self.run, holder.get("expires"))
+            time.sleep(poll)
+
     def release(self) -> None:
         self._stop.set()
         if self._beat is not None:
@@ -267,7 +288,7 @@ def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
     reg = Registry(cfg.storage.root, cfg.model.name)
     lock = RunLock(storage.join(layout.root, "locks", f"retrain-{cfg.model.name}"), cfg.promotion.lock_ttl_s, run)
 
-    ok, holder = lock.acquire()
+    ok, holder = lock.acquire_waiting_for_own_run()
     if not ok:
         if holder.get("damaged"):
             msg = (f"the retrain lock of {cfg.model.name} is damaged ({holder['damaged']}); it counts as held until "

@@ -82,6 +82,32 @@ def test_lock_heartbeat_renews_the_lease_and_a_taken_over_holder_knows(tmp_path)
     assert RunLock(uri, 60, "probe").holder()["run"] == "next-tick"
 
 
+def test_a_retried_tick_waits_for_its_crashed_attempts_lease_while_another_tick_skips(tmp_path):
+    """The retry of a tick whose first attempt crashed (its lease no longer renewed) must not be skipped
+    as if another run held the lock: that would lose the night while the scheduler reports success."""
+    import threading
+    import time
+
+    uri = str(tmp_path / "locks")
+    crashed = RunLock(uri, 1.0, "nightly-20261129T02")
+    assert crashed.acquire()[0]  # ... and the process dies: no heartbeat, no release
+    t0 = time.time()
+    retry = RunLock(uri, 1.0, "nightly-20261129T02")
+    ok, _ = retry.acquire_waiting_for_own_run(poll_s=0.1)
+    assert ok and time.time() - t0 >= 0.5 and retry.number == 2  # waited for the lease, then took it
+    # Another tick meanwhile is told the lock is held and does not wait.
+    t1 = time.time()
+    ok, who = RunLock(uri, 1.0, "nightly-20261130T02").acquire_waiting_for_own_run(poll_s=0.1)
+    assert not ok and who["run"] == "nightly-20261129T02" and time.time() - t1 < 0.5
+    # A live earlier attempt of the same tick: the retry waits until it releases.
+    retry.start_heartbeat()
+    threading.Timer(0.8, retry.release).start()
+    again = RunLock(uri, 1.0, "nightly-20261129T02")
+    ok, _ = again.acquire_waiting_for_own_run(poll_s=0.1)
+    assert ok and again.number == 3
+    again.release()
+
+
 @pytest.fixture(scope="module")
 def store(s3_server) -> str:
     bucket = f"medxfer-retrain-{uuid.uuid4().hex[:10]}"
