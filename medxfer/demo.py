@@ -66,14 +66,14 @@ def demo_configs(root: str, fast: bool) -> dict[str, JobConfig]:
     source = JobConfig.model_validate({
         **common,
         "name": "demo-source" + ("-fast" if fast else ""),
-        "data": {"manifest": storage.join(layout.dataset(SOURCE), "manifest.csv"),
+        "data": {"manifest": storage.join(layout.dataset(SOURCE), "manifest.csv"), "positive_class": "1",  # pneumonia
                  "label_fraction": 0.25 if fast else 1.0},
         "model": {"backbone": "resnet18", "name": "pneumonia-demo"},
         "train": {"epochs": 1 if fast else 4, "batch_size": 64, "lr": 2e-3, "warmup_epochs": 0.5},
     })
     target = {
         **common,
-        "data": {"manifest": storage.join(layout.dataset(TARGET), "manifest.csv")},
+        "data": {"manifest": storage.join(layout.dataset(TARGET), "manifest.csv"), "positive_class": "0"},  # malignant
         "train": {"epochs": 3 if fast else 15, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1},
     }
     bundle = storage.join(layout.run(source.name), "bundle")
