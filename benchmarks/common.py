@@ -54,14 +54,26 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def relative_paths(obj):
+    """The result with every absolute local path made relative to the repository: a results file
+    describes the run, not the folders of the machine it ran on."""
+    if isinstance(obj, dict):
+        return {k: relative_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [relative_paths(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/") and "\n" not in obj and " " not in obj:
+        return os.path.relpath(obj, REPO)
+    return obj
+
+
 def record(name: str, result: dict) -> Path:
     """Print the result and store it as benchmarks/results/<name>.json (latest run wins)."""
-    payload = {
+    payload = relative_paths({
         "benchmark": name,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         **result,
-    }
+    })
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(payload, indent=2) + "\n")
