@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
 
 from medxfer import storage
+from medxfer.cli.common import add_config_args
 from medxfer.config_io import load_config
-from medxfer.data import medmnist
-from medxfer.data.cache import prepare
-from medxfer.data.importers import folder_manifest, import_medmnist, import_record
-from medxfer.data.manifest import SPLITS
 from medxfer.errors import DataError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="Import images into a dataset folder with a manifest.")
+    isub = p.add_subparsers(dest="import_command", metavar="SOURCE", required=True)
+    c = isub.add_parser("medmnist", help="Import a MedMNIST .npz (given, or downloaded with MD5 check).")
+    c.add_argument("--npz", help="Local .npz file; without it, --name is downloaded and cached.")
+    c.add_argument("--name", help="MedMNIST dataset name, e.g. pneumoniamnist, breastmnist.")
+    c.add_argument("--size", type=int, default=28, choices=[28, 64, 128, 224], help="Image size to download.")
+    c.add_argument("--out", required=True, help="Output folder URI (local or s3://).")
+    c.set_defaults(handler=cmd_import_medmnist)
+    c = isub.add_parser("folder", help="Build a manifest from a folder-per-class layout.")
+    c.add_argument("--root", required=True, help="Folder URI whose subfolders are classes.")
+    c.add_argument("--out", required=True, help="Where to write manifest.csv.")
+    c.add_argument("--split-fractions", help="Add a split column with these train,val,test fractions, e.g. 0.7,0.1,0.2.")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--positive-class", help="The class that is positive in binary metrics and decisions "
+                   "(e.g. melanoma); written to import.json, where training finds it. Default: the last class.")
+    c.set_defaults(handler=cmd_import_folder)
+
+    c = sub.add_parser("preprocess", help="Decode and preprocess a manifest into the cache.")
+    add_config_args(c)
+    c.set_defaults(handler=cmd_preprocess)
 
 
 def cmd_import_medmnist(args) -> int:
     """``medxfer import medmnist``: --npz FILE, or --name NAME [--size N] downloaded with MD5 check."""
+    from medxfer.data import medmnist
+    from medxfer.data.importers import import_medmnist
+
     if args.npz:
         npz = args.npz
         if storage.is_remote(npz):
@@ -43,6 +67,8 @@ def cmd_import_medmnist(args) -> int:
 
 def cmd_import_folder(args) -> int:
     """``medxfer import folder --root URI --out URI [--split-fractions a,b,c] [--positive-class C]``."""
+    from medxfer.data.importers import folder_manifest, import_record
+
     fractions = None
     if args.split_fractions:
         try:
@@ -68,6 +94,9 @@ def cmd_import_folder(args) -> int:
 
 def cmd_preprocess(args) -> int:
     """``medxfer preprocess --config FILE``: build (or find) the cache and print where it is."""
+    from medxfer.data.cache import prepare
+    from medxfer.data.manifest import SPLITS
+
     cfg = load_config(args.config, args.set)
     p = prepare(cfg)
     counts = ", ".join(f"{s} {p.card['counts'][s]['total']}" for s in SPLITS)

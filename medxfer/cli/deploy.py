@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import PurePosixPath
 
+from medxfer.cli.common import add_config_args
 from medxfer.errors import ConfigError
 
 log = logging.getLogger("medxfer.demo")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("k8s", help="Render Kubernetes manifests for a job config.")
+    ksub = p.add_subparsers(dest="k8s_command", metavar="ACTION", required=True)
+    c = ksub.add_parser("render", help="Print RayJob/RayCluster/CronJob YAML for a config.")
+    add_config_args(c)
+    c.add_argument("--image", help="Container image (default: the pinned medxfer image; a ConfigMap has none).")
+    c.add_argument("--kind", default="rayjob", choices=["rayjob", "raycluster", "raycronjob", "cronjob", "configmap"],
+                   help="configmap: every job config in the --config folder, as the medxfer-jobs ConfigMap.")
+    c.add_argument("--stage", default=None, help="Stage the job runs (default from the config file name).")
+    c.set_defaults(handler=cmd_k8s_render)
+
+    c = sub.add_parser("demo", help="End to end on MedMNIST: source-train, fine-tune, compare, promote.")
+    c.add_argument("--data-dir", default=os.environ.get("MEDXFER_DATA_DIR"), help="Folder with MedMNIST .npz files.")
+    c.add_argument("--root", default="./medxfer-demo", help="Storage root for the demo.")
+    c.add_argument("--fast", action="store_true", help="A cut-down run (for tests).")
+    c.set_defaults(handler=cmd_demo)
 
 
 def cmd_k8s_render(args) -> int:

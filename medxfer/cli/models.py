@@ -2,10 +2,47 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from medxfer import storage
+from medxfer.cli.common import add_set
 from medxfer.errors import ConfigError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("evaluate", help="Evaluate a bundle: metrics with CIs, operating point, plots.")
+    c.add_argument("--bundle", help="Model bundle URI.")
+    c.add_argument("--data", help="Manifest or job config naming the data.")
+    c.add_argument("--split", default=None, help="Split to evaluate (default from config: test).")
+    c.add_argument("--out", help="Report folder (default: <bundle>/../report).")
+    c.add_argument("--compare", nargs=2, metavar=("BUNDLE_A", "BUNDLE_B"), help="Compare two bundles.")
+    add_set(c)
+    c.set_defaults(handler=cmd_evaluate)
+
+    c = sub.add_parser("predict", help="Batch inference over a folder or manifest (Ray Data).")
+    c.add_argument("--bundle", help="Model bundle URI (optional with --registry-version).")
+    c.add_argument("--report", help="Evaluation report.json of this bundle: its operating point decides.")
+    c.add_argument("--registry-version", metavar="MODEL:VERSION",
+                   help="A registry version (e.g. breast:v0003, or breast:champion): its bundle and operating "
+                   "point decide.")
+    c.add_argument("--root", default=None, help="Storage root of the registry (default $MEDXFER_ROOT or ./medxfer-runs).")
+    c.add_argument("--input", required=True, help="Folder or manifest of images.")
+    c.add_argument("--output", required=True, help="Output folder for predictions.parquet/.csv.")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--fail-on-bad", action="store_true", help="Stop on the first undecodable file.")
+    c.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("bundle", help="Inspect model bundles.")
+    bsub = p.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
+    c = bsub.add_parser("show", help="Print a bundle's model card and verify its weights.")
+    c.add_argument("uri")
+    c.set_defaults(handler=cmd_bundle_show)
+    c = bsub.add_parser("upgrade", help="Re-export a bundle of an older format as a hashed bundle in a new folder.")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--positive-class", help="The positive class of a multiclass bundle (default: the last class).")
+    c.set_defaults(handler=cmd_bundle_upgrade)
 
 
 def cmd_evaluate(args) -> int:

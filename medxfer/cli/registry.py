@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from medxfer import storage
+from medxfer.cli.common import add_config_args
 from medxfer.errors import RegistryError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("registry", help="List, show or promote registered models.")
+    rsub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+    for name, hlp in (("list", "List models and versions."), ("show", "Show one model or version.")):
+        c = rsub.add_parser(name, help=hlp)
+        c.add_argument("model", nargs="?")
+        c.add_argument("--version")
+        c.add_argument("--root", default=None, help="Storage root (default $MEDXFER_ROOT or ./medxfer-runs).")
+        c.set_defaults(handler=cmd_registry)
+    c = rsub.add_parser("promote", help="Register a bundle and promote it if it beats the champion.")
+    c.add_argument("model")
+    c.add_argument("--bundle", required=True)
+    c.add_argument("--report", help="Evaluation report.json of the bundle on the holdout.")
+    c.add_argument("--force", action="store_true", help="Promote without the comparison.")
+    c.add_argument("--root", default=None)
+    c.set_defaults(handler=cmd_registry)
+
+    c = sub.add_parser("retrain", help="Preprocess, fine-tune, evaluate and promote if better.")
+    add_config_args(c)
+    when = c.add_mutually_exclusive_group()
+    when.add_argument("--tick", help="Schedule time (ISO) naming this run; default: now, to the hour.")
+    when.add_argument("--tick-from-job", metavar="JOB_NAME",
+                      help="Take the tick from a scheduler's Job name, <name>-<scheduled minute since 1970>.")
+    c.set_defaults(handler=cmd_retrain)
 
 
 def cmd_registry(args) -> int:

@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
+from medxfer.cli.common import add_config_args
 from medxfer.config_io import load_config
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("source-train", help="Train a source model (Ray Train).")
+    add_config_args(c)
+    c.set_defaults(handler=cmd_source_train)
+
+    c = sub.add_parser("finetune", help="Fine-tune a source model on a target dataset (Ray Train).")
+    add_config_args(c)
+    c.add_argument("--source", help="Source model bundle URI (overrides model.init).")
+    c.set_defaults(handler=cmd_finetune)
+
+    c = sub.add_parser("pretrain", help="Self-supervised pretraining of a backbone (Ray Train).")
+    add_config_args(c)
+    c.set_defaults(handler=cmd_pretrain)
+
+    p = sub.add_parser("experiment", help="Experiments: label efficiency.")
+    esub = p.add_subparsers(dest="experiment_command", metavar="NAME", required=True)
+    c = esub.add_parser("label-efficiency", help="Fine-tune at several label fractions, source vs scratch.")
+    add_config_args(c)
+    c.add_argument("--out", help="Folder for the table and plot (default: runs/<name>/).")
+    c.set_defaults(handler=cmd_label_efficiency)
 
 
 def result_line(out: dict) -> str:
