@@ -244,8 +244,9 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warm-up before the cosine decay.")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="LR schedule after warm-up.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing (multiclass).")
-    loss: Literal["ce", "weighted_ce", "focal"] = Field(
-        "ce", description="Loss for multiclass: cross-entropy, class-weighted, or focal."
+    loss: str = Field(
+        "ce", description="Loss for multiclass: 'ce' (cross-entropy), 'weighted_ce' (class-weighted) or 'focal' "
+        "(the names in medxfer.train.losses.LOSSES).",
     )
     class_weights: Literal["auto", "none"] | list[float] = Field(
         "auto",
@@ -290,11 +291,23 @@ class TrainConfig(_Section):
         "asked to stop (SIGINT/SIGTERM to the command, or a node about to be preempted).",
     )
 
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        from medxfer.train.losses import LOSSES
+
+        if v not in LOSSES:
+            raise ValueError(f"one of {', '.join(LOSSES)}")
+        return v
+
     @model_validator(mode="after")
     def _mixing_needs_soft_targets(self) -> TrainConfig:
-        if (self.mixup_alpha or self.cutmix_alpha) and self.loss == "focal":
-            raise ValueError("mixup_alpha/cutmix_alpha mix labels, which the focal loss cannot take; use loss ce "
-                             "or weighted_ce")
+        from medxfer.train.losses import LOSSES
+
+        if (self.mixup_alpha or self.cutmix_alpha) and not LOSSES[self.loss].soft_targets:
+            soft = ", ".join(n for n, loss in LOSSES.items() if loss.soft_targets)
+            raise ValueError(f"mixup_alpha/cutmix_alpha mix labels, which the {self.loss} loss cannot take; use "
+                             f"loss {soft}")
         return self
 
     @field_validator("freeze")
