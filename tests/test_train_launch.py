@@ -85,9 +85,9 @@ def test_a_signal_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(b
     stopped_at = first["epoch"]
     assert (run / f"epoch-{stopped_at:04d}").is_dir()
 
-    again = subprocess.run(cmd + ["--set", "train.epochs=" + str(stopped_at + 1)], capture_output=True, text=True,
+    again = subprocess.run(cmd + ["--set", "train.max_epochs_this_run=1"], capture_output=True, text=True,
                            env=_env(), timeout=900)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     res = storage.read_json(str(run / "result.json"))
-    assert res["status"] == "complete" and res["resumed"] and res["resumed_from_epoch"] == stopped_at
+    assert res["status"] == "max_epochs_this_run" and res["resumed"] and res["resumed_from_epoch"] == stopped_at
     assert [h["epoch"] for h in res["history"]] == list(range(1, stopped_at + 2))
