@@ -44,7 +44,6 @@ from medxfer.errors import BundleError, ConfigError
 FORMAT = "medxfer-bundle/2"
 OLD_FORMATS = ("medxfer-bundle/1",)
 MAX_CLASSES = 10_000
-TASKS = ("multiclass", "multilabel", "ordinal", "self-supervised")
 SHA256 = r"^[0-9a-f]{64}$"
 
 # Where a card's positive class came from, and how evaluate explains it.
@@ -156,10 +155,6 @@ class ModelCard(_Part):
             raise ValueError(f"input.shape: {list(self.input.shape)} differs from the preprocessing spec's "
                              f"{[p.channels, p.size, p.size]}")
         return self
-
-    @property
-    def positive_index(self) -> int | None:
-        return self.classes.index(self.positive_class) if self.positive_class is not None else None
 
 
 def card_digest(card: dict) -> str:
