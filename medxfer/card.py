@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -40,6 +40,10 @@ from pydantic import (
 from medxfer import storage
 from medxfer.config import NAME_PATTERN, JobConfig, PreprocessConfig
 from medxfer.errors import BundleError, ConfigError
+
+if TYPE_CHECKING:
+    from medxfer.bundle import Bundle
+    from medxfer.train.plan import RunPlan
 
 FORMAT = "medxfer-bundle/2"
 OLD_FORMATS = ("medxfer-bundle/1",)
@@ -234,7 +238,7 @@ def resolve_positive_class(cfg: JobConfig, task: str, classes: list[str]) -> tup
 # ----------------------------------------------------------------------------- builder
 
 
-def _lineage(cfg: JobConfig, stage: str, source) -> dict:
+def _lineage(cfg: JobConfig, stage: str, source: Bundle | None) -> dict:
     lineage: dict[str, Any] = {"stage": stage, "init": cfg.model.init}
     if stage == "pretrain":
         lineage["method"] = cfg.pretrain.method
@@ -250,9 +254,9 @@ def _lineage(cfg: JobConfig, stage: str, source) -> dict:
     return lineage
 
 
-def build_card(cfg: JobConfig, stage: str, *, task: str, classes: list[str], plan,
-               spec: PreprocessConfig, data_fingerprint: str, source=None, positive=(None, None),
-               **extra: Any) -> ModelCard:
+def build_card(cfg: JobConfig, stage: str, *, task: str, classes: list[str], plan: RunPlan,
+               spec: PreprocessConfig, data_fingerprint: str, source: Bundle | None = None,
+               positive: tuple[str | None, str | None] = (None, None), **extra: Any) -> ModelCard:
     """The card of a training (``source``/``finetune``) or pretraining (``pretrain``) run.
 
     ``plan``: the run plan (:class:`medxfer.train.plan.RunPlan`: stem, input channels, outputs); ``source``: the

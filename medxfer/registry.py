@@ -44,10 +44,14 @@ import os
 import re
 import socket
 import uuid
+from typing import TYPE_CHECKING
 
 from medxfer import storage
 from medxfer.config import NAME_PATTERN
 from medxfer.errors import RegistryError, StorageError
+
+if TYPE_CHECKING:
+    from medxfer.bundle import Bundle
 
 log = logging.getLogger("medxfer.registry")
 
@@ -199,7 +203,7 @@ class Registry:
             raise RegistryError(f"{self.model} {version}: no such version; see `medxfer registry list {self.model}`")
         return storage.read_json(vj)
 
-    def load_bundle(self, version: str):
+    def load_bundle(self, version: str) -> Bundle:
         """The version's bundle, verified — and its weights and card equal to what the version recorded."""
         from medxfer.bundle import load_bundle
 
@@ -357,7 +361,7 @@ class Registry:
         raise RegistryError(f"{self.model}: promotion of {version} kept losing races ({attempts} tries)")
 
 
-def report_operating_point(report: dict | None, bundle, bundle_uri: str) -> dict | None:
+def report_operating_point(report: dict | None, bundle: Bundle, bundle_uri: str) -> dict | None:
     """The operating point a version records: the report's, once the report is shown to be this bundle's."""
     if not report:
         return None
