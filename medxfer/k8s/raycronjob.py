@@ -16,7 +16,7 @@ from medxfer.k8s.schedule import SCHEDULE, TIME_ZONE
 
 
 def raycronjob(cfg: JobConfig, stage: str, image: str, config_file: str, overrides: list[str] | None = None) -> dict:
-    """KubeRay's scheduler: a new RayJob (and cluster) per tick. Alpha: needs the RayCronJob gate."""
+    """``stage`` of ``cfg`` on :data:`~medxfer.k8s.schedule.SCHEDULE`, each tick a scheduled RayJob."""
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayCronJob",
