@@ -67,6 +67,16 @@ def test_each_kind_renders_its_object():
         render(cfg, "rayjob", "nightly")
 
 
+def test_the_cli_offers_every_kind():
+    """The parser lists the kinds itself (it imports no renderer, so `medxfer --help` stays fast)."""
+    from medxfer.cli import build_parser
+
+    for kind in (*KINDS, "configmap"):
+        assert build_parser().parse_args(["k8s", "render", "--config", "jobs", "--kind", kind]).kind == kind
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["k8s", "render", "--config", "jobs", "--kind", "deployment"])
+
+
 def test_overrides_size_the_pods_and_travel_into_the_entrypoint():
     sets = ["scaling.num_workers=4", "train.lr=3e-4"]
     cfg = load_config(str(JOBS / "finetune.yaml"), sets)
