@@ -25,6 +25,7 @@ import torch
 
 from medxfer import storage
 from medxfer.card import FORMAT, OLD_FORMATS, ModelCard, card_digest, check_card, parse_card
+from medxfer.config import PreprocessConfig
 from medxfer.errors import BundleError, MedxferError
 
 WEIGHTS = "model.safetensors"
@@ -79,9 +80,7 @@ class Bundle:
     state_dict: dict[str, torch.Tensor] = field(repr=False)
 
     @property
-    def spec(self):
-        from medxfer.config import PreprocessConfig
-
+    def spec(self) -> PreprocessConfig:
         return PreprocessConfig.model_validate(self.card["preprocess"])
 
     @property

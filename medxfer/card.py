@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -41,10 +41,13 @@ from medxfer import storage
 from medxfer.config import NAME_PATTERN, JobConfig, PreprocessConfig
 from medxfer.errors import BundleError, ConfigError
 
+if TYPE_CHECKING:
+    from medxfer.bundle import Bundle
+    from medxfer.train.plan import RunPlan
+
 FORMAT = "medxfer-bundle/2"
 OLD_FORMATS = ("medxfer-bundle/1",)
 MAX_CLASSES = 10_000
-TASKS = ("multiclass", "multilabel", "ordinal", "self-supervised")
 SHA256 = r"^[0-9a-f]{64}$"
 
 # Where a card's positive class came from, and how evaluate explains it.
@@ -157,10 +160,6 @@ class ModelCard(_Part):
                              f"{[p.channels, p.size, p.size]}")
         return self
 
-    @property
-    def positive_index(self) -> int | None:
-        return self.classes.index(self.positive_class) if self.positive_class is not None else None
-
 
 def card_digest(card: dict) -> str:
     """sha256 of the card's canonical JSON (sorted keys, no whitespace), ``card_sha256`` left out."""
@@ -239,7 +238,7 @@ def resolve_positive_class(cfg: JobConfig, task: str, classes: list[str]) -> tup
 # ----------------------------------------------------------------------------- builder
 
 
-def _lineage(cfg: JobConfig, stage: str, source) -> dict:
+def _lineage(cfg: JobConfig, stage: str, source: Bundle | None) -> dict:
     lineage: dict[str, Any] = {"stage": stage, "init": cfg.model.init}
     if stage == "pretrain":
         lineage["method"] = cfg.pretrain.method
@@ -255,9 +254,9 @@ def _lineage(cfg: JobConfig, stage: str, source) -> dict:
     return lineage
 
 
-def build_card(cfg: JobConfig, stage: str, *, task: str, classes: list[str], plan,
-               spec: PreprocessConfig, data_fingerprint: str, source=None, positive=(None, None),
-               **extra: Any) -> ModelCard:
+def build_card(cfg: JobConfig, stage: str, *, task: str, classes: list[str], plan: RunPlan,
+               spec: PreprocessConfig, data_fingerprint: str, source: Bundle | None = None,
+               positive: tuple[str | None, str | None] = (None, None), **extra: Any) -> ModelCard:
     """The card of a training (``source``/``finetune``) or pretraining (``pretrain``) run.
 
     ``plan``: the run plan (:class:`medxfer.train.plan.RunPlan`: stem, input channels, outputs); ``source``: the

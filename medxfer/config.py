@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Run, model and registry names become folder names (runs/<name>/, registry/<model>/): one pattern
 # for all of them, checked wherever a name enters, so none can climb out of its folder.
@@ -161,13 +161,16 @@ class PreprocessConfig(_Section):
         return self
 
 
+#: The backbones medxfer builds. The registry that builds them (``medxfer.models.registry.BACKBONES``) is
+#: the source and a test holds these equal to it; repeated here so that checking a config needs no torch.
+Backbone = Literal["densenet121", "efficientnet_b0", "resnet18", "resnet34", "resnet50", "smallcnn"]
+WITHOUT_IMAGENET_WEIGHTS = ("smallcnn",)
+
+
 class ModelConfig(_Section):
     """Which network, and where its starting weights come from."""
 
-    backbone: str = Field(
-        "resnet18",
-        description="Backbone name: resnet18, resnet34, resnet50, densenet121, efficientnet_b0, smallcnn.",
-    )
+    backbone: Backbone = Field("resnet18", description="Backbone name.")
     init: str = Field(
         "scratch",
         description="Starting weights: 'scratch', 'imagenet' (torchvision weights, downloaded on "
@@ -178,12 +181,20 @@ class ModelConfig(_Section):
         "standard",
         description="First-conv stride: 'standard' as in torchvision; 'small' uses stride 1 (more "
         "spatial detail for 28-64 px images, pretrained kernels still load, 4x compute); 'auto' picks "
-        "small when preprocess.size <= 64. Measured on BreastMNIST 28 px (ResNet-18, 15 epochs, one "
-        "seed): test AUROC 0.898 standard vs 0.880 small, so small is opt-in.",
+        "small when preprocess.size <= 64. Opt-in: it did not pay for its compute where measured "
+        "(benchmarks/results/stem.md).",
     )
     name: str = Field(
         "medxfer-model", pattern=NAME_PATTERN, description="Model name in the registry (registry/<name>/)."
     )
+
+    @field_validator("init")
+    @classmethod
+    def _imagenet_weights_exist(cls, v: str, info: ValidationInfo) -> str:
+        backbone = info.data.get("backbone")
+        if v == "imagenet" and backbone in WITHOUT_IMAGENET_WEIGHTS:
+            raise ValueError(f"scratch or a bundle URI: {backbone} has no ImageNet weights")
+        return v
 
 
 #: Metrics an epoch reports that can pick the best epoch, and whether larger is better.
@@ -444,6 +455,16 @@ class ExperimentSection(_Section):
             raise ValueError(f"fractions must be in (0, 1], got {v}")
         return sorted(set(v))
 
+    @field_validator("arms")
+    @classmethod
+    def _arm_names_unique(cls, v: list[ExperimentArm]) -> list[ExperimentArm]:
+        names = [a.name for a in v]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"arms with distinct names (each names a row of the results); {', '.join(repeated)} "
+                             "repeats")
+        return v
+
 
 class JobConfig(_Section):
     """A medxfer job. Every section has laptop-friendly defaults."""
@@ -465,3 +486,12 @@ class JobConfig(_Section):
     promotion: PromotionSection = Field(default_factory=PromotionSection)
     predict: PredictSection = Field(default_factory=PredictSection)
     experiment: ExperimentSection = Field(default_factory=ExperimentSection)
+
+    @field_validator("train")
+    @classmethod
+    def _mixing_needs_classes(cls, v: TrainConfig, info: ValidationInfo) -> TrainConfig:
+        task = info.data["data"].task if "data" in info.data else "multiclass"
+        if (v.mixup_alpha or v.cutmix_alpha) and task != "multiclass":
+            raise ValueError(f"mixup_alpha and cutmix_alpha 0: mixing blends one-hot class targets, which a "
+                             f"{task} task (data.task) does not have")
+        return v

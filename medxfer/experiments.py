@@ -29,7 +29,6 @@ import numpy as np
 from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.config_io import deep_merge, validate_dict
-from medxfer.errors import ConfigError
 
 log = logging.getLogger("medxfer.experiments")
 
@@ -212,9 +211,6 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     from medxfer.train.plan import plan_training
 
     ex = cfg.experiment
-    names = [a.name for a in ex.arms]
-    if len(set(names)) != len(names):
-        raise ConfigError([f"experiment.arms: arm names must be unique, got {names}"])
     init_ray()
     t0 = time.time()
     out = out or storage.join(storage.Layout(cfg.storage.root).run(cfg.name), "label-efficiency")

@@ -44,10 +44,14 @@ import os
 import re
 import socket
 import uuid
+from typing import TYPE_CHECKING
 
 from medxfer import storage
 from medxfer.config import NAME_PATTERN
 from medxfer.errors import RegistryError, StorageError
+
+if TYPE_CHECKING:
+    from medxfer.bundle import Bundle
 
 log = logging.getLogger("medxfer.registry")
 
@@ -199,7 +203,7 @@ class Registry:
             raise RegistryError(f"{self.model} {version}: no such version; see `medxfer registry list {self.model}`")
         return storage.read_json(vj)
 
-    def load_bundle(self, version: str):
+    def load_bundle(self, version: str) -> Bundle:
         """The version's bundle, verified — and its weights and card equal to what the version recorded."""
         from medxfer.bundle import load_bundle
 
@@ -278,10 +282,6 @@ class Registry:
             return None
         return storage.read_json(self._gen_uri(gens[-1]))
 
-    def champion_report(self) -> dict | None:
-        ch = self.champion()
-        return self.report(ch["version"]) if ch else None
-
     def _claim(self, version: str, decision: dict, expected_generation: int) -> dict | None:
         """Create promotion record ``expected_generation + 1``; None when another promoter got it."""
         prev = storage.read_json(self._gen_uri(expected_generation)) if expected_generation else None
@@ -315,27 +315,6 @@ class Registry:
             if self.generations()[-1] == top["generation"]:
                 return top
         return self.champion()
-
-    def promote(self, version: str, decision: dict | None = None, expected_generation: int | None = None) -> dict:
-        """Make ``version`` the champion, as a compare-and-swap on the promotion number.
-
-        ``expected_generation``: the promotion number the caller's decision was made
-        against (default: the current one). Raises RegistryError when another promotion
-        got there first, so a decision is never applied to a champion it did not see.
-        """
-        self.load_bundle(version)  # complete versions whose bundle is still the registered one
-        gens = self.generations()
-        gen = expected_generation if expected_generation is not None else (gens[-1] if gens else 0)
-        record = self._claim(version, decision or {"promoted": True, "reason": "manual"}, gen)
-        if record is None:
-            top = self.champion()
-            raise RegistryError(
-                f"{self.model}: lost a promotion race — promotion {gen + 1} went to "
-                f"{top['version'] if top else '?'}; decide again against the new champion"
-            )
-        self.sync_pointer()
-        log.info("promoted %s %s (promotion %d)", self.model, version, record["generation"])
-        return record
 
     def try_promote(
         self,
@@ -382,7 +361,7 @@ class Registry:
         raise RegistryError(f"{self.model}: promotion of {version} kept losing races ({attempts} tries)")
 
 
-def report_operating_point(report: dict | None, bundle, bundle_uri: str) -> dict | None:
+def report_operating_point(report: dict | None, bundle: Bundle, bundle_uri: str) -> dict | None:
     """The operating point a version records: the report's, once the report is shown to be this bundle's."""
     if not report:
         return None

@@ -343,7 +343,7 @@ def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
             "champion_after": outcome["champion"],
             "training": {k: result.get(k) for k in ("status", "epoch", "epochs_total", "resumed", "wall_time_s",
                                                     "data_fingerprint")},
-            "data": {"cache_key": prepared.key, "cache_hit": bool(getattr(prepared, "hit", False))},
+            "data": {"cache_key": prepared.key, "cache_hit": prepared.hit},
             "decided_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.time() - t0, 1),
         }

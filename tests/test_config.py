@@ -69,6 +69,35 @@ def test_out_of_range_and_cross_field_checks(tmp_path):
     assert "train.freeze" in text and "partial:N" in text
 
 
+def test_model_experiment_and_mixing_rules_are_config_errors(tmp_path):
+    """Rules that used to be checked only when a run started (the backbone's registry, duplicate arm
+    names, ImageNet weights that do not exist, mixup on a task without classes) are config errors."""
+    cases = {
+        "model:\n  backbone: resnet19\n": "model.backbone: expected 'densenet121'",
+        "model:\n  backbone: smallcnn\n  init: imagenet\n": "model.init: expected scratch or a bundle URI: "
+                                                             "smallcnn has no ImageNet weights",
+        "experiment:\n  arms: [{name: a}, {name: b}, {name: a}]\n": "experiment.arms: expected arms with "
+                                                                    "distinct names",
+        "data:\n  task: multilabel\ntrain:\n  cutmix_alpha: 1.0\n": "train: expected mixup_alpha and "
+                                                                   "cutmix_alpha 0",
+    }
+    for text, says in cases.items():
+        with pytest.raises(ConfigError) as ei:
+            load_config(_write(tmp_path, text))
+        assert len(ei.value.problems) == 1 and says in ei.value.problems[0], (text, ei.value.problems)
+    assert load_config(_write(tmp_path, "model:\n  backbone: densenet121\n  init: imagenet\n"))
+    assert load_config(_write(tmp_path, "data:\n  task: multiclass\ntrain:\n  mixup_alpha: 0.2\n"))
+
+
+def test_checking_a_config_imports_no_torch(tmp_path):
+    """`config validate` on a laptop or a CI runner without torch: the backbone names need no registry."""
+    job = _write(tmp_path, "model:\n  backbone: resnet19\n")
+    code = ("import sys; from medxfer.cli import main; rc = main(['config', 'validate', sys.argv[1]]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, job], capture_output=True, text=True)
+    assert r.returncode == 2 and "model.backbone" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_empty_file_is_defaults_and_bad_yaml_is_reported(tmp_path):
     assert load_config(_write(tmp_path, "")).name == "medxfer-run"
     with pytest.raises(ConfigError, match="not valid YAML at line 2"):

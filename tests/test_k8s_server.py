@@ -6,7 +6,7 @@ default ~/.cache/medxfer-kube), with the KubeRay v1.7.0 CRDs loaded: one server 
 session. Without it the tests skip with the reason, unless MEDXFER_REQUIRE_KUBE is set
 (CI sets it, and builds the server first).
 
-What 1.20 cannot judge stays with tests/test_k8s.py's offline checks: it has no batch/v1
+What 1.20 cannot judge stays with the offline checks in the other tests/test_k8s_*.py: it has no batch/v1
 CronJob (the CronJob goes in as batch/v1beta1 without `timeZone`; the batch/v1 object is
 validated offline), it prunes unknown fields in custom resources instead of refusing them
 (so every object is read back and compared with what was sent), and it runs no controllers
@@ -33,8 +33,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medxfer import k8s
 from medxfer.cli import main
+from medxfer.k8s.names import NAMESPACE
+from medxfer.k8s.render import KINDS
+from medxfer.k8s.schedule import JOB_NAME_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
@@ -42,7 +44,7 @@ TOOLS = Path(os.environ.get("MEDXFER_KUBE_TOOLS", REPO.parent / "shared" / "tool
 KUBE_BIN = Path(os.environ.get("KUBE_HOME", Path.home() / ".cache" / "medxfer-kube")) / "bin"
 CRDS = Path(os.environ.get("MEDXFER_K8S_SCHEMAS", REPO.parent / "shared" / "k8s-schemas")).resolve() / "kuberay-v1.7.0"
 CRD_KINDS = ("rayclusters", "rayjobs", "raycronjobs")
-NS = k8s.NAMESPACE
+NS = NAMESPACE
 
 
 @dataclass
@@ -232,7 +234,7 @@ def test_reapplying_keeps_a_resumed_job_running(kube, applied):
 def _render_all() -> list[dict]:
     """`medxfer k8s render` for every job config in jobs/ and every kind, and the ConfigMap."""
     runs = [["--config", str(JOBS), "--kind", "configmap"]]
-    runs += [["--config", str(f), "--kind", kind] for f in sorted(JOBS.glob("*.yaml")) for kind in k8s.KINDS]
+    runs += [["--config", str(f), "--kind", kind] for f in sorted(JOBS.glob("*.yaml")) for kind in KINDS]
     objs = []
     for args in runs:
         buf = io.StringIO()
@@ -261,7 +263,7 @@ def test_server_refuses_a_wrong_type_a_bad_name_and_a_bad_field_path(kube, appli
     (cron,) = [o for o in apply_f_objects() if o["kind"] == "CronJob"]
     bad_path = as_served_by_1_20(cron)
     (container,) = bad_path["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-    [e for e in container["env"] if e["name"] == k8s.JOB_NAME_ENV][0]["valueFrom"]["fieldRef"]["fieldPath"] = \
+    [e for e in container["env"] if e["name"] == JOB_NAME_ENV][0]["valueFrom"]["fieldRef"]["fieldPath"] = \
         "metadata.labels[job-name]"
     for obj, says in ((wrong_type, "backoffLimit"), (bad_name, "Medxfer_Source"), (bad_path, "fieldPath")):
         p = kube.kubectl("apply", "--dry-run=server", "-f", "-", stdin=_dump([obj]), check=False)
@@ -288,7 +290,7 @@ def test_a_ticks_job_name_reaches_its_pod_and_gives_the_scheduled_tick(kube, app
         kube.kubectl("create", "-f", "-", stdin=json.dumps(job))
         pod = kube.get("job", name)["spec"]["template"]
         (container,) = pod["spec"]["containers"]
-        (env,) = [e for e in container["env"] if e["name"] == k8s.JOB_NAME_ENV]
+        (env,) = [e for e in container["env"] if e["name"] == JOB_NAME_ENV]
         label = env["valueFrom"]["fieldRef"]["fieldPath"].removeprefix("metadata.labels['").removesuffix("']")
         value = pod["metadata"]["labels"][label]
         assert value == name, scheduler

@@ -38,6 +38,18 @@ def test_unknown_backbone_lists_valid_names():
     assert "resnet18" in str(e.value) and "smallcnn" in str(e.value)
 
 
+def test_config_names_the_backbones_the_registry_builds():
+    """`config validate` checks model.backbone and model.init against names kept in config.py, which
+    imports no torch; the registry that builds the backbones is the source of those names."""
+    from typing import get_args
+
+    from medxfer.config import WITHOUT_IMAGENET_WEIGHTS, Backbone
+    from medxfer.models.registry import BACKBONES
+
+    assert sorted(get_args(Backbone)) == sorted(BACKBONES)
+    assert sorted(WITHOUT_IMAGENET_WEIGHTS) == sorted(n for n, spec in BACKBONES.items() if not spec.weights)
+
+
 def test_grayscale_first_conv_sums_rgb_kernels():
     w = torch.randn(8, 3, 7, 7)
     gray = adapt_conv_weight(w, 1)

@@ -85,13 +85,9 @@ def test_concurrent_promotions_leave_exactly_one_winner(root, bundles):
     contenders = [reg.register(bundles[1 + i % 2], report(0.90, 0.95)) for i in range(6)]
     barrier = threading.Barrier(len(contenders))
 
-    def cas(v):  # compare-and-swap against promotion 1
+    def cas(v):  # each decides against promotion 1; one compare-and-swap wins, the others decide again
         barrier.wait()
-        try:
-            reg.promote(v, {"reason": "test"}, expected_generation=1)
-            return v
-        except RegistryError:
-            return None
+        return v if reg.try_promote(v, RULE)["promoted"] else None
 
     with ThreadPoolExecutor(len(contenders)) as ex:
         winners = [w for w in ex.map(cas, contenders) if w]
@@ -137,7 +133,7 @@ def test_crash_between_version_and_pointer_stays_consistent(root, bundles):
     storage.write_bytes(storage.join(reg.bundle_uri(broken), "model.safetensors"), b"partial")
     assert broken not in [v["version"] for v in reg.list_versions()]
     with pytest.raises(RegistryError, match="never completed"):
-        reg.promote(broken)
+        reg.try_promote(broken, RULE, force=True)
     v4 = reg.register(bundles[2], report(0.95, 0.96))
     assert v4 != broken and reg.try_promote(v4, RULE)["promoted"]
     assert reg.champion()["generation"] == 3
@@ -192,10 +188,9 @@ def test_an_edited_card_is_never_registered_promoted_or_used(tmp_path, capsys):
     v = reg.register(good, report(0.8, 0.9))
     assert reg.get(v)["card_sha256"] == storage.read_json(storage.join(good, "bundle.json"))["card_sha256"]
     _swap_classes(reg.bundle_uri(v), rehash=True)
-    with pytest.raises(RegistryError, match="not the one registered"):
-        reg.try_promote(v, RULE)
-    with pytest.raises(RegistryError, match="not the one registered"):
-        reg.promote(v)
+    for force in (False, True):
+        with pytest.raises(RegistryError, match="not the one registered"):
+            reg.try_promote(v, RULE, force=force)
     assert reg.champion() is None
     capsys.readouterr()
     assert main(["predict", "--registry-version", f"m:{v}", "--root", root, "--input", str(tmp_path),

@@ -13,6 +13,7 @@ from evalutil import breast_job, breast_manifest, tiny_bundle
 
 from medxfer import storage
 from medxfer.cli import main
+from medxfer.config import PromotionSection
 from medxfer.config_io import dump_yaml
 from medxfer.errors import ConfigError
 from medxfer.registry import Registry
@@ -121,7 +122,7 @@ def test_retrain_promotes_better_refuses_worse(ray_cluster, store, test_data, tm
     weak = str(tmp_path / "weak")
     tiny_bundle(weak, classes=("0", "1"), size=28, seed=0, positive_class="0")  # an untrained network as champion
     weak_v = reg.register(weak, None, note="untrained")
-    reg.promote(weak_v)
+    assert reg.try_promote(weak_v, PromotionSection(), force=True)["promoted"]
 
     # Sensitivity is noisy between unrelated models on 42 positives; the rule itself is unit-tested
     # in test_registry, so this run checks the margin on AUROC only.

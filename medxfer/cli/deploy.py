@@ -36,7 +36,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_k8s_render(args) -> int:
     from medxfer.config_io import load_config
-    from medxfer.k8s import CONFIG_DIR, CONFIGMAP, DEFAULT_IMAGE, configmap, render, stage_from_path, to_yaml
+    from medxfer.k8s.configmap import configmap
+    from medxfer.k8s.names import CONFIG_DIR, CONFIGMAP, DEFAULT_IMAGE
+    from medxfer.k8s.render import render, to_yaml
+    from medxfer.k8s.stages import stage_from_path
 
     parts = ["medxfer k8s render", f"--config {args.config}", f"--kind {args.kind}"]
     if args.kind == "configmap":

@@ -14,9 +14,8 @@ Small images: ``stem="small"`` sets the first convolution's stride to 1 (kernel 
 so ImageNet or source weights still load). A 28x28 image then reaches the last stage as a
 2x2 map instead of 1x1 (64x64: 4x4 instead of 2x2), at 4x the compute of the standard stem.
 ``stem_for_size`` resolves ``model.stem: auto`` (small for inputs of 64 pixels or less). It is
-opt-in, not the default: on BreastMNIST at 28 px (ResNet-18 from scratch, AdamW, 15 epochs, one
-seed) the standard stem reached test AUROC 0.898 and the small one 0.880 — no gain measured for
-4x the compute. The standard stem at 64 px, 40 epochs, reached 0.888 (best val 0.937).
+opt-in, not the default, because it did not pay for its compute where it was measured
+(benchmarks/results/stem.md).
 """
 
 from __future__ import annotations

@@ -22,12 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import TYPE_CHECKING
 
 from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
 from medxfer.ssl.trainee import export_backbone
-from medxfer.train.plan import SSL_TASK
+from medxfer.train.plan import SSL_TASK, RunPlan
+
+if TYPE_CHECKING:
+    from medxfer.bundle import Bundle
+    from medxfer.card import ModelCard
+    from medxfer.train.launch import StageInputs
 
 log = logging.getLogger("medxfer.ssl")
 
@@ -60,7 +66,8 @@ def data_fingerprint(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
 
 
-def build_card(cfg: JobConfig, sources: list[dict], plan, final: dict, source=None):
+def build_card(cfg: JobConfig, sources: list[dict], plan: RunPlan, final: dict,
+               source: Bundle | None = None) -> ModelCard:
     """The card (:func:`medxfer.card.build_card`) plus ``pretraining``: method, sources, counts, loss."""
     from medxfer.card import build_card as card_for
 
@@ -84,7 +91,7 @@ def build_card(cfg: JobConfig, sources: list[dict], plan, final: dict, source=No
     )
 
 
-def pretrain_inputs(cfg: JobConfig, use_gpu: bool, source=None):
+def pretrain_inputs(cfg: JobConfig, use_gpu: bool, source: Bundle | None = None) -> StageInputs:
     """Prepare every manifest's cache (each under its own key) and plan the pretraining run."""
     from medxfer.data.cache import prepare
     from medxfer.train.launch import StageInputs
@@ -123,7 +130,7 @@ def run_pretrain(cfg: JobConfig) -> dict:
 
     cfg = resolve_channels(cfg)  # once for all sources: their tensors are pooled into one shape
 
-    def inputs(use_gpu: bool):
+    def inputs(use_gpu: bool) -> StageInputs:
         source = None
         if cfg.model.init not in ("scratch", "imagenet"):
             from medxfer.train.jobs import check_source

@@ -28,21 +28,6 @@ from torch import nn
 METHODS = ("simsiam", "byol", "simclr")
 
 
-# ----------------------------------------------------------------------------- backbone
-
-
-def feature_dim(backbone: nn.Module, in_chans: int, size: int = 32) -> int:
-    """Width of the backbone's feature vector, measured with one dummy forward pass."""
-    was_training = backbone.training
-    backbone.eval()
-    with torch.no_grad():
-        out = backbone(torch.zeros(2, in_chans, size, size))
-    backbone.train(was_training)
-    if out.ndim != 2:
-        raise ValueError(f"backbone must return (batch, features), got shape {tuple(out.shape)}")
-    return int(out.shape[1])
-
-
 # ----------------------------------------------------------------------------- heads
 
 

@@ -29,6 +29,8 @@ from medxfer.models import BACKBONES, create_model, load_source_weights, unwrap
 from medxfer.ssl.augment import ViewSpec, two_views
 from medxfer.ssl.methods import build_method, byol_momentum
 from medxfer.train.loop import Stepper, pick_amp_dtype
+from medxfer.train.plan import RunPlan
+from medxfer.train.rankdata import RankData
 
 BACKBONE_PREFIX = "backbone."  # Classifier.backbone; the SSL modules name theirs the same way
 
@@ -152,7 +154,7 @@ def ssl_epoch(
 class SSLTrainee:
     """Pretraining for one rank: ``wrap`` is Ray Train's ``prepare_model`` (DDP when world > 1)."""
 
-    def __init__(self, cfg: JobConfig, plan, data, device: torch.device, wrap, session):
+    def __init__(self, cfg: JobConfig, plan: RunPlan, data: RankData, device: torch.device, wrap, session):
         from medxfer.train.optim import build_optimizer, build_scheduler
 
         tc = cfg.train

@@ -8,16 +8,23 @@ must mean the same model and data — and their model card.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medxfer.bundle import Bundle
+    from medxfer.card import ModelCard
+    from medxfer.data.cache import PreparedData
+    from medxfer.train.plan import RunPlan
 
 log = logging.getLogger("medxfer.train")
 
 STAGES = ("source", "finetune")
 
 
-def check_source(cfg: JobConfig):
+def check_source(cfg: JobConfig) -> Bundle | None:
     """Load and verify the source bundle named by ``model.init`` (None for scratch/imagenet)."""
     init = cfg.model.init
     if init in ("scratch", "imagenet"):
@@ -33,18 +40,19 @@ def check_source(cfg: JobConfig):
     return b
 
 
-def supervised_card(cfg: JobConfig, stage: str, prepared, plan, source, positive, best_metrics: dict) -> dict:
+def supervised_card(cfg: JobConfig, stage: str, prepared: PreparedData, plan: RunPlan, source: Bundle | None,
+                    positive: tuple[str | None, str | None], best_metrics: dict) -> ModelCard:
     """The bundle card of a source-train or finetune run (the one builder: ``medxfer.card.build_card``)."""
     from medxfer.card import build_card
 
     return build_card(cfg, stage, task=prepared.task, classes=list(prepared.classes), plan=plan, spec=prepared.spec,
                       data_fingerprint=prepared.key, source=source, positive=positive,
-                      data_uri=getattr(prepared, "uri", None),
+                      data_uri=prepared.uri,
                       metrics={"val": {k: v for k, v in best_metrics.items() if k.startswith("val_")},
                                "epoch": best_metrics.get("epoch")})
 
 
-def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
+def run_training(cfg: JobConfig, stage: str = "source", prepared: PreparedData | None = None) -> dict:
     """Train (or resume) the source-train or finetune run ``cfg.name``; returns its result.json.
 
     ``prepared``: an already prepared dataset (``medxfer.data.cache.prepare(cfg)``), when the
@@ -52,9 +60,9 @@ def run_training(cfg: JobConfig, stage: str = "source", prepared=None) -> dict:
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    from medxfer.train.launch import launch, supervised_inputs
+    from medxfer.train.launch import StageInputs, launch, supervised_inputs
 
-    def inputs(use_gpu: bool):
+    def inputs(use_gpu: bool) -> StageInputs:
         source = check_source(cfg)
         if stage == "finetune" and cfg.model.init == "scratch":
             log.warning("fine-tuning %s from scratch: no source weights (set model.init or --source)", cfg.name)

@@ -18,11 +18,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import DataError, MedxferError
 from medxfer.train.plan import RunPlan, plan_training
+
+if TYPE_CHECKING:
+    from medxfer.bundle import Bundle
+    from medxfer.card import ModelCard
+    from medxfer.data.cache import PreparedData
+    from medxfer.train.checkpoint import TrainState
 
 log = logging.getLogger("medxfer.train")
 
@@ -35,20 +42,21 @@ class StageInputs:
 
     plan: RunPlan
     describe: str  # "on 546 train / 78 val images" for the start line
-    card: Callable[[dict, object], dict]  # (best epoch's metrics, state) -> the bundle card
+    card: Callable[[dict, TrainState], ModelCard]  # (best epoch's metrics, state) -> the bundle card
     export: Callable[[dict], dict] = lambda weights: weights  # noqa: E731 - the tensors the bundle holds
     datasets: dict | None = None  # Ray Datasets, only when the data streams
     data_fingerprint: str = ""
     result_extra: dict = field(default_factory=dict)
 
 
-def split_rows(prepared, split: str) -> int:
+def split_rows(prepared: PreparedData, split: str) -> int:
     """Rows of a split as served (after ``label_fraction``), from the cache card, without Ray."""
     kept = prepared.kept_rows(split)
     return len(kept) if kept is not None else int(prepared.card["counts"][split]["total"])
 
 
-def supervised_inputs(cfg: JobConfig, stage: str, prepared, use_gpu: bool, source=None) -> StageInputs:
+def supervised_inputs(cfg: JobConfig, stage: str, prepared: PreparedData, use_gpu: bool,
+                      source: Bundle | None = None) -> StageInputs:
     """Source training and fine-tuning on one prepared dataset."""
     from medxfer.card import resolve_positive_class
     from medxfer.train.jobs import supervised_card

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from medxfer.data.cache import PreparedData
 
 #: Splits up to this size (float32 tensors) are read into each worker's memory; larger
 #: splits stream from the cache through Ray Data.
@@ -79,8 +83,9 @@ def data_mode(rows: int, image_shape: tuple[int, ...]) -> str:
     return "memory" if rows * math.prod(image_shape) * 4 <= IN_MEMORY_MAX_BYTES else "stream"
 
 
-def plan_training(cfg: JobConfig, stage: str, prepared, n_train: int, use_gpu: bool, persist: bool = True) -> RunPlan:
-    """The plan of a source-train or finetune run on ``prepared`` (a :class:`PreparedData`)."""
+def plan_training(cfg: JobConfig, stage: str, prepared: PreparedData, n_train: int, use_gpu: bool,
+                  persist: bool = True) -> RunPlan:
+    """The plan of a source-train or finetune run on ``prepared``."""
     from medxfer.models import stem_for_size
     from medxfer.train.losses import resolve_class_weights
 

@@ -13,7 +13,6 @@ import functools
 import torch
 
 from medxfer.config import JobConfig
-from medxfer.errors import ConfigError
 from medxfer.models import create_model, load_source_weights, reinit_last_stage, unwrap
 from medxfer.train.augment import random_affine_flip
 from medxfer.train.batches import augment_seed
@@ -110,10 +109,7 @@ class SupervisedTrainee:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
         self.exports_model = self.ema is None
         mix = None
-        if tc.mixup_alpha or tc.cutmix_alpha:
-            if plan.task != "multiclass":
-                raise ConfigError([f"train.mixup_alpha/cutmix_alpha: mixing needs a multiclass task; this data is "
-                                   f"{plan.task}"])
+        if tc.mixup_alpha or tc.cutmix_alpha:  # the config admits mixing for multiclass tasks only
             mix = build_mix(tc, plan.num_outputs)
         self.settings = StepSettings(
             device=device, amp_dtype=pick_amp_dtype(device, tc.amp), channels_last=on_gpu, grad_clip=tc.grad_clip,
