@@ -208,6 +208,15 @@ def test_reports_for_every_task_without_ray(task, tmp_path):
         assert set(rep["metrics"]) == {"mae", "qwk", "accuracy"} and "confusion" in rep["plots"]
 
 
+def _plan():
+    """The run plan of a one-channel, two-class smallcnn run (what the card records of it)."""
+    from medxfer.train.plan import DataPlan, RunPlan
+
+    return RunPlan(stage="finetune", task="multiclass", num_outputs=2, num_grades=2, in_chans=1, stem="standard",
+                   class_counts=(10, 10), train_rows=20, world=1, rows_per_worker=20, batch_size=8, drop_partial=False,
+                   steps_per_epoch=3, use_gpu=False, cpus_per_worker=1, data=DataPlan(caches=("c",), mode="memory"))
+
+
 def test_positive_class_named_at_import_reaches_the_card_and_the_report(test_data, tmp_path, capsys):
     """ISIC-like class folders: 'nevus' sorts last, so by default "sensitivity" would be about benign moles.
     Named at import (or in the config), melanoma is the positive class of the card, and so of evaluation."""
@@ -251,7 +260,7 @@ def test_positive_class_named_at_import_reaches_the_card_and_the_report(test_dat
     # The card training builds carries it; evaluation uses it and says why.
     positive = resolve_positive_class(cfg, "multiclass", classes)
     card = build_card(cfg, "finetune", task="multiclass", classes=classes,
-                      plan={"stem": "standard", "in_chans": 1, "num_outputs": 2}, spec=cfg.preprocess,
+                      plan=_plan(), spec=cfg.preprocess.model_copy(update={"channels": 1}),
                       data_fingerprint="k", positive=positive)
     uri = str(tmp_path / "bundle")
     save_bundle(uri, create_model("smallcnn", 2, 1).state_dict(), card)
