@@ -33,12 +33,11 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 from medxfer import storage
-from medxfer.config import NAME_PATTERN, JobConfig, PreprocessConfig
+from medxfer.config import NAME_PATTERN, Backbone, JobConfig, PreprocessConfig
 from medxfer.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
@@ -97,7 +96,7 @@ class ModelCard(_Part):
     classes: list[ClassName] = Field(max_length=MAX_CLASSES)
     positive_class: str | None = None
     positive_class_source: Literal["data.positive_class", "import.json", "bundle upgrade", "default"] | None = None
-    backbone: str
+    backbone: Backbone
     stem: Literal["standard", "small"] = "standard"
     in_chans: Literal[1, 3]
     num_outputs: int = Field(ge=0, le=MAX_CLASSES)
@@ -126,15 +125,6 @@ class ModelCard(_Part):
             if isinstance(classes, list) and classes:
                 data = {**data, "positive_class": classes[-1], "positive_class_source": "default"}
         return data
-
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, v: str) -> str:
-        from medxfer.models.registry import BACKBONES
-
-        if v not in BACKBONES:
-            raise ValueError(f"one of {', '.join(sorted(BACKBONES))}")
-        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
