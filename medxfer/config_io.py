@@ -133,15 +133,14 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
 
 
 def _read_text(path: str) -> str:
-    if "://" in path:
-        from medxfer import storage
+    from medxfer import storage
 
-        return storage.read_bytes(path).decode("utf-8")
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError([f"{path}: file not found; check the path (relative to {Path.cwd()})"])
     try:
-        return p.read_text(encoding="utf-8-sig")
+        raw = storage.read_bytes(path)
+    except storage.NotFound:
+        raise ConfigError([f"{path}: file not found; check the path (relative to {Path.cwd()})"]) from None
+    try:
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not a UTF-8 text file"]) from None
 

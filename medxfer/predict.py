@@ -55,7 +55,7 @@ def list_inputs(input_uri: str) -> tuple[list[str], list[str]]:
     symlinks leading outside the folder are skipped and reported, not predicted. A manifest's
     paths are checked as a training manifest's are (:func:`medxfer.data.manifest.image_paths`).
     """
-    if _suffix(input_uri) in MANIFEST_SUFFIXES and not _is_dir(input_uri):
+    if _suffix(input_uri) in MANIFEST_SUFFIXES and not storage.is_dir(input_uri):
         from medxfer.data.manifest import image_paths
 
         return image_paths(input_uri), []
@@ -74,17 +74,14 @@ def list_inputs(input_uri: str) -> tuple[list[str], list[str]]:
     return images, skipped
 
 
-def _is_dir(uri: str) -> bool:
-    return (not storage.is_remote(uri)) and os.path.isdir(uri)
-
-
 # ----------------------------------------------------------------------------- Ray stages
 
 
 def decode_batch(
     batch: dict, spec: dict, max_pixels: int, fail_on_bad: bool, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 ) -> dict:
-    """Ray Data task: read + preprocess each path; bad files get a zero image and an error.
+    """Ray Data task: read (``storage.read_many``) and preprocess each path; bad files get a zero
+    image and an error.
 
     An error names the kind of problem only, never text from inside the file (the decoder's
     reasons are written that way); running out of memory is not the file's fault and fails the run.
@@ -97,15 +94,14 @@ def decode_batch(
     paths = [str(p) for p in batch["path"]]
     images = np.zeros((len(paths), *shape), dtype=np.float32)
     errors = []
-    for i, p in enumerate(paths):
-        err = ""
-        try:
-            images[i] = preprocess_bytes(storage.read_bytes(p), sp, path=p, max_pixels=max_pixels,
-                                         max_image_bytes=max_image_bytes)
-        except ImageDecodeError as e:
-            err = e.reason
-        except StorageError as e:  # a missing or unreadable file: its own row, as any bad file
-            err = str(e)
+    for i, (p, blob) in enumerate(zip(paths, storage.read_many(paths), strict=True)):
+        err = str(blob) if isinstance(blob, StorageError) else ""  # missing or unreadable: a bad file's row
+        if not err:
+            try:
+                images[i] = preprocess_bytes(blob, sp, path=p, max_pixels=max_pixels,
+                                             max_image_bytes=max_image_bytes)
+            except ImageDecodeError as e:
+                err = e.reason
         if err and fail_on_bad:
             # DataError (one-argument) pickles cleanly across Ray; the CLI prints it.
             raise DataError(f"{p}: {err} (stopped because of --fail-on-bad)")

@@ -189,3 +189,28 @@ def test_predict_refuses_an_operating_point_of_another_model(bundle_and_report, 
     with pytest.raises(DataError, match="not both"):
         predict(bundle, str(tmp_path), str(tmp_path / "o"), report=report, registry_version="m:v0001")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.s3
+def test_inputs_on_s3_and_local_are_read_by_the_one_reader_and_a_missing_one_gets_its_row(test_data, s3_root,
+                                                                                        tmp_path):
+    """The decode stage reads a batch with ``storage.read_many`` (the cache's reader): S3 and local
+    files in one batch, a missing object named in its own row (no Ray: the stage is a plain function)."""
+    from medxfer.config import PreprocessConfig
+    from medxfer.data.preprocess import preprocess_bytes
+    from medxfer.predict import decode_batch
+
+    cxr = test_data / "images" / "cxr"
+    on_s3 = storage.join(s3_root, "worklist", "a.png")
+    storage.write_bytes(on_s3, (cxr / "tbx11k_tb_tb0005.png").read_bytes())
+    storage.write_bytes(storage.join(s3_root, "worklist", "b.dcm"), (cxr / "siim_monochrome2.dcm").read_bytes())
+    images, skipped = list_inputs(storage.join(s3_root, "worklist"))
+    assert images == [on_s3, storage.join(s3_root, "worklist", "b.dcm")] and skipped == []
+    paths = [*images, storage.join(s3_root, "worklist", "gone.png"), str(cxr / "nih_00000001_000_cardiomegaly.png")]
+    spec = PreprocessConfig(size=16, channels=1)
+    out = decode_batch({"index": np.arange(4), "path": np.asarray(paths, dtype=object)},
+                       spec.model_dump(mode="json"), max_pixels=10**9, fail_on_bad=False)
+    assert list(out["error"][[0, 1, 3]]) == ["", "", ""]
+    assert out["error"][2] == f"{paths[2]}: not found"
+    assert np.array_equal(out["image"][0], preprocess_bytes(storage.read_bytes(on_s3), spec, on_s3))
+    assert not out["image"][2].any()

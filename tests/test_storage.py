@@ -1,4 +1,5 @@
-"""Storage round-trips through a local folder and a real S3 protocol server (moto on loopback)."""
+"""The storage API (``medxfer.storage``) on a local folder and on a real S3 protocol server (moto on
+loopback): the same calls, the same results; and a backend registered for a new scheme serving them."""
 
 from __future__ import annotations
 
@@ -75,110 +76,85 @@ def test_missing_object_names_uri(root):
         storage.read_json(uri)
 
 
-def test_missing_bucket_is_named(s3_server):
-    with pytest.raises(StorageError, match="s3://no-such-bucket-xyz/k: bucket does not exist"):
-        storage.write_bytes("s3://no-such-bucket-xyz/k", b"x")
+def test_read_many_keeps_order_and_returns_each_files_error(root, tmp_path):
+    """The one reader of image bytes: order kept across backends, a missing file or an unknown scheme is
+    that file's error, not the batch's."""
+    uris = [storage.join(root, f"img/{i}.png") for i in range(20)]
+    storage.write_many([(u, f"image {i}".encode()) for i, u in enumerate(uris)])
+    local = tmp_path / "local.png"
+    local.write_bytes(b"local image")
+    asked = [*uris[:10], storage.join(root, "img/missing.png"), str(local), "gs://bucket/x.png", *uris[10:]]
+    got = storage.read_many(asked)
+    assert got[:10] == [f"image {i}".encode() for i in range(10)]
+    assert isinstance(got[10], storage.NotFound) and str(got[10]).startswith(asked[10])
+    assert got[11] == b"local image"
+    assert isinstance(got[12], StorageError) and "no storage backend for gs://" in str(got[12])
+    assert got[13:] == [f"image {i}".encode() for i in range(10, 20)]
+    assert storage.missing(asked) == [asked[10], asked[12]]
+    assert storage.is_dir(storage.join(root, "img")) and not storage.is_dir(uris[0])
+    assert storage.read_head(uris[3], 5) == b"image"
 
 
-def test_unreachable_endpoint_names_it(monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
-    monkeypatch.setattr(storage, "DEFAULT_RETRIES", 0)
-    with pytest.raises(StorageError, match=r"cannot reach the S3 endpoint http://127.0.0.1:9"):
-        storage.read_bytes("s3://b/k")
+def test_an_unknown_scheme_is_named_with_the_ones_there_are():
+    with pytest.raises(StorageError, match=r"gs://b/k: no storage backend for gs:// URIs; use a local path or s3://"):
+        storage.read_bytes("gs://b/k")
+    assert not storage.supported("gs://b/k") and storage.supported("s3://b/k") and storage.supported("/tmp/x")
 
 
-def test_local_permission_error_is_named(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        import os
+class MemoryBackend(storage.Backend):
+    """A whole backend in a few lines: what a new scheme (GCS, Azure, a mounted volume) has to provide."""
 
-        if os.geteuid() == 0:
-            pytest.skip("root ignores directory permissions")
-        with pytest.raises(StorageError, match="permission denied"):
-            storage.write_bytes(str(ro / "x"), b"1")
-    finally:
-        ro.chmod(0o700)
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
 
+    def read(self, uri):
+        if uri not in self.objects:
+            raise storage.NotFound(f"{uri}: not found")
+        return self.objects[uri]
 
-# ----------------------------------------------------------------------------- containment
+    def write(self, uri, data):
+        self.objects[uri] = bytes(data)
 
+    def put_if_absent(self, uri, data):
+        if uri in self.objects:
+            return False
+        self.objects[uri] = bytes(data)
+        return True
 
-@pytest.mark.s3
-@pytest.mark.parametrize("dst_kind", ["local", "s3"])
-def test_copy_tree_refuses_names_leaving_the_destination(s3_root, tmp_path, dst_kind):
-    """S3 keys are plain strings: a prefix may hold ``b/../../x`` or ``b//x``. Copying such a tree
-    (what ``registry promote`` does with a bundle) must not write outside the destination."""
-    bucket, key = storage.split_s3(s3_root)
-    client = storage.s3_client()
-    src = f"{s3_root}/bundle"
-    dst = str(tmp_path / "registry" / "v1") if dst_kind == "local" else f"{s3_root}/registry/v1"
-    for i, bad in enumerate(("../../escaped.txt", "/abs.txt", "./dot.txt")):  # b/../../x, b//x, b/./x
-        prefix = f"{key}/bundle-{i}"
-        client.put_object(Bucket=bucket, Key=f"{prefix}/model.safetensors", Body=b"weights")
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{bad}", Body=b"evil")
-        with pytest.raises(StorageError, match="would leave the destination"):
-            storage.copy_tree(f"s3://{bucket}/{prefix}", dst)
-        assert storage.list_files(dst) == []  # checked before the first write: nothing copied
-    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "registry" / "escaped.txt").exists()
-    assert storage.list_files(f"{s3_root}/registry") == []
-    # Folder markers carry no file and are left out; ordinary names copy as before.
-    client.put_object(Bucket=bucket, Key=f"{key}/bundle/sub/", Body=b"")
-    client.put_object(Bucket=bucket, Key=f"{key}/bundle/sub/card.json", Body=b"{}")
-    storage.copy_tree(src, dst)
-    assert [f[len(dst) + 1:].replace("\\", "/") for f in storage.list_files(dst)] == ["sub/card.json"]
+    def delete(self, uri, recursive=False):
+        for k in [k for k in self.objects if k == uri or (recursive and k.startswith(uri.rstrip("/") + "/"))]:
+            del self.objects[k]
+
+    def list_files(self, uri):
+        return sorted(k for k in self.objects if k.startswith(uri.rstrip("/") + "/"))
+
+    def exists(self, uri):
+        return uri in self.objects or self.is_dir(uri)
+
+    def is_dir(self, uri):
+        return bool(self.list_files(uri))
+
+    def list_dir(self, uri):
+        prefix = uri.rstrip("/") + "/"
+        return sorted({k[len(prefix):].split("/", 1)[0] for k in self.list_files(uri)})
 
 
-def test_copy_tree_does_not_follow_symlinks_out_of_the_source(tmp_path):
-    secret = tmp_path / "outside" / "secret.txt"
-    secret.parent.mkdir()
-    secret.write_text("not part of the bundle")
-    src = tmp_path / "bundle"
-    src.mkdir()
-    (src / "model.safetensors").write_bytes(b"weights")
-    (src / "card.json").write_text("{}")
-    (src / "alias.json").symlink_to(src / "card.json")  # inside the tree: copied as a file
-    (src / "notes.txt").symlink_to(secret)
-    dst = tmp_path / "registry" / "v1"
-    with pytest.raises(StorageError, match=r"symlink\(s\) lead outside the folder.*notes.txt"):
-        storage.copy_tree(str(src), str(dst))
-    assert not dst.exists()
-    (src / "notes.txt").unlink()
-    storage.copy_tree(str(src), str(dst))
-    assert sorted(p.name for p in dst.iterdir()) == ["alias.json", "card.json", "model.safetensors"]
-    assert not (dst / "alias.json").is_symlink() and (dst / "alias.json").read_text() == "{}"
-
-
-@pytest.mark.s3
-def test_s3_filesystems_handed_to_ray_carry_no_credentials(s3_server, monkeypatch):
-    """The pyarrow filesystem is pickled into Ray Data tasks and Ray Train's RunConfig; built from the
-    standard credential chain it pickles without the keys, and workers resolve their own."""
-    import pickle
-
-    import ray.cloudpickle
-
-    from medxfer.config import JobConfig
-    from medxfer.train.launch import run_config
-
-    secret, key_id = "MARKER-SECRET-3b9d", "MARKER-KEYID-77aa"
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "MARKER-TOKEN-11cc")
-    fs, path = storage.pyarrow_fs("s3://some-bucket/root/cache")
-    rc = run_config(JobConfig(name="creds"), "s3://some-bucket/root/runs")
-    for obj in (fs, rc):
-        for blob in (pickle.dumps(obj), ray.cloudpickle.dumps(obj)):
-            assert secret.encode() not in blob and key_id.encode() not in blob and b"MARKER-TOKEN" not in blob
-    # The filesystem still works: it reads the keys from the environment where it is used.
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN")
-    bucket = "medxfer-creds-check"
-    storage.s3_client().create_bucket(Bucket=bucket)
-    storage.write_text(f"s3://{bucket}/x.txt", "hello")
-    fs2 = pickle.loads(pickle.dumps(storage.pyarrow_fs(f"s3://{bucket}/x.txt")[0]))
-    with fs2.open_input_stream(f"{bucket}/x.txt") as f:
-        assert f.read() == b"hello"
+def test_a_backend_registered_for_a_scheme_serves_every_call(tmp_path):
+    """Registering one class is all a new storage needs: the facade, copying trees across backends,
+    manifests' path checks and the many-file reader then work with its URIs."""
+    mem = MemoryBackend()
+    storage.register("mem", mem)
+    storage.write_json("mem://bucket/a/card.json", {"v": 1})
+    storage.write_many([(f"mem://bucket/a/img/{i}.png", bytes([i])) for i in range(3)])
+    assert storage.read_json("mem://bucket/a/card.json") == {"v": 1}
+    assert storage.list_dir("mem://bucket/a") == ["card.json", "img"]
+    assert storage.read_many(["mem://bucket/a/img/2.png", "mem://bucket/a/img/9.png"])[0] == b"\x02"
+    assert storage.missing(["mem://bucket/a/img/0.png", "mem://bucket/a/img/9.png"]) == ["mem://bucket/a/img/9.png"]
+    assert not storage.put_if_absent("mem://bucket/a/card.json", b"other")
+    storage.copy_tree("mem://bucket/a", str(tmp_path / "copy"))
+    assert (tmp_path / "copy" / "img" / "1.png").read_bytes() == b"\x01"
+    storage.copy_tree(str(tmp_path / "copy"), "mem://bucket/b")
+    assert storage.list_files("mem://bucket/b") == ["mem://bucket/b/card.json"] + [
+        f"mem://bucket/b/img/{i}.png" for i in range(3)]
+    storage.delete("mem://bucket/b", recursive=True)
+    assert not storage.exists("mem://bucket/b")

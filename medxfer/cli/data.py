@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from medxfer import storage
@@ -42,14 +41,9 @@ def cmd_import_medmnist(args) -> int:
     from medxfer.data.importers import import_medmnist
 
     if args.npz:
-        npz = args.npz
-        if storage.is_remote(npz):
-            local = medmnist.cache_dir() / Path(storage.basename(npz))
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_bytes(storage.read_bytes(npz))
-            npz = str(local)
-        elif not os.path.exists(npz):
-            raise DataError(f"{npz}: file not found")
+        if not storage.exists(args.npz):
+            raise DataError(f"{args.npz}: file not found")
+        npz = storage.local_file(args.npz, str(medmnist.cache_dir()))
         name = args.name or Path(args.npz).stem
     else:
         if not args.name:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -23,13 +22,11 @@ from medxfer import storage
 from medxfer.data import medmnist
 from medxfer.data.manifest import SPLIT_ALIASES, make_split
 from medxfer.errors import DataError
+from medxfer.storage import write_many  # bulk, concurrent where that pays; the manifest marks completion
 
 log = logging.getLogger("medxfer.data")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
-# Measured against moto on 2 cores: 8 threads ~290 PUT/s, 32 threads ~190 (GIL contention in boto3).
-# Real S3 has more latency per PUT, so more threads help there; MEDXFER_IO_THREADS overrides.
-_WRITE_THREADS = int(os.environ.get("MEDXFER_IO_THREADS", "8"))
 
 
 def _encode_png(img: np.ndarray) -> bytes:
@@ -39,25 +36,6 @@ def _encode_png(img: np.ndarray) -> bytes:
     if not ok:
         raise DataError("could not encode a PNG")
     return buf.tobytes()
-
-
-def write_many(items: list[tuple[str, bytes]], threads: int = _WRITE_THREADS) -> None:
-    """Write ``(uri, bytes)`` pairs concurrently: S3 PUTs are latency-bound, so threads pay off."""
-    if not items:
-        return
-    if storage.is_s3(items[0][0]):
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(lambda it: storage.write_bytes(it[0], it[1]), items))
-        return
-    for d in {os.path.dirname(u) for u, _ in items}:
-        os.makedirs(d, exist_ok=True)
-
-    def _put(it: tuple[str, bytes]) -> None:
-        with open(it[0], "wb") as f:  # bulk image files: no fsync; manifest.csv (atomic) marks completion
-            f.write(it[1])
-
-    with ThreadPoolExecutor(max_workers=min(threads, 8)) as pool:
-        list(pool.map(_put, items))
 
 
 def _safe_dir(label: str) -> str:
@@ -115,11 +93,9 @@ def _listed_images(root: str) -> list[str]:
     A manifest elsewhere holds absolute paths, which no manifest check can tie to the root, so a
     link to a file outside would become a training image without anyone having chosen it.
     """
-    if not storage.is_remote(root) and not os.path.isdir(root):
+    if not storage.is_dir(root):
         raise DataError(f"{root}: folder not found; give the folder holding one subfolder per class")
     files = [f for f in storage.list_files(root) if _is_image(f)]
-    if not files and storage.is_remote(root):
-        raise DataError(f"{root}: no files under this prefix; check the URI")
     outside = set(storage.links_leaving(root, files))
     if outside:
         log.warning("%s: %d symlink(s) leading outside the folder not listed (e.g. %s)", root, len(outside),
@@ -131,8 +107,7 @@ def folder_manifest(root: str, manifest_uri: str, fractions=None, seed: int = 0)
     """Build a manifest from ``root/<class>/...`` (or ``root/<split>/<class>/...``)."""
     root = storage.normalize(root)
     files = _listed_images(root)
-    prefix = root.rstrip("/").rstrip(os.sep)
-    rels = [f[len(prefix):].lstrip("/").lstrip(os.sep).replace(os.sep, "/") for f in files]
+    rels = [storage.relative_name(f, root) for f in files]
     nested = [r for r in rels if "/" in r]
     if not nested:
         raise DataError(f"{root}: no images in class subfolders; expected {root}/<class>/<image>")
@@ -149,9 +124,7 @@ def folder_manifest(root: str, manifest_uri: str, fractions=None, seed: int = 0)
         parts = r.split("/")
         split = SPLIT_ALIASES[parts[0].lower()] if by_split else None
         label = parts[1] if by_split else parts[0]
-        sep = "/" if storage.is_remote(man_dir) else os.sep
-        path = f[len(man_dir) + 1:].replace(os.sep, "/") if f.startswith(man_dir.rstrip(sep) + sep) else f
-        rows.append((path, label, split))
+        rows.append((storage.relative_name(f, man_dir) or f, label, split))
     df = pd.DataFrame(rows, columns=["path", "label", "split"])
     if by_split:
         pass

@@ -10,12 +10,8 @@ their MD5s differ from the official ones on purpose; ``--npz`` files are never M
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -73,16 +69,15 @@ def file_name(name: str, size: int = 28) -> str:
     return f"{name}{'' if size == 28 else f'_{size}'}.npz"
 
 
-def md5_of(path: str | Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download(name: str, size: int = 28, dest: Path | None = None, timeout: float = 60.0) -> Path:
-    """Download an official MedMNIST file (or reuse a verified cached copy); returns its path."""
+    """Download an official MedMNIST file (or reuse a verified cached copy); returns its path.
+
+    pooch downloads to a temporary name, checks the MD5 and only then moves the file into place,
+    so a corrupt download never sits in the cache; a cached copy whose MD5 differs is fetched again.
+    """
+    import pooch
+    import requests
+
     name = name.lower().strip()
     if name not in OFFICIAL_MD5:
         raise DataError(f"unknown MedMNIST dataset {name!r}; known 2D sets: {', '.join(sorted(OFFICIAL_MD5))}")
@@ -90,38 +85,26 @@ def download(name: str, size: int = 28, dest: Path | None = None, timeout: float
         raise DataError(f"MedMNIST size must be one of {SIZES}, got {size}")
     expected = OFFICIAL_MD5[name].get(size)
     folder = dest or cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / file_name(name, size)
-    if target.exists() and (expected is None or md5_of(target) == expected):
-        return target
     url = URL.format(name=name, suffix="" if size == 28 else f"_{size}")
-    log.info("downloading %s", url)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
+    pooch.get_logger().setLevel(logging.WARNING)  # medxfer says what it downloads, once
+    log.info("MedMNIST %s: %s (cached in %s)", file_name(name, size), url, folder)
+    downloader = pooch.HTTPDownloader(timeout=timeout, headers={"User-Agent": "medxfer"}, progressbar=False)
     try:
-        with os.fdopen(fd, "wb") as out:
-            req = urllib.request.Request(url, headers={"User-Agent": "medxfer"})
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - fixed https URL
-                for block in iter(lambda: resp.read(1 << 20), b""):
-                    out.write(block)
-        got = md5_of(tmp)
-        if expected is not None and got != expected:
-            raise DataError(
-                f"{url}: MD5 mismatch (got {got}, expected {expected}); the download is corrupt or the file "
-                "changed upstream. Retry, or download it yourself and pass --npz FILE"
-            )
-        if expected is None:
-            log.warning("no official MD5 recorded for %s; not verified (md5 %s)", target.name, got)
-        os.replace(tmp, target)
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
-        reason = getattr(e, "reason", e)
+        got = pooch.retrieve(url, known_hash=f"md5:{expected}" if expected else None, fname=file_name(name, size),
+                             path=folder, downloader=downloader)
+    except ValueError as e:  # pooch's hash mismatch
         raise DataError(
-            f"could not download {url} ({reason}); are you offline? Download the file elsewhere and pass "
-            f"--npz FILE, or put it in {folder}"
+            f"{url}: MD5 mismatch ({e}); the download is corrupt or the file changed upstream. Retry, or "
+            "download it yourself and pass --npz FILE"
         ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    except (requests.RequestException, OSError) as e:
+        raise DataError(
+            f"could not download {url} ({type(e).__name__}); are you offline? Download the file elsewhere and "
+            f"pass --npz FILE, or put it in {folder}"
+        ) from None
+    if expected is None:
+        log.warning("no official MD5 recorded for %s; not verified", file_name(name, size))
+    return Path(got)
 
 
 def load_npz(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -96,11 +96,7 @@ def run_config(cfg: JobConfig, runs_uri: str):
     """``RunConfig`` for ``<root>/runs/<name>``: the same name resumes; S3 through pyarrow."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    if storage.is_remote(runs_uri):
-        fs, path = storage.pyarrow_fs(runs_uri)
-    else:
-        storage.makedirs(runs_uri)
-        fs, path = None, runs_uri
+    path, fs = storage.ray_storage(runs_uri)
     return RunConfig(
         name=cfg.name, storage_path=path, storage_filesystem=fs,
         failure_config=FailureConfig(max_failures=cfg.failure.max_failures),

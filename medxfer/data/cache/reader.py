@@ -1,0 +1,176 @@
+"""Reading a complete cache: its card, and its tensors for Ray (``dataset``) or plain numpy (``numpy``).
+
+``label_fraction`` is applied here, not when building: the same seeded, stratified subsample of
+the training rows is served through Ray Data and through numpy, so label-efficiency runs share one
+cache. The numpy reader needs pyarrow only, no Ray (evaluation on a laptop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from medxfer import storage
+from medxfer.config import PreprocessConfig
+from medxfer.data.cache.blocks import DATA_CPUS, decode_rows
+from medxfer.data.manifest import SPLITS, encode_labels, label_subsample, split_counts
+from medxfer.errors import DataError
+
+
+@dataclass
+class PreparedData:
+    """A complete cache: its card plus readers for Ray (``dataset``) and plain numpy (``numpy``)."""
+
+    key: str
+    uri: str
+    card: dict
+    label_fraction: float = 1.0
+    label_seed: int = 0
+    hit: bool = False
+    _kept: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, uri: str, label_fraction: float = 1.0, label_seed: int = 0) -> PreparedData:
+        """Open an existing cache folder (``.../cache/<key>``) by its card."""
+        card_uri = storage.join(uri, "dataset.json")
+        if not storage.exists(card_uri):
+            raise DataError(f"{uri}: not a complete medxfer cache (no dataset.json); run medxfer preprocess")
+        card = storage.read_json(card_uri)
+        return cls(card["key"], storage.normalize(uri), card, label_fraction, label_seed, hit=True)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def task(self) -> str:
+        return self.card["task"]
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.task == "ordinal" else len(self.classes)
+
+    @property
+    def spec(self) -> PreprocessConfig:
+        return PreprocessConfig.model_validate(self.card["spec"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.card["image_shape"])
+
+    def split_uri(self, split: str) -> str:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        return storage.join(self.uri, self.card["shards"], split)
+
+    def _table(self, split: str, columns: list[str]):
+        import pyarrow as pa
+        import pyarrow.dataset as pads
+
+        if self.card["counts"][split]["total"] == 0:
+            return None
+        fs, path = storage.pyarrow_fs(self.split_uri(split))
+        t = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
+        order = pa.compute.sort_indices(t, sort_keys=[("row", "ascending")])
+        return t.take(order)
+
+    def kept_rows(self, split: str) -> np.ndarray | None:
+        """Row ids kept by ``label_fraction`` (train only); None = all rows."""
+        if split != "train" or self.label_fraction >= 1.0:
+            return None
+        if split not in self._kept:
+            t = self._table(split, ["row", "path", "label"])
+            if t is None:
+                return np.zeros(0, dtype=np.int64)
+            mask = label_subsample(
+                pd.Series(t.column("label").to_pylist()),
+                pd.Series(t.column("path").to_pylist()),
+                self.label_fraction,
+                self.label_seed,
+            )
+            self._kept[split] = t.column("row").to_numpy()[mask]
+        return self._kept[split]
+
+    def dataset(self, split: str, with_path: bool = True):
+        """A Ray Dataset with ``image`` float32 (C,H,W), ``label`` (encoded, see contract) and ``path``.
+
+        ``with_path=False`` drops the string column, which ``iter_torch_batches`` cannot convert.
+        """
+        import ray.data
+
+        if self.card["counts"][split]["total"] == 0:
+            return ray.data.from_items([])
+        from medxfer.runtime import cluster_cpus, init_ray
+
+        init_ray()
+        # Capped concurrency: fractional CPUs would otherwise let Ray start 4 worker processes per
+        # core, and on small machines spawning them costs more than reading the cache.
+        conc = max(1, int(round(cluster_cpus())))
+        fs, path = storage.pyarrow_fs(self.split_uri(split))
+        ds = ray.data.read_parquet(
+            path,
+            filesystem=fs,
+            columns=["row", "path", "label", "image"],
+            partitioning=None,
+            num_cpus=DATA_CPUS,
+            concurrency=conc,
+        )
+        ds = ds.map_batches(
+            decode_rows,
+            batch_format="numpy",
+            fn_kwargs={
+                "shape": self.image_shape,
+                "dtype": self.card["dtype"],
+                "classes": self.classes,
+                "task": self.task,
+                "keep": self.kept_rows(split),
+            },
+            num_cpus=DATA_CPUS,
+            compute=ray.data.TaskPoolStrategy(size=conc),
+        )
+        return ds if with_path else ds.drop_columns(["path"])
+
+    def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(X float32 (N,C,H,W), y)`` read with pyarrow (no Ray), ordered by manifest row."""
+        t = self._table(split, ["row", "label", "image"])
+        shape = self.image_shape
+        if t is None:
+            return np.zeros((0, *shape), np.float32), encode_labels([], self.classes, self.task)
+        keep = self.kept_rows(split)
+        if keep is not None:
+            import pyarrow as pa
+
+            t = t.filter(pa.compute.is_in(t.column("row"), value_set=pa.array(keep, pa.int64())))
+        d = decode_rows(
+            {"row": t.column("row").to_numpy(), "image": t.column("image").to_pylist(),
+             "label": t.column("label").to_pylist(), "path": [""] * t.num_rows},
+            shape, self.card["dtype"], self.classes, self.task, None,
+        )
+        return d["image"], d["label"]
+
+    def paths(self, split: str) -> list[str]:
+        """Image paths in ``numpy(split)`` order."""
+        t = self._table(split, ["row", "path"])
+        if t is None:
+            return []
+        keep = self.kept_rows(split)
+        rows, paths = t.column("row").to_numpy(), t.column("path").to_pylist()
+        if keep is None:
+            return paths
+        m = np.isin(rows, keep)
+        return [p for p, k in zip(paths, m, strict=True) if k]
+
+    def class_counts(self, split: str) -> list[int]:
+        """Images per class (multilabel: positives per finding; ordinal: per grade) in the split as served."""
+        keep = self.kept_rows(split)
+        if keep is None:
+            per = self.card["counts"][split]["per_class"]
+            return [int(per.get(c, 0)) for c in self.classes]
+        t = self._table(split, ["row", "label"])
+        rows = t.column("row").to_numpy()
+        labels = pd.Series(t.column("label").to_pylist())[np.isin(rows, keep)]
+        df = pd.DataFrame({"label": labels.to_numpy(), "split": split})
+        per = split_counts(df, self.classes, self.task)[split]["per_class"]
+        return [int(per.get(c, 0)) for c in self.classes]

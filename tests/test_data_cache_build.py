@@ -1,0 +1,65 @@
+"""Building a cache (``medxfer.data.cache.build``): checks before decoding, read failures that stop
+the job, and the local engine against Ray Data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from datautil import mini_dataset
+
+from medxfer.config_io import load_config
+from medxfer.data.cache import prepare
+from medxfer.errors import DataError, StorageError
+
+pytestmark = [pytest.mark.ray]
+
+
+def test_missing_files_fail_before_any_decoding(test_data, ray_cluster, tmp_path):
+    manifest = mini_dataset(test_data, tmp_path / "ds")
+    df = pd.read_csv(manifest)
+    df.loc[0, "path"] = "img/nope.png"
+    df.to_csv(manifest, index=False)
+    store = tmp_path / "store"
+    with pytest.raises(DataError, match=r"1 of 14 image file\(s\) do not exist"):
+        prepare(load_config(None, [f"data.manifest={manifest}", f"storage.root={store}"]))
+    assert not (store / "cache").exists() or not any((store / "cache").rglob("*.parquet"))
+
+
+def test_a_read_failing_inside_the_pipeline_fails_the_job_and_caches_nothing(test_data, ray_cluster, tmp_path):
+    """Only an image the decoder refuses is a bad file. A read error (here the kernel's EIO on
+    /proc/self/mem, a real file that cannot be read) stops the job with the file named."""
+    manifest = mini_dataset(test_data, tmp_path / "ds")
+    df = pd.read_csv(manifest)
+    df = pd.concat([df, pd.DataFrame([{"path": "/proc/self/mem", "label": "a", "split": "train"}])])
+    df.to_csv(manifest, index=False)
+    store = tmp_path / "store"
+    with pytest.raises(StorageError, match=r"/proc/self/mem: could not read.*; nothing was cached"):
+        prepare(load_config(None, [f"data.manifest={manifest}", f"storage.root={store}", "data.engine=ray",
+                                   "data.max_bad_fraction=0.5", "preprocess.channels=3"]))
+    assert not list(store.rglob("dataset.json")) and not list(store.rglob("*.parquet"))
+    with pytest.raises(StorageError, match=r"/proc/self/mem: could not read.*; nothing was cached"):
+        prepare(load_config(None, [f"data.manifest={manifest}", f"storage.root={store}", "data.engine=local",
+                                   "data.max_bad_fraction=0.5", "preprocess.channels=3"]))
+    assert not list(store.rglob("dataset.json")) and not list(store.rglob("*.parquet"))
+
+
+def test_local_engine_writes_the_same_cache_as_ray_data_and_small_sets_need_no_ray(test_data, ray_cluster, tmp_path):
+    """A small manifest is preprocessed in the command's own process (engine auto -> local), with the
+    pipeline's own block function: the cached tensors equal those of the Ray Data engine."""
+    from medxfer.data.importers import import_medmnist
+
+    import_medmnist(test_data / "medmnist/breastmnist.npz", str(tmp_path / "breast"))
+    base = [f"data.manifest={tmp_path / 'breast' / 'manifest.csv'}", "preprocess.size=32", "preprocess.clahe=true"]
+    local = prepare(load_config(None, [*base, f"storage.root={tmp_path / 'a'}"]))
+    ray_made = prepare(load_config(None, [*base, f"storage.root={tmp_path / 'b'}", "data.engine=ray"]))
+    assert local.card["engine"] == "local" and ray_made.card["engine"] == "ray"
+    assert local.key == ray_made.key  # where it ran is not part of what was made
+    for split in ("train", "val", "test"):
+        (Xa, ya), (Xb, yb) = local.numpy(split), ray_made.numpy(split)
+        assert np.array_equal(Xa, Xb) and np.array_equal(ya, yb) and local.paths(split) == ray_made.paths(split)
+    assert local.card["counts"] == ray_made.card["counts"]
+    too_many = load_config(None, [*base, f"storage.root={tmp_path / 'c'}", "data.local_max_images=100"])
+    from medxfer.data.cache import choose_engine
+
+    assert choose_engine(too_many.data, 780) == "ray" and choose_engine(too_many.data, 100) == "local"
