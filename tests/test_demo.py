@@ -39,8 +39,9 @@ def test_demo_fast_end_to_end(ray_cluster, test_data, tmp_path, capsys):
     assert summary["data"] == "files"
     rows = {r["run"]: r for r in summary["rows"]}
     assert set(rows) == {"demo-source-fast", "demo-transfer-fast", "demo-scratch-fast"}
-    # Learning happened on real chest X-rays even in one short epoch.
-    assert rows["demo-source-fast"]["test_auroc"]["value"] > 0.8
+    # Learning happened on real chest X-rays even in one short epoch (~20 steps): the whole 95% interval
+    # of the test AUROC (624 images) lies above chance.
+    assert rows["demo-source-fast"]["test_auroc"]["ci"][0] > 0.55
     for r in rows.values():
         lo, hi = r["test_auroc"]["ci"]
         assert lo <= r["test_auroc"]["value"] <= hi
