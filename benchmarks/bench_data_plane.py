@@ -111,6 +111,54 @@ def s3_numbers() -> dict:
     }
 
 
+def alias_bomb_ms(folder: Path) -> float:
+    """A job config holding a "billion laughs" alias bomb: milliseconds until it is refused."""
+    from medxfer.config_io import load_config
+    from medxfer.errors import ConfigError
+
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        p, c = chr(96 + i), chr(97 + i)
+        lines.append(f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]")
+    path = folder / "bomb.yaml"
+    path.write_text("bombs:\n" + "\n".join("  " + line for line in lines) + "\ndata:\n  classes: *i\n")
+    t0 = time.perf_counter()
+    try:
+        load_config(str(path))
+    except ConfigError:
+        return (time.perf_counter() - t0) * 1000
+    raise AssertionError("the alias bomb was accepted")
+
+
+def oversized_card_ms(folder: Path) -> float:
+    """A bundle whose card claims 200,000,000 outputs (hash made consistent): milliseconds until refused."""
+    import json
+
+    import torch
+
+    from medxfer.bundle import CARD, load_bundle, save_bundle
+    from medxfer.card import card_digest
+    from medxfer.config import PreprocessConfig
+    from medxfer.errors import BundleError
+    from medxfer.models import create_model
+
+    uri = folder / "bundle"
+    torch.manual_seed(0)
+    save_bundle(str(uri), create_model("smallcnn", 2, 1).state_dict(), {
+        "task": "multiclass", "classes": ["a", "b"], "backbone": "smallcnn", "in_chans": 1, "num_outputs": 2,
+        "stem": "standard", "preprocess": PreprocessConfig(size=28, channels=1).model_dump(mode="json")})
+    card = json.loads((uri / CARD).read_text())
+    card["num_outputs"] = 200_000_000
+    card["card_sha256"] = card_digest(card)
+    (uri / CARD).write_text(json.dumps(card))
+    t0 = time.perf_counter()
+    try:
+        load_bundle(str(uri))
+    except BundleError:
+        return (time.perf_counter() - t0) * 1000
+    raise AssertionError("the oversized card was accepted")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
@@ -118,11 +166,14 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         manifest_s = manifest_seconds(Path(tmp), args.rows)
+        alias_ms, card_ms = alias_bomb_ms(Path(tmp)), oversized_card_ms(Path(tmp))
     record("data_plane", {
         "what": "manifest checks, header-first refusal of a decompression bomb, S3 import and the many-file reader",
         "load_manifest_rows": args.rows,
         "load_manifest_seconds": round(manifest_s, 2),
         "bomb_refused_median_ms": round(bomb_ms(args.repeats), 2),
+        "config_alias_bomb_refused_ms": round(alias_ms, 1),
+        "bundle_card_with_200M_outputs_refused_ms": round(card_ms, 1),
         "s3_moto_loopback": s3_numbers(),
     })
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +123,8 @@ def test_card_fields_are_checked_before_anything_is_built(tmp_path, capsys, fiel
     uri = tmp_path / "bundle"
     _roundtrip(str(uri))
     _edit_card(uri, **{field: value})
-    t0 = time.perf_counter()
-    with pytest.raises(BundleError, match=message):
+    with pytest.raises(BundleError, match=message):  # how fast: benchmarks/bench_data_plane.py
         load_bundle(str(uri))
-    assert time.perf_counter() - t0 < 5
     capsys.readouterr()
     assert main(["bundle", "show", str(uri)]) == 2
     assert f"{CARD}: {field.replace('__', '.')}" in capsys.readouterr().err

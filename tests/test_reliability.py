@@ -189,10 +189,8 @@ def test_yaml_anchors_work_and_an_alias_bomb_is_refused_quickly(tmp_path):
         lines.append(f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]")
     doc = "bombs:\n" + "\n".join("  " + line for line in lines) + "\ndata:\n  classes: *i\n"
     f.write_text(doc)
-    t = time.perf_counter()
-    with pytest.raises(ConfigError) as ei:
+    with pytest.raises(ConfigError) as ei:  # refused without expanding it; how fast: benchmarks/bench_data_plane.py
         load_config(str(f))
-    assert time.perf_counter() - t < 5
     text = str(ei.value)
     assert "bombs: unknown key" in text and "data.classes.0: expected a valid string; found a nested list" in text
 
