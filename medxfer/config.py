@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from medxfer.models.backbones import BACKBONE_NAMES, WITHOUT_IMAGENET_WEIGHTS
+
 # Run, model and registry names become folder names (runs/<name>/, registry/<model>/): one pattern
 # for all of them, checked wherever a name enters, so none can climb out of its folder.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -161,10 +163,8 @@ class PreprocessConfig(_Section):
         return self
 
 
-#: The backbones medxfer builds. The registry that builds them (``medxfer.models.registry.BACKBONES``) is
-#: the source and a test holds these equal to it; repeated here so that checking a config needs no torch.
-Backbone = Literal["densenet121", "efficientnet_b0", "resnet18", "resnet34", "resnet50", "smallcnn"]
-WITHOUT_IMAGENET_WEIGHTS = ("smallcnn",)
+#: The backbones medxfer builds (``medxfer.models.backbones``, which imports no torch).
+Backbone = Literal[tuple(sorted(BACKBONE_NAMES))]
 
 
 class ModelConfig(_Section):

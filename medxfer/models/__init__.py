@@ -1,19 +1,12 @@
-"""Backbone registry: ``create_model`` by name, partial loading of source weights, stages."""
+"""Backbones by name (``backbones``, torch-free), and building, adapting and loading them (``registry``).
 
-from medxfer.models.registry import (
-    BACKBONES,
-    Classifier,
-    adapt_conv_weight,
-    create_model,
-    is_head,
-    list_backbones,
-    load_source_weights,
-    reinit_last_stage,
-    stage_of,
-    stage_prefixes,
-    stem_for_size,
-    unwrap,
-)
+The names below are imported from :mod:`medxfer.models.registry` on first use, so importing
+``medxfer.models.backbones`` (as config validation does) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __all__ = [
     "BACKBONES",
@@ -29,3 +22,9 @@ __all__ = [
     "stem_for_size",
     "unwrap",
 ]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return getattr(importlib.import_module("medxfer.models.registry"), name)
+    raise AttributeError(f"module 'medxfer.models' has no attribute {name!r}")

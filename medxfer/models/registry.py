@@ -21,123 +21,16 @@ opt-in, not the default, because it did not pay for its compute where it was mea
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from medxfer.errors import ConfigError
+from medxfer.models.backbones import BACKBONES, BackboneSpec
 
 log = logging.getLogger("medxfer.models")
 
 SMALL_INPUT_MAX = 64
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """How to build one torchvision backbone and where its parts are."""
-
-    name: str
-    builder: Callable[..., nn.Module]
-    weights: str  # torchvision weights enum name, for model.init=imagenet
-    first_conv: str  # attribute path of the first convolution inside the torchvision model
-    classifier: str  # attribute path of the torchvision classifier, replaced by Identity
-    num_features: int
-    stages: tuple[tuple[str, ...], ...]  # module prefixes (inside the backbone), input -> output
-
-
-class SmallCNN(nn.Module):
-    """Four conv blocks (32-64-128-256 channels) for tiny images such as 28x28 MedMNIST.
-
-    Fast enough for CPU tests and laptops; not pretrained on anything.
-    """
-
-    def __init__(self, in_chans: int = 3):
-        super().__init__()
-        chans = [in_chans, 32, 64, 128, 256]
-        for i in range(4):
-            layers: list[nn.Module] = [
-                nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False),
-                nn.BatchNorm2d(chans[i + 1]),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1, bias=False),
-                nn.BatchNorm2d(chans[i + 1]),
-                nn.ReLU(inplace=True),
-            ]
-            if i < 3:
-                layers.append(nn.MaxPool2d(2))
-            setattr(self, f"block{i + 1}", nn.Sequential(*layers))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i in range(4):
-            x = getattr(self, f"block{i + 1}")(x)
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-
-def _tv(name: str) -> Callable[..., nn.Module]:
-    def build(weights=None):
-        import torchvision.models as tvm
-
-        return getattr(tvm, name)(weights=weights)
-
-    return build
-
-
-_RESNET_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(
-        "resnet18", _tv("resnet18"), "ResNet18_Weights.IMAGENET1K_V1", "conv1", "fc", 512, _RESNET_STAGES
-    ),
-    "resnet34": BackboneSpec(
-        "resnet34", _tv("resnet34"), "ResNet34_Weights.IMAGENET1K_V1", "conv1", "fc", 512, _RESNET_STAGES
-    ),
-    "resnet50": BackboneSpec(
-        "resnet50", _tv("resnet50"), "ResNet50_Weights.IMAGENET1K_V2", "conv1", "fc", 2048, _RESNET_STAGES
-    ),
-    "densenet121": BackboneSpec(
-        "densenet121",
-        _tv("densenet121"),
-        "DenseNet121_Weights.IMAGENET1K_V1",
-        "features.conv0",
-        "classifier",
-        1024,
-        (
-            ("features.conv0", "features.norm0"),
-            ("features.denseblock1", "features.transition1"),
-            ("features.denseblock2", "features.transition2"),
-            ("features.denseblock3", "features.transition3"),
-            ("features.denseblock4", "features.norm5"),
-        ),
-    ),
-    "efficientnet_b0": BackboneSpec(
-        "efficientnet_b0",
-        _tv("efficientnet_b0"),
-        "EfficientNet_B0_Weights.IMAGENET1K_V1",
-        "features.0.0",
-        "classifier",
-        1280,
-        (
-            ("features.0",),
-            ("features.1", "features.2"),
-            ("features.3",),
-            ("features.4", "features.5"),
-            ("features.6", "features.7", "features.8"),
-        ),
-    ),
-    "smallcnn": BackboneSpec(
-        "smallcnn",
-        lambda weights=None: SmallCNN(3),
-        "",
-        "block1.0",
-        "fc",
-        256,
-        (("block1",), ("block2",), ("block3",), ("block4",)),
-    ),
-}
 
 
 class Classifier(nn.Module):
