@@ -22,8 +22,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c = ksub.add_parser("render", help="Print RayJob/RayCluster/CronJob YAML for a config.")
     add_config_args(c)
     c.add_argument("--image", help="Container image (default: the pinned medxfer image; a ConfigMap has none).")
-    c.add_argument("--kind", default="rayjob", choices=["rayjob", "raycluster", "raycronjob", "cronjob", "configmap"],
-                   help="configmap: every job config in the --config folder, as the medxfer-jobs ConfigMap.")
+    c.add_argument("--kind", default="rayjob", help="The object: rayjob (default) or another kind medxfer.k8s "
+                   "registers (an unknown kind is refused with the list); configmap: every job config in the "
+                   "--config folder, as the medxfer-jobs ConfigMap.")
     c.add_argument("--stage", default=None, help="Stage the job runs (default from the config file name).")
     c.set_defaults(handler=cmd_k8s_render)
 

@@ -5,6 +5,7 @@ long-running RayCluster, follows the job and exits with its status.
 from __future__ import annotations
 
 from medxfer.config import JobConfig
+from medxfer.k8s.kinds import kind
 from medxfer.k8s.names import CLUSTER_NAME, DASHBOARD_PORT, NAMESPACE, TOKEN_SECRET, labels, meta
 from medxfer.k8s.pods import submitter_pod
 from medxfer.k8s.schedule import JOB_NAME_ENV, JOB_NAME_LABEL, SCHEDULE, TIME_ZONE, job_name_env
@@ -41,6 +42,7 @@ def submit_script(cfg: JobConfig, stage: str, config_file: str, overrides: list[
     ])
 
 
+@kind("cronjob")
 def cronjob(cfg: JobConfig, stage: str, image: str, config_file: str, overrides: list[str] | None = None) -> dict:
     """The portable scheduler: a batch/v1 CronJob whose pod submits to the long-running RayCluster."""
     address = f"http://{CLUSTER_NAME}-head-svc.{NAMESPACE}.svc:{DASHBOARD_PORT}"

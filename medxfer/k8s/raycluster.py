@@ -5,6 +5,7 @@ zero to what the config needs; and the cluster parts a RayJob's own cluster shar
 from __future__ import annotations
 
 from medxfer.config import JobConfig
+from medxfer.k8s.kinds import kind
 from medxfer.k8s.names import CLUSTER_NAME, RAY_VERSION, TOKEN_SECRET, meta
 from medxfer.k8s.pods import API_TOKEN_PATH, CONTAINER_SECURITY, head_template, worker_template
 from medxfer.k8s.sizing import AUTOSCALER, CPU_GROUP, WorkerGroup, resources, worker_group
@@ -73,3 +74,9 @@ def raycluster(cfg: JobConfig, image: str) -> dict:
             "workerGroupSpecs": groups,
         },
     }
+
+
+@kind("raycluster")
+def raycluster_object(cfg: JobConfig, stage: str, image: str, config_file: str, overrides: list[str] | None) -> dict:
+    """The RayCluster for ``--kind raycluster``: one per deployment, whatever the stage."""
+    return raycluster(cfg, image)

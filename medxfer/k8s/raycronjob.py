@@ -10,11 +10,13 @@ creation time and creates every missed tick, which is why none ships suspended.
 from __future__ import annotations
 
 from medxfer.config import JobConfig
+from medxfer.k8s.kinds import kind
 from medxfer.k8s.names import meta
 from medxfer.k8s.rayjob import rayjob_spec
 from medxfer.k8s.schedule import SCHEDULE, TIME_ZONE
 
 
+@kind("raycronjob")
 def raycronjob(cfg: JobConfig, stage: str, image: str, config_file: str, overrides: list[str] | None = None) -> dict:
     """``stage`` of ``cfg`` on :data:`~medxfer.k8s.schedule.SCHEDULE`, each tick a scheduled RayJob."""
     return {

@@ -12,6 +12,7 @@ named after the RayJob, and the entrypoint is pasted into its ``bash -c`` comman
 from __future__ import annotations
 
 from medxfer.config import JobConfig
+from medxfer.k8s.kinds import kind
 from medxfer.k8s.names import RAY_VERSION, meta
 from medxfer.k8s.pods import submitter_template
 from medxfer.k8s.raycluster import auth_options, head_group, worker_group_spec
@@ -70,6 +71,7 @@ def rayjob_spec(cfg: JobConfig, stage: str, image: str, config_file: str, overri
     }
 
 
+@kind("rayjob")
 def rayjob(cfg: JobConfig, stage: str, image: str, config_file: str, overrides: list[str] | None = None) -> dict:
     """A one-off run. A retrain is named like a scheduler's tick (this minute), so it gets a tick."""
     name = tick_job_name(stage) if stage == "retrain" else f"medxfer-{stage}"

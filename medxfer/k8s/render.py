@@ -1,32 +1,20 @@
 """``medxfer k8s render``: the object of a kind for one job config, checked, as plain YAML.
 
-Why a table of builders: a new Kubernetes object is one module with one builder, and one
-line here that names its ``--kind``.
+The kinds are what the object modules registered (:mod:`medxfer.k8s.kinds`); ``--kind configmap``
+renders a folder of configs instead (``medxfer.k8s.configmap``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import yaml
 
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
-from medxfer.k8s.cronjob import cronjob
+from medxfer.k8s.kinds import builders
 from medxfer.k8s.names import DEFAULT_IMAGE
-from medxfer.k8s.raycluster import raycluster
-from medxfer.k8s.raycronjob import raycronjob
-from medxfer.k8s.rayjob import rayjob
 from medxfer.k8s.stages import STAGES
 
-#: ``--kind`` -> the builder of that object from one job config, as ``(cfg, stage, image, config_file,
-#: overrides)``; ``--kind configmap`` renders a folder of configs instead (``medxfer.k8s.configmap``).
-BUILDERS: dict[str, Callable[[JobConfig, str, str, str, list[str] | None], dict]] = {
-    "rayjob": rayjob,
-    "raycluster": lambda cfg, stage, image, config_file, overrides: raycluster(cfg, image),
-    "raycronjob": raycronjob,
-    "cronjob": cronjob,
-}
+BUILDERS = builders()
 KINDS = tuple(BUILDERS)
 
 
