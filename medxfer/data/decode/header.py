@@ -80,8 +80,22 @@ def _sample_bytes(im: Image.Image) -> int:
 
 
 def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag, read from the header only.
+
+    A PNG's ``getexif()`` decodes the whole image to look for an eXIf chunk after the pixels; a
+    header guard must not decode, so for PNG only an eXIf chunk before the pixels (what
+    ``Image.open`` already parsed into ``info``) counts — where cameras and editors write it.
+    """
     try:
-        value = int(im.getexif().get(0x0112, 1))
+        if im.format == "PNG":
+            raw = im.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            value = int(exif.get(0x0112, 1))
+        else:
+            value = int(im.getexif().get(0x0112, 1))
     except Exception:  # noqa: BLE001 - unreadable EXIF: keep the pixels as stored
         return 1
     return value if 1 <= value <= 8 else 1
