@@ -19,14 +19,15 @@ import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from medxfer import storage
 from medxfer.card import FORMAT, OLD_FORMATS, ModelCard, card_digest, check_card, parse_card
 from medxfer.config import PreprocessConfig
 from medxfer.errors import BundleError, MedxferError
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS = "model.safetensors"
 CARD = "bundle.json"
@@ -34,6 +35,7 @@ CARD = "bundle.json"
 
 def package_versions() -> dict[str, str]:
     import numpy
+    import torch
     import torchvision
 
     from medxfer import __version__
@@ -139,9 +141,8 @@ def read_card(uri: str) -> Any:
         raise BundleError(f"{card_uri}: not valid JSON ({getattr(e, 'msg', e)})") from None
 
 
-def _verified_weights(uri: str, sha: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
+def _verified_bytes(uri: str, sha: str) -> bytes:
+    """The weights file's bytes, once their sha256 equals the card's."""
     weights_uri = storage.join(uri, WEIGHTS)
     try:
         data = storage.read_bytes(weights_uri)
@@ -153,10 +154,30 @@ def _verified_weights(uri: str, sha: str) -> dict[str, torch.Tensor]:
             f"{weights_uri}: sha256 {got[:16]}... does not match the card's {str(sha)[:16]}...; "
             "the weights were changed or truncated — re-copy the bundle from its source"
         )
+    return data
+
+
+def _parsed(uri: str, data: bytes, framework: str) -> dict:
+    """The tensors of a verified weights file (``torch`` or ``numpy``); nothing in it is executed."""
+    import importlib
+
     try:
-        return load(data)
+        return importlib.import_module(f"safetensors.{framework}").load(data)
     except Exception as e:  # noqa: BLE001 - any parse failure is a broken bundle
-        raise BundleError(f"{weights_uri}: not a safetensors file ({e})") from None
+        raise BundleError(f"{storage.join(uri, WEIGHTS)}: not a safetensors file ({e})") from None
+
+
+def _verified_weights(uri: str, sha: str) -> dict[str, torch.Tensor]:
+    return _parsed(uri, _verified_bytes(uri, sha), "torch")
+
+
+def verify_bundle(uri: str) -> tuple[dict[str, Any], int, int]:
+    """Every check :func:`load_bundle` makes, without torch: ``(card, tensors, values)``.
+
+    What ``medxfer bundle show`` runs, so inspecting a bundle takes well under a second."""
+    card = check_card(read_card(uri), storage.join(uri, CARD))
+    arrays = _parsed(uri, _verified_bytes(uri, card.weights_sha256), "numpy")
+    return card.model_dump(mode="json"), len(arrays), sum(int(a.size) for a in arrays.values())
 
 
 def load_bundle(uri: str) -> Bundle:

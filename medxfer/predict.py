@@ -175,6 +175,8 @@ def predictions_table(df: pd.DataFrame, card: dict, decision: dict | None = None
     ``decision``: the operating point that decides (from :func:`decision_from`), or None for
     scores without a decision.
     """
+    from medxfer.inference import ordinal_to_grade
+
     task, classes = card["task"], list(card["classes"])
     scores = np.stack([np.asarray(s, dtype=np.float64).ravel() for s in df["scores"]]) if len(df) else (
         np.zeros((0, 1)))
@@ -207,7 +209,7 @@ def predictions_table(df: pd.DataFrame, card: dict, decision: dict | None = None
         grade = scores[:, 0]
         out["grade"] = grade
         out["predicted_class"] = [
-            classes[int(np.clip(np.rint(g), 0, len(classes) - 1))] if o else None
+            classes[int(ordinal_to_grade(g, len(classes)))] if o else None
             for g, o in zip(grade, ok, strict=True)
         ]
     out["error"] = df["error"].fillna("").astype(str).to_numpy()

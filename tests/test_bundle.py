@@ -164,3 +164,22 @@ def test_format_1_bundle_is_refused_and_upgrade_re_exports_it(tmp_path, capsys):
     capsys.readouterr()
     assert main(["bundle", "upgrade", str(old), str(new)]) == 2  # never over an existing bundle
     assert "already holds a bundle" in capsys.readouterr().err
+
+
+def test_bundle_show_verifies_everything_without_importing_torch(tmp_path):
+    """`medxfer bundle show` makes every check load_bundle makes (card hash, fields, weights hash, a
+    parseable safetensors file) with numpy, so inspecting a bundle needs no torch import."""
+    import subprocess
+    import sys
+
+    from medxfer.bundle import verify_bundle
+
+    uri = str(tmp_path / "bundle")
+    _roundtrip(uri)
+    card, tensors, values = verify_bundle(uri)
+    loaded = load_bundle(uri)
+    assert card == loaded.card and tensors == len(loaded.state_dict)
+    assert values == sum(t.numel() for t in loaded.state_dict.values())
+    code = f"import sys; from medxfer.bundle import verify_bundle; verify_bundle({uri!r}); print('torch' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr[-2000:]

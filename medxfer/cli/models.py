@@ -96,17 +96,15 @@ def cmd_predict(args) -> int:
 
 def cmd_bundle_show(args) -> int:
     """``medxfer bundle show URI``: print the card and say what was verified."""
-    from medxfer.bundle import CARD, load_bundle
+    from medxfer.bundle import CARD, verify_bundle
 
-    b = load_bundle(args.uri)
-    card = dict(b.card)
+    card, tensors, n = verify_bundle(args.uri)
     config = card.pop("config", None)
     print(json.dumps(card, indent=2, default=str))
     if config is not None:
         print(f"(training config: {len(json.dumps(config))} bytes; see {storage.join(args.uri, CARD)})")
-    n = sum(t.numel() for t in b.state_dict.values())
     print(f"card: {card['format']}, sha256 verified ({card['card_sha256'][:16]}...)")
-    print(f"weights: {len(b.state_dict)} tensors, {n:,} values, sha256 verified ({card['weights_sha256'][:16]}...)")
+    print(f"weights: {tensors} tensors, {n:,} values, sha256 verified ({card['weights_sha256'][:16]}...)")
     return 0
 
 
