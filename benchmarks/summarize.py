@@ -89,5 +89,25 @@ def label_efficiency() -> str:
     return "\n".join(out)
 
 
+def _ci(run: dict) -> str:
+    return f"[{run['auroc_ci'][0]:.3f}, {run['auroc_ci'][1]:.3f}]"
+
+
+def bootstrap() -> str:
+    r = _load("bootstrap")
+    if not r:
+        return ""
+    rows = [f"| {s['images']:,} | {s['hand_written_percentile']['seconds_fastest']:.2f} | "
+            f"{s['scipy_percentile']['seconds_fastest']:.2f} ({s['scipy_percentile_over_hand_written']:.2f}x) | "
+            f"{s['scipy_bca']['seconds_fastest']:.2f} ({s['scipy_bca_over_hand_written']:.2f}x) | "
+            f"{s['percentile_cis_max_abs_difference']:.0e} | {_ci(s['scipy_percentile'])} | {_ci(s['scipy_bca'])} |"
+            for s in r["sizes"]]
+    return "\n".join(["### 7. Bootstrap intervals", "", r["what"] + "; seconds, fastest of the runs.", "",
+                      "| test images | hand-written weighted, percentile | scipy, percentile | scipy, BCa | "
+                      "percentile CIs differ by | AUROC CI, percentile | AUROC CI, BCa |", "|---|---|---|---|---|---|---|",
+                      *rows, "", machine_line(r), ""])
+
+
 if __name__ == "__main__":
-    print("\n".join(x for x in (preprocess(), overhead(), cache(), accuracy(), label_efficiency()) if x))
+    print("\n".join(x for x in (preprocess(), overhead(), cache(), accuracy(), label_efficiency(), bootstrap())
+                    if x))

@@ -8,15 +8,47 @@ to a default (see ``medxfer.config_io`` for the loader and the error messages).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable, Collection
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from medxfer.metrics.bootstrap import BCA_MAX_N
+from medxfer.metrics.operating_point import RULE_FORMS, parse_rule
+from medxfer.metrics.registry import EPOCH_METRICS, METRICS
 from medxfer.models.backbones import BACKBONE_NAMES, WITHOUT_IMAGENET_WEIGHTS
 
 # Run, model and registry names become folder names (runs/<name>/, registry/<model>/): one pattern
 # for all of them, checked wherever a name enters, so none can climb out of its folder.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+def _one_of(names: Collection[str]) -> Callable[[str], str]:
+    def check(v: str) -> str:
+        if v not in names:
+            raise ValueError(f"one of {', '.join(names)}")
+        return v
+
+    return check
+
+
+def _rule(v: str) -> str:
+    parse_rule(v)  # a ValueError names the forms expected
+    return v
+
+
+# Checked against the metric registry (medxfer.metrics) with the config, so `config validate` catches them.
+EpochMetric = Annotated[str, AfterValidator(_one_of(EPOCH_METRICS))]
+RegisteredMetric = Annotated[str, AfterValidator(_one_of(METRICS))]
+OperatingRule = Annotated[str, AfterValidator(_rule)]
 
 
 class _Section(BaseModel):
@@ -197,26 +229,15 @@ class ModelConfig(_Section):
         return v
 
 
-#: Metrics an epoch reports that can pick the best epoch, and whether larger is better.
-EPOCH_METRICS = {"val_auroc": "max", "val_acc": "max", "val_loss": "min", "val_mae": "min", "train_loss": "min"}
-
-
 class EarlyStoppingConfig(_Section):
-    metric: str = Field("val_auroc", description="Validation metric that picks the best epoch: "
-                        + ", ".join(EPOCH_METRICS) + ".")
+    metric: EpochMetric = Field("val_auroc", description="Validation metric that picks the best epoch: "
+                                + ", ".join(EPOCH_METRICS) + ".")
     mode: Literal["max", "min"] | None = Field(
         None, description="Whether larger or smaller is better (default: the metric's own direction)."
     )
     patience: int | None = Field(
         None, ge=1, description="Stop after this many epochs without improvement (None: never)."
     )
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, v: str) -> str:
-        if v not in EPOCH_METRICS:
-            raise ValueError(f"one of {', '.join(EPOCH_METRICS)}")
-        return v
 
     @property
     def direction(self) -> str:
@@ -375,10 +396,9 @@ class StorageSection(_Section):
 
 class EvaluateSection(_Section):
     split: Literal["train", "val", "test"] = Field("test", description="Split to report on.")
-    operating_point: str = Field(
+    operating_point: OperatingRule = Field(
         "youden",
-        description="Threshold rule chosen on validation: 'youden', 'sensitivity>=X', "
-        "'specificity>=X', or a fixed 'threshold=X'.",
+        description=f"Threshold rule chosen on validation: {RULE_FORMS} (a fixed threshold).",
     )
     positive_class: str | None = Field(
         None,
@@ -387,6 +407,8 @@ class EvaluateSection(_Section):
     )
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the confidence intervals.")
     seed: int = Field(0, description="Bootstrap seed.")
+    bca_max_images: int = Field(BCA_MAX_N, ge=0, description="BCa intervals up to this many images, percentile above "
+                                "(BCa's leave-one-out pass grows with the square of the images; 0: always percentile).")
     batch_size: int = Field(256, ge=1, description="Inference batch size.")
     engine: Literal["auto", "ray", "local"] = Field(
         "auto",
@@ -402,7 +424,8 @@ class EvaluateSection(_Section):
 class PromotionSection(_Section):
     """When a challenger replaces the champion."""
 
-    metric: str = Field("auroc", description="Headline metric compared on the holdout.")
+    metric: RegisteredMetric = Field("auroc", description="Headline metric compared on the holdout, in its "
+                                     "registered direction: " + ", ".join(METRICS) + ".")
     margin: float = Field(0.005, ge=0, description="Challenger must beat the champion by this much.")
     no_sensitivity_drop: bool = Field(
         True, description="Also refuse a challenger whose sensitivity at the operating point is lower."

@@ -57,11 +57,11 @@ def trial_config(cfg: JobConfig, arm, fraction: float, seed: int) -> JobConfig:
 
 
 def test_auroc(task: str, scores: np.ndarray, labels: np.ndarray) -> float:
-    """AUROC on the test split: positive-class AUROC for binary, macro one-vs-rest otherwise."""
-    from medxfer.train.valmetrics import macro_auroc
+    """AUROC on the test split, over the columns validation uses (binary: the last class; else one-vs-rest)."""
+    from medxfer.metrics import METRICS
+    from medxfer.metrics.views import ranking
 
-    k = scores.shape[1] if scores.ndim == 2 else 1
-    return float(macro_auroc(task, scores, labels, k))
+    return METRICS["auroc"].point(*ranking(task, scores, labels))
 
 
 def run_trial(cfg_json: dict, plan) -> dict:
@@ -105,20 +105,18 @@ def paired_difference_vs(trials: list[dict], baseline: list[dict], n_boot: int =
     once, so the interval is that of the test set's sampling for these trained models (the spread
     over seeds is reported beside it). None when the trials carry no binary test scores.
     """
-    from medxfer.metrics import paired_difference, weighted_auroc
+    from medxfer.metrics import METRICS
+    from medxfer.metrics.bootstrap import Resampling, paired_difference
 
     by_seed = {t.get("seed"): t for t in baseline}
     pairs = [(t, by_seed[t.get("seed")]) for t in trials if t.get("seed") in by_seed]
     if not pairs or any(t.get("test_scores") is None or b.get("test_scores") is None for t, b in pairs):
         return None
-    y = np.asarray(pairs[0][0]["test_labels"]) == 1
-    a = [np.asarray(t["test_scores"]) for t, _ in pairs]
-    b = [np.asarray(t["test_scores"]) for _, t in pairs]
-
-    def mean_auroc(scores):
-        return lambda W: np.mean([weighted_auroc(W, y, s) for s in scores], axis=0)
-
-    d = paired_difference(mean_auroc(a), mean_auroc(b), len(y), n_boot, seed)
+    # One AUROC column per seed: the registry's AUROC averages its columns, so this is the seed mean.
+    truth = np.tile(np.asarray(pairs[0][0]["test_labels"]) == 1, (len(pairs), 1)).astype(np.float64)
+    a = (truth, np.array([t["test_scores"] for t, _ in pairs], dtype=np.float64))
+    b = (truth, np.array([t["test_scores"] for _, t in pairs], dtype=np.float64))
+    d = paired_difference(METRICS["auroc"], a, b, Resampling(n_boot, seed))
     return {"difference": d["difference"], "ci": d["ci"], "p_value": d["p_value"], "seeds": len(pairs)}
 
 

@@ -32,8 +32,13 @@ def roc_png(
     title: str,
     operating_point: tuple[float, float, str] | None = None,
 ) -> bytes:
-    """ROC curves ``{label: (y_binary, score)}``; ``operating_point`` = (sensitivity, specificity, label)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    """ROC curves ``{label: (y_binary, score)}``; ``operating_point`` = (sensitivity, specificity, label).
+
+    The legend's AUROC is the registry's, the number the report's tables show.
+    """
+    from sklearn.metrics import roc_curve
+
+    from medxfer.metrics import METRICS
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.8, 4.6))
@@ -42,7 +47,7 @@ def roc_png(
         if y.all() or (~y).all():
             continue
         fpr, tpr, _ = roc_curve(y, score)
-        ax.plot(fpr, tpr, lw=1.6, label=f"{label} (AUROC {roc_auc_score(y, score):.3f})")
+        ax.plot(fpr, tpr, lw=1.6, label=f"{label} (AUROC {METRICS['auroc'].point(y, score):.3f})")
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
     if operating_point is not None:
         sens, spec, label = operating_point
@@ -58,7 +63,8 @@ def roc_png(
 
 
 def reliability_png(calibration: dict, title: str) -> bytes:
-    """Reliability diagram from ``metrics.reliability`` output, with bin counts underneath."""
+    """Reliability diagram of a report's ``calibration`` (:func:`medxfer.metrics.calibration.reliability`:
+    scikit-learn's ``calibration_curve`` bins), with bin counts underneath."""
     plt = _plt()
     edges = np.asarray(calibration["edges"])
     centers = (edges[:-1] + edges[1:]) / 2

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 from medxfer import storage
 from medxfer.config import NAME_PATTERN
 from medxfer.errors import RegistryError, StorageError
+from medxfer.metrics import METRICS
 
 if TYPE_CHECKING:
     from medxfer.bundle import Bundle
@@ -58,7 +59,6 @@ log = logging.getLogger("medxfer.registry")
 _NAME = re.compile(NAME_PATTERN)
 _VERSION = re.compile(r"^v(\d{4,})$")
 _GEN = re.compile(r"^g(\d{8,})\.json$")
-LOWER_IS_BETTER = {"mae", "brier", "ece"}
 
 
 class RegistryInputError(RegistryError):
@@ -105,7 +105,7 @@ def decide(challenger: dict, champion: dict | None, promotion_cfg) -> tuple[bool
     """Should ``challenger`` replace ``champion``? Both are evaluation reports on the same holdout.
 
     Rule (``promotion`` section): the challenger's headline metric beats the champion's by at
-    least ``margin`` (lower is better for mae/brier/ece) and, with ``no_sensitivity_drop``,
+    least ``margin``, in the direction the metric registry gives it, and, with ``no_sensitivity_drop``,
     its sensitivity at its operating point is not lower. Reports on different holdouts are
     never compared: that would reward whichever model drew the easier test set.
     """
@@ -129,7 +129,7 @@ def decide(challenger: dict, champion: dict | None, promotion_cfg) -> tuple[bool
     if h is None:
         return True, f"champion report has no finite '{name}'; challenger {name} {c:.4f} replaces it"
     m = promotion_cfg.margin
-    if name in LOWER_IS_BETTER:
+    if not METRICS[name].higher_is_better:
         ok, need = c <= h - m, f"<= champion {h:.4f} - margin {m}"
     else:
         ok, need = c >= h + m, f">= champion {h:.4f} + margin {m}"

@@ -169,3 +169,23 @@ def test_readme_config_example_is_valid():
     block = text.split("## The job config", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     cfg = validate_dict(read_yaml_text(block, "README.md"), "README.md")
     assert cfg.train.freeze == "none" and cfg.scaling.num_workers == 2
+
+
+def test_metric_and_operating_point_rules_are_checked_by_config_validate(tmp_path):
+    """The operating-point rule, the promotion metric and the early-stopping metric are validated with the
+    config (against the metric registry), so `config validate` catches them before any data work."""
+    path = _write(tmp_path, "evaluate:\n  operating_point: sens>0.9\npromotion:\n  metric: AUC\n"
+                            "train:\n  early_stopping:\n    metric: val_f1\n", "rules.yaml")
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    text = "\n".join(ei.value.problems)
+    assert "evaluate.operating_point: expected 'youden', 'sensitivity>=X', 'specificity>=X' or 'threshold=X'" in text
+    assert "promotion.metric: expected one of auroc, sensitivity" in text and 'found "AUC"' in text
+    assert "train.early_stopping.metric: expected one of val_auroc, val_acc, val_mae, val_loss, train_loss" in text
+    with pytest.raises(ConfigError, match=r"evaluate.operating_point: expected a sensitivity target in \[0, 1\]"):
+        load_config(None, ["evaluate.operating_point=sensitivity>=1.5"])
+    cfg = load_config(None, ["evaluate.operating_point=specificity>=0.9", "promotion.metric=mae",
+                             "train.early_stopping.metric=val_mae"])
+    assert cfg.train.early_stopping.direction == "min"
+    r = _cli("config", "validate", path)
+    assert r.returncode == 2 and r.stderr.count("expected") == 3 and "Traceback" not in r.stderr

@@ -26,7 +26,6 @@ from medxfer.train.optim import (
     param_groups,
     set_frozen_norm_eval,
 )
-from medxfer.train.valmetrics import validation_metrics
 
 # ----------------------------------------------------------------------------- losses
 
@@ -188,16 +187,6 @@ def test_distributed_validation_equals_single_process():
     # rank 0 alone would give a different AUROC: the gather matters
     only0 = evaluate_epoch(model, hash_part(batches, 0, 2), "multiclass", loss, 2, StepSettings())
     assert only0["val_n"] < 61
-
-
-def test_validation_metrics_per_task():
-    y = np.array([[1, np.nan], [0, 1], [1, 0], [0, np.nan]], dtype=np.float32)
-    logits = np.array([[3, 0], [-3, 2], [2, -2], [-1, 9]], dtype=np.float32)
-    m = validation_metrics("multilabel", logits, y, masked_bce, 2)
-    assert m["val_auroc"] == 1.0 and m["val_acc"] == 1.0
-    g = np.array([0, 1, 2, 3, 4], dtype=np.float32)
-    m = validation_metrics("ordinal", (g + 0.2)[:, None], g, build_loss("ordinal", TrainConfig()), 1, 5)
-    assert m["val_acc"] == 1.0 and m["val_auroc"] == 1.0 and m["val_mae"] == pytest.approx(0.2)
 
 
 def test_checkpoint_roundtrip_restores_everything(tmp_path):

@@ -47,22 +47,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args) -> int:
     """``medxfer evaluate --bundle URI --data MANIFEST_OR_CONFIG [--split S] [--out DIR] [--compare A B]``."""
-    from medxfer.evaluate import _fmt, compare_bundles, evaluate_bundle, resolve_config
+    from medxfer.evaluate import compare_bundles, evaluate_bundle, fmt, resolve_config
 
     if args.compare:
         a, b = args.compare
         cfg = resolve_config(args.data, args.set, a)
         r = compare_bundles(a, b, cfg, args.split or cfg.evaluate.split, args.out)
         d = r["difference"]
-        print(f"{r['metric']} A - B = {_fmt(d['difference'], 4)} (95% CI {_fmt(d['ci'][0], 4)} to "
-              f"{_fmt(d['ci'][1], 4)}) on {r['n_common']} images; report {storage.join(r['out'], 'compare.md')}")
+        print(f"{r['metric']} A - B = {fmt(d['difference'], 4)} (95% CI {fmt(d['ci'][0], 4)} to "
+              f"{fmt(d['ci'][1], 4)}) on {r['n_common']} images; report {storage.join(r['out'], 'compare.md')}")
         return 0
     if not args.bundle:
         raise ConfigError(["evaluate: give --bundle URI (or --compare A B)"])
     cfg = resolve_config(args.data, args.set, args.bundle)
     rep = evaluate_bundle(args.bundle, cfg, args.split or cfg.evaluate.split, args.out)
     for k, m in rep["metrics"].items():
-        print(f"{k:>18}: {_fmt(m['value'])}  (95% CI {_fmt(m['ci'][0])} - {_fmt(m['ci'][1])})")
+        print(f"{k:>18}: {fmt(m['value'])}  (95% CI {fmt(m['ci'][0])} - {fmt(m['ci'][1])})")
     if rep.get("operating_point"):
         op = rep["operating_point"]
         print(f"positive class: {op['positive_class']} ({rep['positive_class_reason']})")
