@@ -1,0 +1,37 @@
+"""Where and how a run executes: workers, restarts, storage (``scaling``, ``failure``, ``storage``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    Field,
+)
+
+from medxfer.config.base import _Section
+
+
+class ScalingSection(_Section):
+    """How many Ray Train workers and what each gets."""
+
+    num_workers: int = Field(1, ge=1, description="Data-parallel workers.")
+    use_gpu: Literal["auto"] | bool = Field("auto", description="'auto' uses GPUs when the cluster has them.")
+    cpus_per_worker: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs per worker. Keep total below the cluster's CPUs so Ray Data has CPU left.",
+    )
+    gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when using GPUs.")
+
+class FailureSection(_Section):
+    max_failures: int = Field(
+        2, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited)."
+    )
+
+class StorageSection(_Section):
+    """Where datasets, caches, runs and the registry live."""
+
+    root: str = Field(
+        "./medxfer-runs",
+        description="Local folder or s3://bucket/prefix holding datasets/, cache/, runs/, registry/.",
+    )
