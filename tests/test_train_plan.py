@@ -1,0 +1,55 @@
+"""medxfer.train.plan and the driver's source checks, on a real BreastMNIST cache, without Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from medxfer.models import create_model
+
+
+def test_plan_and_source_checks(tmp_path, test_data):
+    from evalutil import breast_job, breast_manifest
+
+    from medxfer.bundle import save_bundle
+    from medxfer.config import JobConfig, PreprocessConfig
+    from medxfer.config_io import validate_dict
+    from medxfer.data.cache import prepare
+    from medxfer.errors import ConfigError
+    from medxfer.train.jobs import check_source
+    from medxfer.train.plan import plan_training
+
+    cfg = breast_job(
+        str(tmp_path / "root"),
+        breast_manifest(test_data, tmp_path / "breast"),
+        train={"batch_size": 16, "loss": "weighted_ce"},
+        scaling={"num_workers": 2},
+    )
+    prepared = prepare(cfg)  # a real cache of BreastMNIST, made in this process
+    plan = plan_training(cfg, "finetune", prepared, 101, use_gpu=False)
+    # 50 rows per rank: 3 full batches of 16 and a last batch of 2 (kept; only a batch of 1 is skipped)
+    assert plan.rows_per_worker == 50 and plan.steps_per_epoch == 4 and not plan.drop_partial
+    assert plan.stem == "standard" and plan.in_chans == 1 and plan.num_outputs == 2
+    counts = prepared.card["counts"]["train"]
+    assert plan.class_counts == tuple(counts["per_class"][c] for c in prepared.classes)
+    assert sum(plan.class_counts) == counts["total"]
+    assert plan.data.mode == "memory" and plan.data.caches == (prepared.uri,)
+    with pytest.raises(ConfigError, match="train.early_stopping.metric: expected one of val_auroc"):
+        validate_dict({"train": {"early_stopping": {"metric": "val_auc"}}})
+
+    uri = str(tmp_path / "src")
+    save_bundle(
+        uri,
+        create_model("smallcnn", 2, 1).state_dict(),
+        {
+            "task": "multiclass",
+            "classes": ["a", "b"],
+            "backbone": "smallcnn",
+            "in_chans": 1,
+            "num_outputs": 2,
+            "preprocess": PreprocessConfig(channels=1).model_dump(mode="json"),
+        },
+    )
+    ok = JobConfig.model_validate({"model": {"backbone": "smallcnn", "init": uri}})
+    assert check_source(ok).card["backbone"] == "smallcnn"
+    with pytest.raises(ConfigError, match="set model.backbone: smallcnn"):
+        check_source(JobConfig.model_validate({"model": {"backbone": "resnet18", "init": uri}}))
