@@ -18,9 +18,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medxfer demo $(if $(MEDXFER_DATA_DIR),--data-dir $(MEDXFER_DATA_DIR),)
 
-## Run the test suite (reads real images from MEDXFER_TEST_DATA, default ../shared/data).
+## Run the tests (real images from MEDXFER_TEST_DATA, default ../shared/data). By default the fast
+## subset (a few minutes: everything not marked slow); FULL=1 runs every test, as CI does.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(FULL),,-m "not slow") $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check medxfer tests benchmarks

@@ -7,7 +7,7 @@ import re
 import pytest
 from k8sutil import JOBS, all_objects, commands
 
-from medxfer.config_io import load_config
+from medxfer.config_io import load_config, validate_dict
 from medxfer.errors import ConfigError
 from medxfer.k8s.names import CONFIG_DIR
 from medxfer.k8s.stages import entrypoint, stage_from_path
@@ -34,8 +34,14 @@ def test_stage_entrypoints():
         "--data /etc/medxfer/jobs/evaluate.yaml")
     pr = load_config(str(JOBS / "predict.yaml"))
     cmd = entrypoint(pr, "predict", "predict.yaml", ["predict.batch_size=256"])
-    assert cmd.startswith("medxfer predict --bundle s3://medxfer-data/runs/finetune-breast-resnet18/bundle ")
+    # the shipped job predicts with the registry's champion, whose operating point decides
+    assert cmd.startswith("medxfer predict --registry-version breast-ultrasound:champion --root s3://medxfer-data ")
     assert "--input s3://medxfer-data/incoming/manifest.csv" in cmd and "--set" not in cmd
+    run_bundle = entrypoint(pr.model_copy(update={"predict": pr.predict.model_copy(update={"registry_version": None})}),
+                            "predict", "predict.yaml")
+    assert run_bundle.startswith("medxfer predict --bundle s3://medxfer-data/runs/finetune-breast-resnet18/bundle ")
+    with pytest.raises(ConfigError, match="predict.registry_version"):
+        validate_dict({"predict": {"registry_version": "../x"}})
     rt = entrypoint(load_config(str(JOBS / "retrain.yaml")), "retrain", "retrain.yaml")
     assert rt.endswith('--tick-from-job "$MEDXFER_JOB_NAME"')
 

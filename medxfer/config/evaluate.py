@@ -57,6 +57,15 @@ class PromotionSection(_Section):
         "tick waits for it).",
     )
 
+
 class PredictSection(_Section):
+    """Batch prediction as a Kubernetes job (``medxfer k8s render --stage predict``)."""
+
     batch_size: int = Field(64, ge=1, description="Images per inference batch.")
+    registry_version: str | None = Field(
+        None,
+        pattern=r"^(champion|v\d{4,})$",
+        description="Predict with this version of registry model model.name (champion, or e.g. v0003): its "
+        "bundle and its operating point decide. Unset: the bundle of run `name`, scores without a decision.",
+    )
     fail_on_bad: bool = Field(False, description="Stop on the first undecodable file.")

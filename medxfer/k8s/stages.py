@@ -52,7 +52,12 @@ def entrypoint(cfg: JobConfig, stage: str, config_file: str, overrides: list[str
     elif stage == "predict":
         if not cfg.data.manifest:
             raise ConfigError([f"{config_file}: data.manifest: the predict stage needs the images to score"])
-        cmd = (f"medxfer predict --bundle {shlex.quote(bundle)} --input {shlex.quote(cfg.data.manifest)} "
+        if cfg.predict.registry_version:  # the promoted model and its operating point decide
+            source = (f"--registry-version {shlex.quote(f'{cfg.model.name}:{cfg.predict.registry_version}')} "
+                      f"--root {shlex.quote(root)}")
+        else:
+            source = f"--bundle {shlex.quote(bundle)}"
+        cmd = (f"medxfer predict {source} --input {shlex.quote(cfg.data.manifest)} "
                f"--output {shlex.quote(f'{root}/predictions/{cfg.name}')} --batch-size {cfg.predict.batch_size}")
         if cfg.predict.fail_on_bad:
             cmd += " --fail-on-bad"
