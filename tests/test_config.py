@@ -80,6 +80,7 @@ def test_model_experiment_and_mixing_rules_are_config_errors(tmp_path):
                                                                     "distinct names",
         "data:\n  task: multilabel\ntrain:\n  cutmix_alpha: 1.0\n": "train: expected mixup_alpha and "
                                                                    "cutmix_alpha 0",
+        "train:\n  early_stopping: {metric: val_mae}\n": "a multiclass task (data.task) does not report val_mae",
     }
     for text, says in cases.items():
         with pytest.raises(ConfigError) as ei:
@@ -87,6 +88,7 @@ def test_model_experiment_and_mixing_rules_are_config_errors(tmp_path):
         assert len(ei.value.problems) == 1 and says in ei.value.problems[0], (text, ei.value.problems)
     assert load_config(_write(tmp_path, "model:\n  backbone: densenet121\n  init: imagenet\n"))
     assert load_config(_write(tmp_path, "data:\n  task: multiclass\ntrain:\n  mixup_alpha: 0.2\n"))
+    assert load_config(_write(tmp_path, "data:\n  task: ordinal\ntrain:\n  early_stopping: {metric: val_mae}\n"))
 
 
 def test_checking_a_config_imports_no_torch(tmp_path):
@@ -185,7 +187,7 @@ def test_metric_and_operating_point_rules_are_checked_by_config_validate(tmp_pat
     with pytest.raises(ConfigError, match=r"evaluate.operating_point: expected a sensitivity target in \[0, 1\]"):
         load_config(None, ["evaluate.operating_point=sensitivity>=1.5"])
     cfg = load_config(None, ["evaluate.operating_point=specificity>=0.9", "promotion.metric=mae",
-                             "train.early_stopping.metric=val_mae"])
+                             "data.task=ordinal", "train.early_stopping.metric=val_mae"])
     assert cfg.train.early_stopping.direction == "min"
     r = _cli("config", "validate", path)
     assert r.returncode == 2 and r.stderr.count("expected") == 3 and "Traceback" not in r.stderr

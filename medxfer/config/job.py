@@ -15,6 +15,8 @@ from medxfer.config.experiment import ExperimentSection
 from medxfer.config.model import ModelConfig
 from medxfer.config.run import FailureSection, ScalingSection, StorageSection
 from medxfer.config.train import PretrainConfig, TrainConfig
+from medxfer.metrics.registry import EPOCH_METRICS, metrics_for
+from medxfer.metrics.views import task_kinds
 
 
 class JobConfig(_Section):
@@ -45,4 +47,14 @@ class JobConfig(_Section):
         if (v.mixup_alpha or v.cutmix_alpha) and task != "multiclass":
             raise ValueError(f"mixup_alpha and cutmix_alpha 0: mixing blends one-hot class targets, which a "
                              f"{task} task (data.task) does not have")
+        reported = epoch_metrics_of(task)
+        if v.early_stopping.metric not in reported:
+            raise ValueError(f"early_stopping.metric: a {task} task (data.task) does not report "
+                             f"{v.early_stopping.metric}; choose one of {', '.join(reported)}")
         return v
+
+
+def epoch_metrics_of(task: str) -> list[str]:
+    """The epoch metrics validation reports for ``task`` (what early stopping can pick by)."""
+    registered = [m.epoch for m in metrics_for(task_kinds(task)) if m.epoch]
+    return registered + [k for k in EPOCH_METRICS if k not in registered and k.endswith("_loss")]
