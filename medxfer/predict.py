@@ -162,6 +162,19 @@ def actor_pool(max_size: int | None = None):
     return ray.data.ActorPoolStrategy(min_size=1, max_size=size), None
 
 
+def map_bundle(ds, bundle_uri: str, batch_size: int):
+    """``ds`` (rows with an ``image`` column) scored by the bundle in an actor pool: adds ``scores``."""
+    compute, num_gpus = actor_pool()
+    return ds.map_batches(
+        BundlePredictor,
+        fn_constructor_kwargs={"bundle_uri": bundle_uri, "batch_size": batch_size},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=compute,
+        num_gpus=num_gpus,
+    )
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -318,7 +331,6 @@ def predict(
     init_ray()
     n = len(paths)
     items = [{"index": i, "path": p} for i, p in enumerate(paths)]
-    compute, num_gpus = actor_pool()
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(n // 8, 512)))
     ds = ds.map_batches(
         decode_batch,
@@ -331,15 +343,7 @@ def predict(
         batch_size=16,
         batch_format="numpy",
     )
-    ds = ds.map_batches(
-        BundlePredictor,
-        fn_constructor_kwargs={"bundle_uri": bundle_uri, "batch_size": batch_size},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=compute,
-        num_gpus=num_gpus,
-    )
-    rows = ds.to_pandas().sort_values("index").reset_index(drop=True)
+    rows = map_bundle(ds, bundle_uri, batch_size).to_pandas().sort_values("index").reset_index(drop=True)
     if len(rows) != n:  # an invariant: one row per input, whatever happened to the file
         raise DataError(f"prediction returned {len(rows)} rows for {n} inputs")
     out = predictions_table(rows, bundle.card, decision)

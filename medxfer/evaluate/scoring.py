@@ -76,7 +76,7 @@ def _tag(batch: dict, part: str) -> dict:
 
 def score_splits(bundle_uri: str, prepared, splits: list[str], batch_size: int = 256) -> dict[str, dict]:
     """Run the bundle over ``splits`` of ``prepared`` with a Ray Data actor pool (one pipeline for all splits)."""
-    from medxfer.predict import BundlePredictor, actor_pool
+    from medxfer.predict import map_bundle
     from medxfer.runtime import init_ray
 
     init_ray()
@@ -85,15 +85,7 @@ def score_splits(bundle_uri: str, prepared, splits: list[str], batch_size: int =
         part = prepared.dataset(s).select_columns(["image", "label", "path"]).map_batches(
             _tag, fn_kwargs={"part": s}, batch_format="numpy", num_cpus=0.25)
         ds = part if ds is None else ds.union(part)
-    compute, num_gpus = actor_pool()
-    ds = ds.map_batches(
-        BundlePredictor,
-        fn_constructor_kwargs={"bundle_uri": bundle_uri, "batch_size": batch_size},
-        batch_size=batch_size,
-        batch_format="numpy",
-        compute=compute,
-        num_gpus=num_gpus,
-    )
+    ds = map_bundle(ds, bundle_uri, batch_size)
     acc: dict[str, dict[str, list]] = {s: {"path": [], "label": [], "scores": []} for s in splits}
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
         for s in acc:
