@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=["pneumoniamnist:28", "breastmnist:28", "breastmnist:64"])
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="Recipe overrides for the BreastMNIST runs, e.g. train.ema_decay=0.998.")
+    ap.add_argument("--tag", default="", help="Suffix of the result file (e.g. _64: accuracy_64.json).")
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work" / "accuracy"))
     args = ap.parse_args()
 
@@ -155,7 +156,7 @@ def main() -> None:
                                                "mean_over_seeds": paired_difference_vs(trials["transfer"],
                                                                                         trials["scratch"])}
         results[f"{name}_{size}"] = entry
-    record("accuracy", {
+    record(f"accuracy{args.tag}", {
         "what": "ResNet-18 via medxfer (Ray Train, 1 worker), AdamW, warm-up + cosine, best epoch on val; test split. "
                 "BreastMNIST 64 px: from scratch and from a PneumoniaMNIST source at 64 px (upsampled 28 px images).",
         "results": results,

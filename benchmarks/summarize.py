@@ -62,21 +62,31 @@ def cache() -> str:
 
 
 def accuracy() -> str:
-    r = _load("accuracy")
-    if not r:
-        return ""
-    lines = ["### 4. Accuracy against the published MedMNIST v2 table", "", r["what"] + ".", "",
-             "| dataset | model | test AUROC | test ACC |", "|---|---|---|---|"]
-    for key, v in r["results"].items():
-        name, size = key.rsplit("_", 1)
-        n = len(v["seeds"])
-        lines.append(f"| {name} {size}px | medxfer ResNet-18, {v['epochs']} epochs ({n} seeds, mean ± std) | "
-                     f"{v['test_auroc_mean']:.3f} ± {v['test_auroc_std']:.3f} | "
-                     f"{v['test_accuracy_mean']:.3f} ± {v['test_accuracy_std']:.3f} |")
-        if size == "28":
+    out = []
+    for tag in ("", "_64"):
+        r = _load(f"accuracy{tag}")
+        if not r:
+            continue
+        lines = [f"### 4{'b' if tag else ''}. Accuracy" + (" at 64 px: transfer vs scratch" if tag else
+                 " against the published MedMNIST v2 table"), "", r["what"] + ".", "",
+                 "| dataset | model | test AUROC | test ACC |", "|---|---|---|---|"]
+        for key, v in r["results"].items():
+            name, size = key.rsplit("_", 1)
+            arms = {a: v[a] for a in ("scratch", "transfer") if a in v} or {"scratch": v}
+            for arm, a in arms.items():
+                init = "from scratch" if arm == "scratch" else "fine-tuned from PneumoniaMNIST"
+                lines.append(f"| {name} {size}px | medxfer ResNet-18 {init}, {v['epochs']} epochs ({len(a['seeds'])} "
+                             f"seeds, mean ± std) | {a['test_auroc_mean']:.3f} ± {a['test_auroc_std']:.3f} | "
+                             f"{a['test_accuracy_mean']:.3f} ± {a['test_accuracy_std']:.3f} |")
             for model, p in (v.get("published") or {}).items():
                 lines.append(f"| {name} 28px | published: {model} | {p['auroc']:.3f} | {p['accuracy']:.3f} |")
-    return "\n".join([*lines, "", machine_line(r), ""])
+            d = (v.get("transfer_minus_scratch") or {}).get("mean_over_seeds")
+            if d:
+                lines.append("")
+                lines.append(f"Transfer - scratch test AUROC, {name} {size}px, mean over seeds: "
+                             f"{d['difference']:+.3f} (paired bootstrap 95% CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}).")
+        out += [*lines, "", machine_line(r), ""]
+    return "\n".join(out)
 
 
 def label_efficiency() -> str:
@@ -87,6 +97,23 @@ def label_efficiency() -> str:
         if r and md.exists():
             out += [md.read_text().strip(), "", r["what"] + ".", machine_line(r), ""]
     return "\n".join(out)
+
+
+def parity() -> str:
+    r = _load("parity")
+    if not r:
+        return ""
+    rows = [f"| {s['seed']} | {s['plain']['wall_s']:.0f} | {s['medxfer']['wall_s']:.0f} | {s['wall_ratio']:.2f} | "
+            f"{s['plain']['train_images_per_s']:.0f} | {s['medxfer']['train_images_per_s']:.0f} | "
+            f"{s['images_per_s_ratio']:.2f} | {s['plain']['test_auroc']:.3f} | {s['medxfer']['test_auroc']:.3f} | "
+            f"{s['medxfer']['output_lines']} |" for s in r["seeds"]]
+    return "\n".join([
+        "### 0. Parity with a plain PyTorch script", "", r["what"] + ".", "",
+        "| seed | plain wall s | medxfer wall s | wall ratio | plain img/s | medxfer img/s | img/s ratio | "
+        "plain test AUROC | medxfer test AUROC | lines printed |", "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+        f"Mean over seeds: wall ratio {r['wall_ratio']:.2f}x, training img/s ratio {r['images_per_s_ratio']:.2f}x, "
+        f"test AUROC {r['plain_test_auroc_mean']:.3f} (plain) vs {r['medxfer_test_auroc_mean']:.3f} (medxfer), "
+        f"difference {r['auroc_difference']:+.3f}.", machine_line(r), ""])
 
 
 def _ci(run: dict) -> str:
@@ -109,5 +136,5 @@ def bootstrap() -> str:
 
 
 if __name__ == "__main__":
-    print("\n".join(x for x in (preprocess(), overhead(), cache(), accuracy(), label_efficiency(), bootstrap())
+    print("\n".join(x for x in (parity(), preprocess(), overhead(), cache(), accuracy(), label_efficiency(), bootstrap())
                     if x))
