@@ -306,7 +306,9 @@ def test_pickle_disguised_as_weights_is_refused_and_never_run(tmp_path):
 
 
 def test_second_tick_while_one_runs_exits_cleanly_and_touches_nothing(tmp_path, capsys):
-    """The lock is taken before any work: a second tick (same or another hour) changes nothing."""
+    """The lock is taken before any work: a tick of another hour changes nothing while one runs.
+
+    (A retry of the *same* tick waits for the earlier attempt's lease instead: test_retrain.)"""
     from medxfer.cli import main
     from medxfer.config_io import dump_yaml
     from medxfer.retrain import RunLock, run_retrain
@@ -318,7 +320,7 @@ def test_second_tick_while_one_runs_exits_cleanly_and_touches_nothing(tmp_path, 
     first = RunLock(lock_uri, 3600, "nightly-20261125T02")
     assert first.acquire()[0]
     before = {p: Path(p).read_bytes() for p in storage.list_files(str(root))}
-    for tick in ("2026-11-25T02:30:00Z", "2026-11-25T03:00:00Z"):
+    for tick in ("2026-11-25T03:00:00Z", "2026-11-25T03:30:00Z"):
         rec = run_retrain(cfg, tick)
         assert rec["status"] == "skipped" and not rec["promoted"]
         assert "nightly-20261125T02" in rec["reason"] and "does nothing" in rec["reason"]
