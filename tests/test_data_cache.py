@@ -26,6 +26,7 @@ def _objects(prefix: str) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.s3
 def test_s3_pipeline_matches_pure_function_and_second_run_hits(test_data, s3_root, ray_cluster, tmp_path, capsys):
     ds_uri = storage.join(s3_root, "datasets", "breast")

@@ -41,6 +41,7 @@ def trained(ray_cluster, store, manifest):
     return cfg, result["bundle"]
 
 
+@pytest.mark.slow
 def test_evaluate_finetuned_bundle(trained):
     cfg, bundle = trained
     before = file_hashes(bundle)
@@ -84,6 +85,7 @@ def test_evaluate_finetuned_bundle(trained):
     assert file_hashes(bundle) == before and "operating_point" not in load_bundle(bundle).card
 
 
+@pytest.mark.slow
 def test_predict_on_breast_images_matches_evaluation(trained, manifest, store, tmp_path):
     cfg, bundle = trained
     df = pd.read_csv(manifest)

@@ -4,6 +4,7 @@ BreastMNIST cache in S3 (moto) with a real local Ray."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from evalutil import breast_job, breast_manifest, tiny_bundle
 
 from medxfer.bundle import load_bundle
@@ -12,6 +13,7 @@ from medxfer.evaluate.inputs import prepare_for
 from medxfer.evaluate.scoring import choose_engine, score_splits, score_splits_local
 
 
+@pytest.mark.slow
 def test_ray_actor_pool_scores_equal_in_process_scores(ray_cluster, s3_root, test_data, tmp_path):
     cfg = breast_job(s3_root, breast_manifest(test_data, tmp_path / "breast"))
     uri = str(tmp_path / "bundle")

@@ -59,6 +59,7 @@ def test_summarize_means_spreads_and_difference_to_scratch():
     assert "| transfer | 0.850 ± 0.071 (+0.200) |" in md
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_label_efficiency_runs_arms_fractions_seeds(ray_cluster, test_data, tmp_path):
     manifest = breast_manifest(test_data, tmp_path / "breast")
@@ -86,6 +87,7 @@ def test_label_efficiency_runs_arms_fractions_seeds(ray_cluster, test_data, tmp_
     assert "| probe |" in (out / "table.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_trial_and_finetune_with_the_same_settings_end_with_the_same_weights(ray_cluster, test_data, tmp_path):
     """One engine: the experiment's trial (Ray Train local mode, in one process) and the finetune

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -84,7 +84,7 @@ class Head:
     def env(self) -> dict:
         return _env(self.token, self.home)
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 240) -> None:
         """The job API answers only once the head's agent is up; poll it with the token."""
         deadline = time.time() + timeout
         req = urllib.request.Request(f"{self.address}/api/jobs/",
@@ -200,7 +200,8 @@ def test_cronjob_retry_resubmits_a_failed_tick_and_follows_a_finished_one(ray_he
     failed, so the retried pod submits it again as <name>-2; a later retry finds that one
     SUCCEEDED and exits 0 without a third submission."""
     from medxfer.config_io import load_config
-    from medxfer.k8s import entrypoint, submit_script
+    from medxfer.k8s.cronjob import submit_script
+    from medxfer.k8s.stages import entrypoint
 
     cfg = load_config(str(REPO / "jobs" / "retrain.yaml"))
     name = "medxfer-retrain-29000000"

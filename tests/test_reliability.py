@@ -411,6 +411,7 @@ def test_unwritable_storage_paths_are_named(tmp_path):
 # ============================================================================ flaky S3 (driver side)
 
 
+@pytest.mark.slow
 def test_flaky_s3_import_registry_and_storage_complete_through_retries(flaky_s3, s3_root, test_data, tmp_path):
     from evalutil import report, tiny_bundle
 

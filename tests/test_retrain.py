@@ -116,6 +116,7 @@ def store(s3_server) -> str:
     return f"s3://{bucket}/root"
 
 
+@pytest.mark.slow
 def test_retrain_promotes_better_refuses_worse(ray_cluster, store, test_data, tmp_path):
     manifest = breast_manifest(test_data, tmp_path / "breast")
     reg = Registry(store, "breast")

@@ -196,6 +196,7 @@ def _slice_dataset(test_data, tmp_path, name: str, n_train: int, n_held: int) ->
     return str(out / "manifest.csv"), n_train
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_pretrain_on_ray_writes_a_bundle_finetune_loads(test_data, tmp_path, ray_cluster):
     from medxfer.bundle import load_bundle
