@@ -63,8 +63,9 @@ def cmd_finetune(args) -> int:
     if getattr(args, "source", None):
         cfg.model.init = args.source
     out = run_training(cfg, "finetune")
-    print(f"{out['name']}: {result_line(out)}; bundle {out['bundle']}"
-          f"; source {out['lineage'].get('source_bundle_id', cfg.model.init)}")
+    source = out["lineage"].get("source_bundle_id") or cfg.model.init  # the id of the bundle it started from
+    print(f"{out['name']}: {result_line(out)}; bundle {out['bundle']}; "
+          + ("trained from scratch" if source == "scratch" else f"source {source}"))
     return exit_code(out)
 
 
