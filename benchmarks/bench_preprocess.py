@@ -54,10 +54,10 @@ def make_images(folder: Path, n: int, size: int = 1024) -> list[Path]:
     return paths
 
 
-def job(folder: Path, root: Path, manifest: Path | None = None) -> JobConfig:
+def job(folder: Path, root: Path, manifest: Path | None = None, engine: str = "ray") -> JobConfig:
     return JobConfig.model_validate({
         "name": "bench-preprocess",
-        "data": {"manifest": str(manifest or folder / "manifest.csv")},
+        "data": {"manifest": str(manifest or folder / "manifest.csv"), "engine": engine},
         "preprocess": {"channels": 1, "size": 224, "clahe": True},
         "storage": {"root": str(root)},
     })
@@ -73,7 +73,7 @@ def baseline(paths: list[Path], cfg: JobConfig) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def ray_pipeline(folder: Path, cfg_root: Path, cpus: int) -> tuple[float, float]:
+def ray_pipeline(folder: Path, cfg_root: Path, cpus: int, engine: str = "ray") -> tuple[float, float]:
     import ray
 
     from medxfer.data.cache import prepare
@@ -85,9 +85,9 @@ def ray_pipeline(folder: Path, cfg_root: Path, cpus: int) -> tuple[float, float]
         # the timed run measures throughput, not process start-up.
         warm = folder / "warmup.csv"
         pd.read_csv(folder / "manifest.csv").head(4 * cpus).to_csv(warm, index=False)
-        prepare(job(folder, cfg_root, manifest=warm))
+        prepare(job(folder, cfg_root, manifest=warm, engine=engine))
         t0 = time.perf_counter()
-        prepared = prepare(job(folder, cfg_root))
+        prepared = prepare(job(folder, cfg_root, engine=engine))
         wall = time.perf_counter() - t0
         assert not prepared.hit
         n = prepared.card["total"]
@@ -113,14 +113,20 @@ def main() -> None:
             runs[c] = {"pipeline_images_per_s": round(pipeline_ips, 1),
                        "end_to_end_images_per_s": round(end_to_end_ips, 1),
                        "ratio_to_baseline": round(pipeline_ips / base, 2)}
+        # data.engine: local (what `auto` picks for up to data.local_max_images): the same blocks on threads
+        local_ips, local_e2e = ray_pipeline(folder, Path(tmp) / "root-local", cpus, engine="local")
+        local = {"pipeline_images_per_s": round(local_ips, 1), "end_to_end_images_per_s": round(local_e2e, 1),
+                 "ratio_to_baseline": round(local_ips / base, 2)}
     record("preprocess_throughput", {
         "what": f"{args.images} PNG 1024x1024 gray -> CLAHE -> letterbox 224 -> normalise -> Parquet cache",
         "baseline": {"kind": "single-process loop, preprocess_bytes, cv2 1 thread",
                      "images_per_s": round(base, 1)},
         "ray_data": {str(c): r for c, r in runs.items()},
+        "local_engine": {str(cpus): local},
         "scaling_1_to_n_cpus": round(runs[cpus]["pipeline_images_per_s"] / runs[1]["pipeline_images_per_s"], 2)
         if cpus > 1 else None,
-        "notes": "pipeline_images_per_s counts the Ray Data stage (read, decode, preprocess, write shards) "
+        "notes": "ray_data: data.engine ray; local_engine: data.engine local (threads in the command's process). "
+                 "pipeline_images_per_s counts the Ray Data stage (read, decode, preprocess, write shards) "
                  "after a warm-up run that starts Ray's worker processes; end_to_end adds manifest checks "
                  "and the dataset card.",
     })
