@@ -110,6 +110,11 @@ def test_imagenet_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
+    # urllib caches its first opener, proxies included: drop it afterwards, or every later urlopen
+    # in this process would go through the dead proxy.
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "_opener", None)
     with pytest.raises(MedxferError) as e:
         create_model("resnet18", 2, 1, pretrained="imagenet")
     msg = str(e.value)

@@ -56,6 +56,10 @@ def _env(token_file: Path | None, home: Path) -> dict:
     return env
 
 
+# The head is on loopback: never through a proxy (nor through urllib's cached global opener).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class Head:
     def __init__(self, tmp: Path):
         self.tmp = tmp
@@ -93,7 +97,7 @@ class Head:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited {self.proc.returncode}: {self.log_tail()}")
             try:
-                with urllib.request.urlopen(req, timeout=5) as r:
+                with _DIRECT.open(req, timeout=5) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -116,7 +120,10 @@ class Head:
 
     def log_tail(self) -> str:
         self.log.flush()
-        return (self.tmp / "head.log").read_text(errors="replace")[-2000:]
+        tail = (self.tmp / "head.log").read_text(errors="replace")[-1500:]
+        for log in sorted((self.tmp / "ray").glob("session_*/logs/dashboard*.log")):  # why the job API is down
+            tail += f"\n--- {log.name}\n" + log.read_text(errors="replace")[-1500:]
+        return tail
 
     def stop(self) -> None:
         """Terminate this head's processes only: its process group, then any process still
