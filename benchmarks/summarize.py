@@ -75,7 +75,7 @@ def accuracy() -> str:
         if not r:
             continue
         lines = [f"### 4{'b' if tag else ''}. Accuracy" + (" at 64 px: transfer vs scratch" if tag else
-                 " against the published MedMNIST v2 table"), "", r["what"] + ".", "",
+                 " against the published MedMNIST v2 table"), "", r["what"].rstrip(".") + ".", "",
                  "| dataset | model | test AUROC | test ACC |", "|---|---|---|---|"]
         for key, v in r["results"].items():
             name, size = key.rsplit("_", 1)
