@@ -1,6 +1,7 @@
 """Benchmark 7: is ``medxfer finetune`` as good and as fast as the plain PyTorch script?
 
-For each seed, one after the other on an otherwise idle machine:
+For each seed, one after the other on an otherwise idle machine (even seeds run the plain script
+first, odd seeds ``medxfer`` first, so drift in the machine's speed favours neither):
 
 1. ``benchmarks/plain_train.py``: a plain single-process PyTorch script (ResNet-18, AdamW, warm-up +
    cosine, the same augmentation, batch and epochs), BreastMNIST 64x64 arrays already in memory;
@@ -69,10 +70,6 @@ def main() -> None:
         out = work / f"seed{seed}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        plain_wall, _ = timed([sys.executable, str(REPO / "benchmarks" / "plain_train.py"), "--npz", str(npz),
-                               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(seed),
-                               "--out", str(out / "plain.json")], out / "plain.log", env)
-        plain = json.loads((out / "plain.json").read_text())
         job = {
             "name": f"parity-s{seed}",
             "data": {"manifest": str(dataset / "manifest.csv")},
@@ -84,8 +81,19 @@ def main() -> None:
             "evaluate": {"bootstrap": 1000, "seed": seed},
         }
         (out / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
-        mx_wall, mx_out = timed([str(BIN / "medxfer"), "finetune", "--config", str(out / "job.yaml")],
-                                out / "medxfer.log", env)
+
+        plain_cmd = [sys.executable, str(REPO / "benchmarks" / "plain_train.py"), "--npz", str(npz), "--epochs",
+                     str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(seed),
+                     "--out", str(out / "plain.json")]
+        mx_cmd = [str(BIN / "medxfer"), "finetune", "--config", str(out / "job.yaml")]
+        # Alternate which goes first, so a machine that slows down (or speeds up) over the run
+        # does not always favour the same side.
+        order = ["plain", "medxfer"] if seed % 2 == 0 else ["medxfer", "plain"]
+        walls, outputs = {}, {}
+        for side in order:
+            walls[side], outputs[side] = timed(plain_cmd if side == "plain" else mx_cmd, out / f"{side}.log", env)
+        plain_wall, mx_wall, mx_out = walls["plain"], walls["medxfer"], outputs["medxfer"]
+        plain = json.loads((out / "plain.json").read_text())
         run = out / "root" / "runs" / job["name"]
         result = json.loads((run / "result.json").read_text())
         ev_wall, _ = timed([str(BIN / "medxfer"), "evaluate", "--bundle", str(run / "bundle"), "--data",
@@ -93,6 +101,7 @@ def main() -> None:
         report = json.loads((out / "report" / "report.json").read_text())
         row = {
             "seed": seed,
+            "first": order[0],
             "plain": {"wall_s": round(plain_wall, 1), "train_images_per_s": round(plain["train_images_per_s"], 1),
                       "test_auroc": round(plain["test_auroc"], 4), "best_val_auroc": round(plain["best_val_auroc"], 4)},
             "medxfer": {"wall_s": round(mx_wall, 1), "train_images_per_s": round(result["images_per_s"], 1),
@@ -110,7 +119,7 @@ def main() -> None:
     record("parity", {
         "what": f"BreastMNIST 64x64, ResNet-18 from scratch, {args.epochs} epochs, batch {args.batch_size}, "
                 "AdamW + warm-up/cosine; plain PyTorch script vs the medxfer finetune command (new process, "
-                "cold cache), one after the other per seed",
+                "cold cache), one after the other per seed, the order alternating between seeds",
         "wall_ratio": round(mean("wall_ratio"), 3),
         "auroc_difference": round(mean("auroc_difference"), 4),
         "images_per_s_ratio": round(mean("images_per_s_ratio"), 3),

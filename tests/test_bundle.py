@@ -183,3 +183,20 @@ def test_bundle_show_verifies_everything_without_importing_torch(tmp_path):
     code = f"import sys; from medxfer.bundle import verify_bundle; verify_bundle({uri!r}); print('torch' in sys.modules)"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr[-2000:]
+
+
+def test_package_versions_name_torchvision_without_importing_it():
+    """The card's versions must not cost a torchvision import (~3 s) in every training command,
+    and must still be the version string torchvision itself reports (build tag included)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from medxfer.bundle import package_versions\n"
+            "v = package_versions()\n"
+            "assert 'torchvision' not in sys.modules, 'package_versions imported torchvision'\n"
+            "import torchvision, torch, ray\n"
+            "assert v['torchvision'] == torchvision.__version__, (v, torchvision.__version__)\n"
+            "assert v['torch'] == torch.__version__ and v['ray'] == ray.__version__, v\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

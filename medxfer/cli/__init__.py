@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug", "filelock"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug", "filelock", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not getattr(args, "handler", None):
         parser.print_help()

@@ -15,6 +15,7 @@ the same ``train_func`` in Ray Train's local mode: one process, nothing written.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,6 +139,13 @@ def _status(state, cfg: JobConfig, stopped: str | None) -> str:
     return "max_epochs_this_run"
 
 
+def _import_training() -> None:
+    import ray.train.torch  # noqa: F401 - imports torch
+    import safetensors.torch  # noqa: F401
+
+    import medxfer.train.worker  # noqa: F401
+
+
 def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs]) -> dict:
     """Train (or resume) the run ``cfg.name``; write its bundle, config.yaml and result.json.
 
@@ -145,17 +153,8 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     other settings is refused, a finished one is reported and nothing is written again.
     ``make_inputs(use_gpu)`` prepares the data and plans the run (called once Ray is up).
     """
-    from ray.train import DataConfig
-    from ray.train.torch import TorchTrainer
-
-    from medxfer.bundle import save_bundle
-    from medxfer.config_io import dump_yaml
-    from medxfer.models.registry import check_imagenet
     from medxfer.runs import check_run
     from medxfer.runtime import init_ray
-    from medxfer.train.checkpoint import read_best_weights, read_state
-    from medxfer.train.control import Monitor
-    from medxfer.train.worker import train_func
 
     t0 = time.time()
     layout = storage.Layout(cfg.storage.root)
@@ -163,8 +162,26 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     done = check_run(cfg, run_uri)
     if done is not None:
         return done
-    check_imagenet(cfg)
+    if cfg.model.init == "imagenet":  # fetched, or refused with a clear message, before Ray starts
+        from medxfer.models.registry import check_imagenet
+
+        check_imagenet(cfg)
+    # Ray takes ~5 s to come up, much of it waiting on its processes: PyTorch and Ray Train are
+    # imported meanwhile (on a thread: Ray itself must start from the main thread).
+    preload = threading.Thread(target=_import_training, name="medxfer-imports", daemon=True)
+    preload.start()
     init_ray()
+    preload.join()
+
+    from ray.train import DataConfig
+    from ray.train.torch import TorchTrainer
+
+    from medxfer.bundle import save_bundle
+    from medxfer.config_io import dump_yaml
+    from medxfer.train.checkpoint import read_best_weights, read_state
+    from medxfer.train.control import Monitor
+    from medxfer.train.worker import train_func
+
     resumed = storage.exists(storage.join(run_uri, SNAPSHOT))
     monitor = Monitor(cfg.name)  # its actor starts while the data is prepared
     scaling, use_gpu = scaling_config(cfg)
