@@ -108,6 +108,10 @@ def main() -> None:
                         "test_auroc": round(report["metrics"]["auroc"]["value"], 4),
                         "best_val_auroc": round(result["best"].get("val_auroc", float("nan")), 4),
                         "best_epoch": result["best"]["epoch"], "output_lines": len(mx_out.splitlines()),
+                        # Where the time went: the epoch loop, and everything else (process and Ray
+                        # start, worker group, preprocessing, checkpoints, the bundle).
+                        "epoch_loop_s": round(sum(h["epoch_seconds"] for h in result["history"]), 1),
+                        "outside_epochs_s": round(mx_wall - sum(h["epoch_seconds"] for h in result["history"]), 1),
                         "evaluate_wall_s": round(ev_wall, 1)},
         }
         row["wall_ratio"] = round(mx_wall / plain_wall, 3)

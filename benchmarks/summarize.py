@@ -110,14 +110,16 @@ def parity() -> str:
     r = _load("parity")
     if not r:
         return ""
-    rows = [f"| {s['seed']} | {s['plain']['wall_s']:.0f} | {s['medxfer']['wall_s']:.0f} | {s['wall_ratio']:.2f} | "
+    rows = [f"| {s['seed']} | {s.get('first', 'plain')} | {s['plain']['wall_s']:.0f} | {s['medxfer']['wall_s']:.0f} | "
+            f"{s['wall_ratio']:.2f} | "
             f"{s['plain']['train_images_per_s']:.0f} | {s['medxfer']['train_images_per_s']:.0f} | "
             f"{s['images_per_s_ratio']:.2f} | {s['plain']['test_auroc']:.3f} | {s['medxfer']['test_auroc']:.3f} | "
             f"{s['medxfer']['output_lines']} |" for s in r["seeds"]]
     return "\n".join([
         "### 0. Parity with a plain PyTorch script", "", r["what"] + ".", "",
-        "| seed | plain wall s | medxfer wall s | wall ratio | plain img/s | medxfer img/s | img/s ratio | "
-        "plain test AUROC | medxfer test AUROC | lines printed |", "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+        "| seed | ran first | plain wall s | medxfer wall s | wall ratio | plain img/s | medxfer img/s | img/s ratio | "
+        "plain test AUROC | medxfer test AUROC | lines printed |", "|---|---|---|---|---|---|---|---|---|---|---|", *rows,
+        "",
         f"Mean over seeds: wall ratio {r['wall_ratio']:.2f}x, training img/s ratio {r['images_per_s_ratio']:.2f}x, "
         f"test AUROC {r['plain_test_auroc_mean']:.3f} (plain) vs {r['medxfer_test_auroc_mean']:.3f} (medxfer), "
         f"difference {r['auroc_difference']:+.3f}.", machine_line(r), ""])

@@ -39,6 +39,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=verbose, logging_level=logging.WARNING)
         return
+    # A Ray started here runs on this one machine, where no cloud provider announces preemptions:
+    # Ray Train's preemption watcher would only be one more process polling on the cores that
+    # training needs. On a cluster (RAY_ADDRESS set, above) it stays on.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
