@@ -13,7 +13,7 @@ seeds and reports mean and spread of test AUROC and accuracy:
 
 Accuracy is at the argmax (the operating point medxfer also reports is chosen on val).
 
-    .venv/bin/python benchmarks/bench_accuracy.py [--seeds 0 1 2] [--target-epochs 40] [--set train.ema_decay=0.998]
+    .venv/bin/python benchmarks/bench_accuracy.py [--seeds 0 1 2] [--target-epochs 40] [--set train.ema_decay=0.998 --tag _64_ema]
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ def main() -> None:
     work = Path(args.work)
     init_ray()
     recipe = parse_overrides(args.overrides)
+    # A recipe's runs get their own names: a run name promises one set of settings (medxfer.runs),
+    # and the source model is shared between recipes.
+    suffix = args.tag.replace("_", "-") if args.overrides else ""
     manifests = {}
 
     def manifest(name: str, size: int) -> str:
@@ -134,13 +137,13 @@ def main() -> None:
             arms["transfer"] = run_training(src, "source")["bundle"]
         entry = {"epochs": epochs, "recipe": args.overrides, "published": PUBLISHED.get(name) if size == 28 else None}
         for arm, init in arms.items():
-            rows = [one(job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{s}", name, size, epochs, s,
+            rows = [one(job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{s}{suffix}", name, size, epochs, s,
                             init, extra)) for s in args.seeds]
             entry[arm] = {"seeds": rows, **summary(rows)}
         if "transfer" in arms:
             pairs = []
             for t, b in zip(entry["transfer"]["seeds"], entry["scratch"]["seeds"], strict=True):
-                cfg = job(work, manifest(name, size), f"acc-{name}-{size}-scratch-s{b['seed']}", name, size, epochs,
+                cfg = job(work, manifest(name, size), f"acc-{name}-{size}-scratch-s{b['seed']}{suffix}", name, size, epochs,
                           b["seed"], "scratch", extra)
                 c = compare_bundles(t["bundle"], b["bundle"], cfg, "test")
                 pairs.append({"seed": b["seed"], "difference": c["difference"]["difference"],
@@ -148,7 +151,7 @@ def main() -> None:
             trials = {arm: [] for arm in arms}
             for arm in arms:
                 for r in entry[arm]["seeds"]:
-                    cfg = job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{r['seed']}", name, size, epochs,
+                    cfg = job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{r['seed']}{suffix}", name, size, epochs,
                               r["seed"], arms[arm], extra)
                     s, y = test_scores(r["bundle"], cfg)
                     trials[arm].append({"seed": r["seed"], "test_scores": s.tolist(), "test_labels": y.tolist()})
