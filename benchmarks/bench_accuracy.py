@@ -140,24 +140,38 @@ def main() -> None:
             rows = [one(job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{s}{suffix}", name, size, epochs, s,
                             init, extra)) for s in args.seeds]
             entry[arm] = {"seeds": rows, **summary(rows)}
+        def scores(arm: str, row: dict, run_suffix: str, overrides: dict, name=name, size=size, epochs=epochs,
+                   arms=arms) -> dict:
+            cfg = job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{row['seed']}{run_suffix}", name, size,
+                      epochs, row["seed"], arms[arm], overrides)
+            s, y = test_scores(row["bundle"], cfg)
+            return {"seed": row["seed"], "test_scores": s.tolist(), "test_labels": y.tolist()}
+
+        trials = {arm: [scores(arm, r, suffix, extra) for r in entry[arm]["seeds"]] for arm in arms}
         if "transfer" in arms:
             pairs = []
             for t, b in zip(entry["transfer"]["seeds"], entry["scratch"]["seeds"], strict=True):
-                cfg = job(work, manifest(name, size), f"acc-{name}-{size}-scratch-s{b['seed']}{suffix}", name, size, epochs,
-                          b["seed"], "scratch", extra)
+                cfg = job(work, manifest(name, size), f"acc-{name}-{size}-scratch-s{b['seed']}{suffix}", name, size,
+                          epochs, b["seed"], "scratch", extra)
                 c = compare_bundles(t["bundle"], b["bundle"], cfg, "test")
                 pairs.append({"seed": b["seed"], "difference": c["difference"]["difference"],
                               "ci": c["difference"]["ci"], "p_value": c["difference"]["p_value"]})
-            trials = {arm: [] for arm in arms}
-            for arm in arms:
-                for r in entry[arm]["seeds"]:
-                    cfg = job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{r['seed']}{suffix}", name, size, epochs,
-                              r["seed"], arms[arm], extra)
-                    s, y = test_scores(r["bundle"], cfg)
-                    trials[arm].append({"seed": r["seed"], "test_scores": s.tolist(), "test_labels": y.tolist()})
             entry["transfer_minus_scratch"] = {"per_seed": pairs,
                                                "mean_over_seeds": paired_difference_vs(trials["transfer"],
                                                                                         trials["scratch"])}
+        if is_target and args.overrides:
+            # The recipe against the default recipe, seed for seed on the same test images: the
+            # default's runs (no suffix) are reported if finished, trained otherwise.
+            entry["recipe_minus_default"] = {}
+            for arm, init in arms.items():
+                base = [one(job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{s}", name, size, epochs, s,
+                                init)) for s in args.seeds]
+                base_trials = [scores(arm, r, "", {}) for r in base]
+                entry["recipe_minus_default"][arm] = {
+                    "default_test_auroc_mean": float(np.mean([r["test_auroc"] for r in base])),
+                    "per_seed": [{"seed": a["seed"], "difference": a["test_auroc"] - b["test_auroc"]}
+                                 for a, b in zip(entry[arm]["seeds"], base, strict=True)],
+                    "mean_over_seeds": paired_difference_vs(trials[arm], base_trials)}
         results[f"{name}_{size}"] = entry
     record(f"accuracy{args.tag}", {
         "what": "ResNet-18 via medxfer (Ray Train, 1 worker), AdamW, warm-up + cosine, best epoch on val; test split. "

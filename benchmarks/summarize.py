@@ -68,15 +68,22 @@ def cache() -> str:
                       "", f"Miss / hit: {r['ratio_miss_over_hit']:.0f}x.", machine_line(r), ""])
 
 
+ACCURACY_HEADINGS = {
+    "": "### 4. Accuracy against the published MedMNIST v2 table",
+    "_64": "### 4b. Accuracy at 64 px: transfer vs scratch",
+    "_64_ema": "### 4c. Accuracy at 64 px with a moving average of the weights (EMA)",
+}
+
+
 def accuracy() -> str:
     out = []
-    for tag in ("", "_64"):
+    for tag, heading in ACCURACY_HEADINGS.items():
         r = _load(f"accuracy{tag}")
         if not r:
             continue
-        lines = [f"### 4{'b' if tag else ''}. Accuracy" + (" at 64 px: transfer vs scratch" if tag else
-                 " against the published MedMNIST v2 table"), "", r["what"].rstrip(".") + ".", "",
-                 "| dataset | model | test AUROC | test ACC |", "|---|---|---|---|"]
+        recipes = sorted({o for v in r["results"].values() for o in v.get("recipe") or []})
+        lines = [heading, "", r["what"].rstrip(".") + "." + (f" Recipe: `{' '.join(recipes)}`." if recipes else ""),
+                 "", "| dataset | model | test AUROC | test ACC |", "|---|---|---|---|"]
         for key, v in r["results"].items():
             name, size = key.rsplit("_", 1)
             arms = {a: v[a] for a in ("scratch", "transfer") if a in v} or {"scratch": v}
@@ -92,6 +99,13 @@ def accuracy() -> str:
                 lines.append("")
                 lines.append(f"Transfer - scratch test AUROC, {name} {size}px, mean over seeds: "
                              f"{d['difference']:+.3f} (paired bootstrap 95% CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}).")
+            for arm, vs in (v.get("recipe_minus_default") or {}).items():
+                m = vs.get("mean_over_seeds")
+                if m:
+                    lines += ["", f"This recipe - the default recipe, {arm}, same seeds, test AUROC: {m['difference']:+.3f} "
+                              f"(paired bootstrap 95% CI {m['ci'][0]:+.3f} to {m['ci'][1]:+.3f}; default "
+                              f"{vs['default_test_auroc_mean']:.3f}; per seed "
+                              f"{', '.join(format(p['difference'], '+.3f') for p in vs['per_seed'])})."]
         out += [*lines, "", machine_line(r), ""]
     return "\n".join(out)
 
