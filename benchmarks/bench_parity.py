@@ -99,6 +99,7 @@ def main() -> None:
         ev_wall, _ = timed([str(BIN / "medxfer"), "evaluate", "--bundle", str(run / "bundle"), "--data",
                             str(out / "job.yaml"), "--out", str(out / "report")], out / "evaluate.log", env)
         report = json.loads((out / "report" / "report.json").read_text())
+        epoch_loop_s = sum(h["epoch_seconds"] for h in result["history"])
         row = {
             "seed": seed,
             "first": order[0],
@@ -110,8 +111,8 @@ def main() -> None:
                         "best_epoch": result["best"]["epoch"], "output_lines": len(mx_out.splitlines()),
                         # Where the time went: the epoch loop, and everything else (process and Ray
                         # start, worker group, preprocessing, checkpoints, the bundle).
-                        "epoch_loop_s": round(sum(h["epoch_seconds"] for h in result["history"]), 1),
-                        "outside_epochs_s": round(mx_wall - sum(h["epoch_seconds"] for h in result["history"]), 1),
+                        "epoch_loop_s": round(epoch_loop_s, 1),
+                        "outside_epochs_s": round(mx_wall - epoch_loop_s, 1),
                         "evaluate_wall_s": round(ev_wall, 1)},
         }
         row["wall_ratio"] = round(mx_wall / plain_wall, 3)
