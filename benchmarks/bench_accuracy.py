@@ -57,8 +57,9 @@ def job(work: Path, manifest: str, name: str, dataset: str, size: int, epochs: i
     return validate_dict(deep_merge(base, extra or {}), name)
 
 
-def test_scores(bundle_uri: str, cfg: JobConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Positive-class test scores of a bundle on its run's cached test split, in cache order."""
+def test_scores(bundle_uri: str, cfg: JobConfig, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Positive-class test scores of a bundle on its run's cached test split, in cache order
+    (``tta``: each image's score averaged with its mirror's)."""
     from medxfer.bundle import load_bundle
     from medxfer.data.cache import prepare
     from medxfer.inference import predict_arrays
@@ -66,7 +67,7 @@ def test_scores(bundle_uri: str, cfg: JobConfig) -> tuple[np.ndarray, np.ndarray
     b = load_bundle(bundle_uri)
     X, y = prepare(cfg).numpy("test")
     pos = b.classes.index(b.card["positive_class"])
-    return predict_arrays(b.build_model(), X, b.task)[:, pos], (y == pos).astype(int)
+    return predict_arrays(b.build_model(), X, b.task, tta=tta)[:, pos], (y == pos).astype(int)
 
 
 def main() -> None:
@@ -81,6 +82,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="Suffix of the result file (e.g. _64: accuracy_64.json).")
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work" / "accuracy"))
     args = ap.parse_args()
+
+    from sklearn.metrics import roc_auc_score
 
     from medxfer.config_io import parse_overrides
     from medxfer.data.importers import import_medmnist
@@ -135,19 +138,27 @@ def main() -> None:
             src = job(work, manifest("pneumoniamnist", 64), "acc-source-pneumoniamnist-64", "pneumoniamnist", 64,
                       args.source_epochs, 0)
             arms["transfer"] = run_training(src, "source")["bundle"]
-        entry = {"epochs": epochs, "recipe": args.overrides, "published": PUBLISHED.get(name) if size == 28 else None}
+        entry = {"epochs": epochs, "recipe": args.overrides, "published": PUBLISHED.get(name) if size == 28 else None,
+                 **({"source_epochs": args.source_epochs} if "transfer" in arms else {})}
         for arm, init in arms.items():
             rows = [one(job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{s}{suffix}", name, size, epochs, s,
                             init, extra)) for s in args.seeds]
             entry[arm] = {"seeds": rows, **summary(rows)}
         def scores(arm: str, row: dict, run_suffix: str, overrides: dict, name=name, size=size, epochs=epochs,
-                   arms=arms) -> dict:
+                   arms=arms, tta: bool = False) -> dict:
             cfg = job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{row['seed']}{run_suffix}", name, size,
                       epochs, row["seed"], arms[arm], overrides)
-            s, y = test_scores(row["bundle"], cfg)
+            s, y = test_scores(row["bundle"], cfg, tta)
             return {"seed": row["seed"], "test_scores": s.tolist(), "test_labels": y.tolist()}
 
         trials = {arm: [scores(arm, r, suffix, extra) for r in entry[arm]["seeds"]] for arm in arms}
+        # Test-time flip costs no training: the same bundles, each test image scored with its mirror.
+        entry["flip_tta"] = {}
+        for arm in arms:
+            flipped = [scores(arm, r, suffix, extra, tta=True) for r in entry[arm]["seeds"]]
+            entry["flip_tta"][arm] = {
+                "test_auroc_mean": float(np.mean([roc_auc_score(t["test_labels"], t["test_scores"]) for t in flipped])),
+                "minus_plain": paired_difference_vs(flipped, trials[arm])}
         if "transfer" in arms:
             pairs = []
             for t, b in zip(entry["transfer"]["seeds"], entry["scratch"]["seeds"], strict=True):

@@ -81,10 +81,12 @@ def ray_pipeline(folder: Path, cfg_root: Path, cpus: int, engine: str = "ray") -
 
     init_ray(num_cpus=cpus)
     try:
-        # Warm-up on a few images (another cache key): Ray's worker processes start here, so
-        # the timed run measures throughput, not process start-up.
+        # Warm-up (another cache key): 4 blocks per CPU, so every one of Ray's worker processes
+        # starts and imports here and the timed run measures throughput, not process start-up.
+        # (4 x cpus images made one block: one task, one warm worker, the others started in the
+        # timed run.)
         warm = folder / "warmup.csv"
-        pd.read_csv(folder / "manifest.csv").head(4 * cpus).to_csv(warm, index=False)
+        pd.read_csv(folder / "manifest.csv").head(32 * cpus).to_csv(warm, index=False)
         prepare(job(folder, cfg_root, manifest=warm, engine=engine))
         t0 = time.perf_counter()
         prepared = prepare(job(folder, cfg_root, engine=engine))
@@ -99,6 +101,7 @@ def ray_pipeline(folder: Path, cfg_root: Path, cpus: int, engine: str = "ray") -
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--tag", default="", help="Suffix of the result file (e.g. _2400: preprocess_throughput_2400.json).")
     args = ap.parse_args()
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +120,7 @@ def main() -> None:
         local_ips, local_e2e = ray_pipeline(folder, Path(tmp) / "root-local", cpus, engine="local")
         local = {"pipeline_images_per_s": round(local_ips, 1), "end_to_end_images_per_s": round(local_e2e, 1),
                  "ratio_to_baseline": round(local_ips / base, 2)}
-    record("preprocess_throughput", {
+    record(f"preprocess_throughput{args.tag}", {
         "what": f"{args.images} PNG 1024x1024 gray -> CLAHE -> letterbox 224 -> normalise -> Parquet cache",
         "baseline": {"kind": "single-process loop, preprocess_bytes, cv2 1 thread",
                      "images_per_s": round(base, 1)},

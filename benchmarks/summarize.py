@@ -24,20 +24,23 @@ def machine_line(r: dict) -> str:
 
 
 def preprocess() -> str:
-    r = _load("preprocess_throughput")
-    if not r:
-        return ""
-    rows = [f"| single-process OpenCV loop (baseline) | {r['baseline']['images_per_s']:.1f} | 1.00 |"]
-    for c, v in r["ray_data"].items():
-        rows.append(f"| Ray Data pipeline, {c} CPU(s) | {v['pipeline_images_per_s']:.1f} | {v['ratio_to_baseline']:.2f} |")
-    for c, v in (r.get("local_engine") or {}).items():
-        rows.append(f"| in-process engine (`data.engine: local`), {c} threads | {v['pipeline_images_per_s']:.1f} | "
-                    f"{v['ratio_to_baseline']:.2f} |")
-    s = r.get("scaling_1_to_n_cpus")
-    return "\n".join([
-        "### 1. Preprocessing throughput", "", r["what"] + ".", "",
-        "| pipeline | images/s | ratio |", "|---|---|---|", *rows, "",
-        f"Scaling from 1 CPU to all: {s}x." if s else "", machine_line(r), ""])
+    out = []
+    for tag in ("", "_2400"):
+        r = _load(f"preprocess_throughput{tag}")
+        if not r:
+            continue
+        rows = [f"| single-process OpenCV loop (baseline) | {r['baseline']['images_per_s']:.1f} | 1.00 |"]
+        for c, v in r["ray_data"].items():
+            rows.append(f"| Ray Data pipeline, {c} CPU(s) | {v['pipeline_images_per_s']:.1f} | "
+                        f"{v['ratio_to_baseline']:.2f} |")
+        for c, v in (r.get("local_engine") or {}).items():
+            rows.append(f"| in-process engine (`data.engine: local`), {c} threads | {v['pipeline_images_per_s']:.1f} | "
+                        f"{v['ratio_to_baseline']:.2f} |")
+        s = r.get("scaling_1_to_n_cpus")
+        out += ([] if out else ["### 1. Preprocessing throughput", ""]) + [
+            r["what"] + ".", "", "| pipeline | images/s | ratio |", "|---|---|---|", *rows, "",
+            f"Scaling from 1 CPU to all: {s}x." if s else "", machine_line(r), ""]
+    return "\n".join(out)
 
 
 def overhead() -> str:
@@ -72,6 +75,8 @@ ACCURACY_HEADINGS = {
     "": "### 4. Accuracy against the published MedMNIST v2 table",
     "_64": "### 4b. Accuracy at 64 px: transfer vs scratch",
     "_64_ema": "### 4c. Accuracy at 64 px with a moving average of the weights (EMA)",
+    "_64_mixup": "### 4d. Accuracy at 64 px with mixup",
+    "_64_cutmix": "### 4e. Accuracy at 64 px with CutMix",
 }
 
 
@@ -99,6 +104,12 @@ def accuracy() -> str:
                 lines.append("")
                 lines.append(f"Transfer - scratch test AUROC, {name} {size}px, mean over seeds: "
                              f"{d['difference']:+.3f} (paired bootstrap 95% CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}).")
+            for arm, f in (v.get("flip_tta") or {}).items():
+                m = f.get("minus_plain")
+                if m:
+                    lines += ["", f"Test-time flip, {arm} (the same bundles, each test image scored with its mirror): "
+                              f"test AUROC {f['test_auroc_mean']:.3f}, {m['difference']:+.3f} against no flip "
+                              f"(paired bootstrap 95% CI {m['ci'][0]:+.3f} to {m['ci'][1]:+.3f})."]
             for arm, vs in (v.get("recipe_minus_default") or {}).items():
                 m = vs.get("mean_over_seeds")
                 if m:

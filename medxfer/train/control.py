@@ -23,7 +23,8 @@ from typing import Any
 
 log = logging.getLogger("medxfer.train")
 
-_POLL_S = 0.5
+_POLL_S = 0.5  # with a progress bar on a terminal: the bar moves smoothly
+_POLL_QUIET_S = 2.0  # without one, only epoch lines come: each actor call costs CPU the worker needs
 _PROGRESS_EVERY_S = 0.5
 
 
@@ -53,16 +54,21 @@ class _Board:
 
 
 class WorkerChannel:
-    """What a worker holds (picklable): post lines and progress, ask whether to stop."""
+    """What a worker holds (picklable): post lines and progress, ask whether to stop.
 
-    def __init__(self, actor):
+    ``progress``: whether the command shows a bar; without one, step progress is not sent at all."""
+
+    def __init__(self, actor, progress: bool = True):
         self.actor = actor
+        self.send_progress = progress
         self._last_progress = 0.0
 
     def post(self, line: str) -> None:
         self.actor.post.remote(line)
 
     def progress(self, epoch: int, step: int, steps: int) -> None:
+        if not self.send_progress:
+            return
         now = time.monotonic()
         if now - self._last_progress >= _PROGRESS_EVERY_S or step == steps:
             self._last_progress = now
@@ -77,10 +83,10 @@ class WorkerChannel:
             return None
 
     def __getstate__(self):
-        return {"actor": self.actor}
+        return {"actor": self.actor, "progress": self.send_progress}
 
     def __setstate__(self, d):
-        self.actor, self._last_progress = d["actor"], 0.0
+        self.actor, self.send_progress, self._last_progress = d["actor"], d.get("progress", True), 0.0
 
 
 class _Bar:
@@ -120,7 +126,7 @@ class Monitor:
         self.signal: str | None = None
 
     def channel(self) -> WorkerChannel:
-        return WorkerChannel(self.actor)
+        return WorkerChannel(self.actor, progress=self.bar.enabled)
 
     def _drain(self) -> None:
         import ray
@@ -165,7 +171,7 @@ class Monitor:
         try:
             thread.start()
             while thread.is_alive():
-                thread.join(_POLL_S)
+                thread.join(_POLL_S if self.bar.enabled else _POLL_QUIET_S)
                 self._drain()
             self._drain()
         finally:
