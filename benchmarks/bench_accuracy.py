@@ -57,9 +57,9 @@ def job(work: Path, manifest: str, name: str, dataset: str, size: int, epochs: i
     return validate_dict(deep_merge(base, extra or {}), name)
 
 
-def test_scores(bundle_uri: str, cfg: JobConfig, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Positive-class test scores of a bundle on its run's cached test split, in cache order
-    (``tta``: each image's score averaged with its mirror's)."""
+def test_scores(bundle_uri: str, cfg: JobConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positive-class test scores of a bundle on its run's cached test split, in cache order: plain,
+    and with the test-time flip (each image's score averaged with its mirror's); then the labels."""
     from medxfer.bundle import load_bundle
     from medxfer.data.cache import prepare
     from medxfer.inference import predict_arrays
@@ -67,7 +67,9 @@ def test_scores(bundle_uri: str, cfg: JobConfig, tta: bool = False) -> tuple[np.
     b = load_bundle(bundle_uri)
     X, y = prepare(cfg).numpy("test")
     pos = b.classes.index(b.card["positive_class"])
-    return predict_arrays(b.build_model(), X, b.task, tta=tta)[:, pos], (y == pos).astype(int)
+    model = b.build_model()
+    return (predict_arrays(model, X, b.task)[:, pos], predict_arrays(model, X, b.task, tta=True)[:, pos],
+            (y == pos).astype(int))
 
 
 def main() -> None:
@@ -83,12 +85,11 @@ def main() -> None:
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work" / "accuracy"))
     args = ap.parse_args()
 
-    from sklearn.metrics import roc_auc_score
-
     from medxfer.config_io import parse_overrides
     from medxfer.data.importers import import_medmnist
     from medxfer.evaluate import compare_bundles, evaluate_bundle
     from medxfer.experiments import paired_difference_vs
+    from medxfer.metrics import METRICS
     from medxfer.runtime import init_ray
     from medxfer.train.jobs import run_training
 
@@ -145,19 +146,24 @@ def main() -> None:
                             init, extra)) for s in args.seeds]
             entry[arm] = {"seeds": rows, **summary(rows)}
         def scores(arm: str, row: dict, run_suffix: str, overrides: dict, name=name, size=size, epochs=epochs,
-                   arms=arms, tta: bool = False) -> dict:
+                   arms=arms) -> tuple[dict, dict]:
+            """The bundle's test scores as paired-comparison trials: plain, and with the test-time flip."""
             cfg = job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{row['seed']}{run_suffix}", name, size,
                       epochs, row["seed"], arms[arm], overrides)
-            s, y = test_scores(row["bundle"], cfg, tta)
-            return {"seed": row["seed"], "test_scores": s.tolist(), "test_labels": y.tolist()}
+            plain, flipped, y = test_scores(row["bundle"], cfg)
+            return tuple({"seed": row["seed"], "test_scores": s.tolist(), "test_labels": y.tolist()}
+                         for s in (plain, flipped))
 
-        trials = {arm: [scores(arm, r, suffix, extra) for r in entry[arm]["seeds"]] for arm in arms}
+        scored = {arm: [scores(arm, r, suffix, extra) for r in entry[arm]["seeds"]] for arm in arms}
+        trials = {arm: [plain for plain, _ in pairs] for arm, pairs in scored.items()}
         # Test-time flip costs no training: the same bundles, each test image scored with its mirror.
         entry["flip_tta"] = {}
         for arm in arms:
-            flipped = [scores(arm, r, suffix, extra, tta=True) for r in entry[arm]["seeds"]]
+            flipped = [f for _, f in scored[arm]]
             entry["flip_tta"][arm] = {
-                "test_auroc_mean": float(np.mean([roc_auc_score(t["test_labels"], t["test_scores"]) for t in flipped])),
+                "test_auroc_mean": float(np.mean([METRICS["auroc"].point(np.asarray([t["test_labels"]]),
+                                                                         np.asarray([t["test_scores"]]))
+                                                  for t in flipped])),
                 "minus_plain": paired_difference_vs(flipped, trials[arm])}
         if "transfer" in arms:
             pairs = []
@@ -177,7 +183,7 @@ def main() -> None:
             for arm, init in arms.items():
                 base = [one(job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{s}", name, size, epochs, s,
                                 init)) for s in args.seeds]
-                base_trials = [scores(arm, r, "", {}) for r in base]
+                base_trials = [scores(arm, r, "", {})[0] for r in base]
                 entry["recipe_minus_default"][arm] = {
                     "default_test_auroc_mean": float(np.mean([r["test_auroc"] for r in base])),
                     "per_seed": [{"seed": a["seed"], "difference": a["test_auroc"] - b["test_auroc"]}

@@ -86,7 +86,7 @@ class WorkerChannel:
         return {"actor": self.actor, "progress": self.send_progress}
 
     def __setstate__(self, d):
-        self.actor, self.send_progress, self._last_progress = d["actor"], d.get("progress", True), 0.0
+        self.actor, self.send_progress, self._last_progress = d["actor"], d["progress"], 0.0
 
 
 class _Bar:
