@@ -1,18 +1,22 @@
 """Benchmark 7: is ``medxfer finetune`` as good and as fast as the plain PyTorch script?
 
-For each seed, one after the other on an otherwise idle machine (even seeds run the plain script
-first, odd seeds ``medxfer`` first, so drift in the machine's speed favours neither):
+For each seed, one after the other on an otherwise idle machine (the order is reversed on odd
+seeds, so drift in the machine's speed favours none of them):
 
 1. ``benchmarks/plain_train.py``: a plain single-process PyTorch script (ResNet-18, AdamW, warm-up +
    cosine, the same augmentation, batch and epochs), BreastMNIST 64x64 arrays already in memory;
 2. the ``medxfer finetune`` *command* in a new process on the same images as PNG files with a
-   manifest: Ray start, preprocessing into a fresh cache, training, checkpoints, the bundle;
-3. ``medxfer evaluate`` of that bundle on the test split (timed apart: the plain script's test
+   manifest, with one Ray Train worker (the default): Ray start, preprocessing into a fresh
+   cache, the worker group, training, checkpoints, the bundle;
+3. the same command with ``scaling.num_workers: 0``: training in the command's own process
+   (Ray Train's local mode), no Ray cluster;
+4. ``medxfer evaluate`` of each bundle on the test split (timed apart: the plain script's test
    score comes free with its training, medxfer's is a separate command with bootstrap intervals).
 
-Recorded per seed: wall time of each process, training images/s, test AUROC; top level: the
-mean ``wall_ratio`` (medxfer finetune wall time / plain wall time) and ``auroc_difference``
-(medxfer minus plain, mean over seeds), plus the lines medxfer printed.
+Recorded per seed: wall time of each process, training images/s, test AUROC; top level, for the
+default command: the mean ``wall_ratio`` (medxfer finetune wall time / plain wall time) and
+``auroc_difference`` (medxfer minus plain, mean over seeds), plus the lines medxfer printed; the
+same ratios for the in-process run under ``in_process``.
 
     .venv/bin/python benchmarks/bench_parity.py [--seeds 0 1] [--epochs 40]
 """
@@ -70,68 +74,88 @@ def main() -> None:
         out = work / f"seed{seed}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        job = {
-            "name": f"parity-s{seed}",
-            "data": {"manifest": str(dataset / "manifest.csv")},
-            "preprocess": {"channels": 1, "size": 64},
-            "model": {"backbone": "resnet18", "init": "scratch"},
-            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3, "seed": seed},
-            "scaling": {"num_workers": 1, "cpus_per_worker": os.cpu_count() or 1},
-            "storage": {"root": str(out / "root")},  # a fresh root: the cache is built inside the timed run
-            "evaluate": {"bootstrap": 1000, "seed": seed},
-        }
-        (out / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
-
-        plain_cmd = [sys.executable, str(REPO / "benchmarks" / "plain_train.py"), "--npz", str(npz), "--epochs",
-                     str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(seed),
-                     "--out", str(out / "plain.json")]
-        mx_cmd = [str(BIN / "medxfer"), "finetune", "--config", str(out / "job.yaml")]
-        # Alternate which goes first, so a machine that slows down (or speeds up) over the run
+        commands = {"plain": [sys.executable, str(REPO / "benchmarks" / "plain_train.py"), "--npz", str(npz),
+                              "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed",
+                              str(seed), "--out", str(out / "plain.json")]}
+        for side, workers in MEDXFER_SIDES.items():
+            job = {
+                "name": f"parity-s{seed}",
+                "data": {"manifest": str(dataset / "manifest.csv")},
+                "preprocess": {"channels": 1, "size": 64},
+                "model": {"backbone": "resnet18", "init": "scratch"},
+                "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3, "seed": seed},
+                "scaling": {"num_workers": workers, "cpus_per_worker": os.cpu_count() or 1},
+                # A fresh root per side: each builds its cache inside its timed run.
+                "storage": {"root": str(out / side / "root")},
+                "evaluate": {"bootstrap": 1000, "seed": seed},
+            }
+            (out / side).mkdir()
+            (out / side / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
+            commands[side] = [str(BIN / "medxfer"), "finetune", "--config", str(out / side / "job.yaml")]
+        # Reverse the order on odd seeds, so a machine that slows down (or speeds up) over the run
         # does not always favour the same side.
-        order = ["plain", "medxfer"] if seed % 2 == 0 else ["medxfer", "plain"]
+        order = list(commands) if seed % 2 == 0 else list(reversed(commands))
         walls, outputs = {}, {}
         for side in order:
-            walls[side], outputs[side] = timed(plain_cmd if side == "plain" else mx_cmd, out / f"{side}.log", env)
-        plain_wall, mx_wall, mx_out = walls["plain"], walls["medxfer"], outputs["medxfer"]
+            walls[side], outputs[side] = timed(commands[side], out / f"{side}.log", env)
         plain = json.loads((out / "plain.json").read_text())
-        run = out / "root" / "runs" / job["name"]
-        result = json.loads((run / "result.json").read_text())
-        ev_wall, _ = timed([str(BIN / "medxfer"), "evaluate", "--bundle", str(run / "bundle"), "--data",
-                            str(out / "job.yaml"), "--out", str(out / "report")], out / "evaluate.log", env)
-        report = json.loads((out / "report" / "report.json").read_text())
-        epoch_loop_s = sum(h["epoch_seconds"] for h in result["history"])
         row = {
             "seed": seed,
-            "first": order[0],
-            "plain": {"wall_s": round(plain_wall, 1), "train_images_per_s": round(plain["train_images_per_s"], 1),
+            "order": order,
+            "plain": {"wall_s": round(walls["plain"], 1), "train_images_per_s": round(plain["train_images_per_s"], 1),
                       "test_auroc": round(plain["test_auroc"], 4), "best_val_auroc": round(plain["best_val_auroc"], 4)},
-            "medxfer": {"wall_s": round(mx_wall, 1), "train_images_per_s": round(result["images_per_s"], 1),
-                        "test_auroc": round(report["metrics"]["auroc"]["value"], 4),
-                        "best_val_auroc": round(result["best"].get("val_auroc", float("nan")), 4),
-                        "best_epoch": result["best"]["epoch"], "output_lines": len(mx_out.splitlines()),
-                        # Where the time went: the epoch loop, and everything else (process and Ray
-                        # start, worker group, preprocessing, checkpoints, the bundle).
-                        "epoch_loop_s": round(epoch_loop_s, 1),
-                        "outside_epochs_s": round(mx_wall - epoch_loop_s, 1),
-                        "evaluate_wall_s": round(ev_wall, 1)},
         }
-        row["wall_ratio"] = round(mx_wall / plain_wall, 3)
-        row["images_per_s_ratio"] = round(result["images_per_s"] / plain["train_images_per_s"], 3)
-        row["auroc_difference"] = round(row["medxfer"]["test_auroc"] - row["plain"]["test_auroc"], 4)
+        for side in MEDXFER_SIDES:
+            row[side] = medxfer_side(out / side, f"parity-s{seed}", walls[side], outputs[side], plain, walls["plain"],
+                                     env)
         seeds.append(row)
         print(json.dumps(row), flush=True)
-    mean = lambda k: float(np.mean([r[k] for r in seeds]))  # noqa: E731
+
+    def mean(side: str, key: str) -> float:
+        return float(np.mean([r[side][key] for r in seeds]))
+
     record("parity", {
         "what": f"BreastMNIST 64x64, ResNet-18 from scratch, {args.epochs} epochs, batch {args.batch_size}, "
                 "AdamW + warm-up/cosine; plain PyTorch script vs the medxfer finetune command (new process, "
-                "cold cache), one after the other per seed, the order alternating between seeds",
-        "wall_ratio": round(mean("wall_ratio"), 3),
-        "auroc_difference": round(mean("auroc_difference"), 4),
-        "images_per_s_ratio": round(mean("images_per_s_ratio"), 3),
-        "plain_test_auroc_mean": round(float(np.mean([r["plain"]["test_auroc"] for r in seeds])), 4),
-        "medxfer_test_auroc_mean": round(float(np.mean([r["medxfer"]["test_auroc"] for r in seeds])), 4),
+                "cold cache) with one Ray Train worker (medxfer) and in its own process (in_process), one after "
+                "the other per seed, the order reversed on odd seeds",
+        "wall_ratio": round(mean("medxfer", "wall_ratio"), 3),
+        "auroc_difference": round(mean("medxfer", "auroc_difference"), 4),
+        "images_per_s_ratio": round(mean("medxfer", "images_per_s_ratio"), 3),
+        "plain_test_auroc_mean": round(mean("plain", "test_auroc"), 4),
+        "medxfer_test_auroc_mean": round(mean("medxfer", "test_auroc"), 4),
+        "in_process": {"wall_ratio": round(mean("in_process", "wall_ratio"), 3),
+                       "auroc_difference": round(mean("in_process", "auroc_difference"), 4),
+                       "images_per_s_ratio": round(mean("in_process", "images_per_s_ratio"), 3),
+                       "test_auroc_mean": round(mean("in_process", "test_auroc"), 4)},
         "seeds": seeds,
     })
+
+
+#: The medxfer commands compared with the plain script: ``scaling.num_workers`` of each.
+MEDXFER_SIDES = {"medxfer": 1, "in_process": 0}
+
+
+def medxfer_side(folder: Path, name: str, wall: float, output: str, plain: dict, plain_wall: float, env: dict) -> dict:
+    """One medxfer command's numbers, its bundle evaluated on the test split, and its ratios to the plain script."""
+    run = folder / "root" / "runs" / name
+    result = json.loads((run / "result.json").read_text())
+    ev_wall, _ = timed([str(BIN / "medxfer"), "evaluate", "--bundle", str(run / "bundle"), "--data",
+                        str(folder / "job.yaml"), "--out", str(folder / "report")], folder / "evaluate.log", env)
+    report = json.loads((folder / "report" / "report.json").read_text())
+    epoch_loop_s = sum(h["epoch_seconds"] for h in result["history"])
+    side = {"wall_s": round(wall, 1), "train_images_per_s": round(result["images_per_s"], 1),
+            "test_auroc": round(report["metrics"]["auroc"]["value"], 4),
+            "best_val_auroc": round(result["best"].get("val_auroc", float("nan")), 4),
+            "best_epoch": result["best"]["epoch"], "output_lines": len(output.splitlines()),
+            # Where the time went: the epoch loop, and everything else (process and Ray start, worker
+            # group, preprocessing, checkpoints, the bundle).
+            "epoch_loop_s": round(epoch_loop_s, 1), "outside_epochs_s": round(wall - epoch_loop_s, 1),
+            "evaluate_wall_s": round(ev_wall, 1)}
+    side["wall_ratio"] = round(wall / plain_wall, 3)
+    side["images_per_s_ratio"] = round(result["images_per_s"] / plain["train_images_per_s"], 3)
+    side["auroc_difference"] = round(side["test_auroc"] - plain["test_auroc"], 4)
+    return side
 
 
 if __name__ == "__main__":

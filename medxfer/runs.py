@@ -36,7 +36,6 @@ NOT_SHAPING = frozenset({"train.max_epochs_this_run", "train.checkpoint.every_mi
                          "train.checkpoint.keep", "data.engine", "data.local_max_images"})
 GROW_ONLY = frozenset({"train.epochs"})
 FINISHED = ("complete", "early_stopped")
-SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record that a run has checkpoints
 
 
 def _flatten(d: Any, prefix: str) -> dict[str, Any]:
@@ -66,7 +65,10 @@ def differences(before: JobConfig, now: JobConfig) -> list[str]:
 
 def has_state(run_uri: str) -> bool:
     """Whether the run folder holds anything trained (a checkpoint record, a result or a bundle)."""
-    return any(storage.exists(storage.join(run_uri, p)) for p in (SNAPSHOT, "result.json", "bundle/bundle.json"))
+    from medxfer.train.resume import has_checkpoints
+
+    return has_checkpoints(run_uri) or any(storage.exists(storage.join(run_uri, p))
+                                           for p in ("result.json", "bundle/bundle.json"))
 
 
 def stored_config(run_uri: str) -> JobConfig | None:

@@ -112,4 +112,4 @@ def test_render_cli_refuses_bad_input(capsys):
     assert main(["k8s", "render", "--config", str(JOBS / "finetune.yaml"), "--image", "medxfer:latest"]) == 2
     assert main(["k8s", "render", "--config", str(JOBS / "finetune.yaml"), "--set", "scaling.num_workers=0"]) == 2
     err = capsys.readouterr().err
-    assert "pin the image" in err and "scaling.num_workers" in err
+    assert "pin the image" in err and "scaling.num_workers: 0 trains in the submitting process" in err

@@ -11,7 +11,8 @@ def test_reused_run_name_with_other_model_is_refused(tmp_path):
     from medxfer.config import JobConfig
     from medxfer.config_io import dump_yaml
     from medxfer.errors import ConfigError
-    from medxfer.runs import SNAPSHOT, check_run
+    from medxfer.runs import check_run
+    from medxfer.train.resume import SNAPSHOT
 
     cfg = JobConfig.model_validate({"name": "r", "model": {"backbone": "smallcnn"}})
     (tmp_path / "config.yaml").write_text(dump_yaml(cfg))

@@ -1,5 +1,6 @@
 """The launcher as its users meet it: the ``medxfer finetune`` / ``source-train`` commands in a new
-process (their own local Ray, beside the test session's), what they print, and a stop by signal."""
+process (their own local Ray beside the test session's, or no Ray at all with ``num_workers: 0``),
+what they print, and a stop by signal resumed in the same or the other mode."""
 
 from __future__ import annotations
 
@@ -22,14 +23,14 @@ NOISE = ("TrainingReport", "concurrency", "deprecated", "Progress bars disabled"
          "(SplitCoordinator", "UserWarning", "Reported metrics")
 
 
-def _job(tmp_path, manifest: str, name: str, **train) -> str:
+def _job(tmp_path, manifest: str, name: str, workers: int = 1, **train) -> str:
     job = {
         "name": name,
         "data": {"manifest": manifest},
         "preprocess": {"size": 28},
         "model": {"backbone": "smallcnn", "init": "scratch"},
         "train": {"epochs": 2, "batch_size": 64, "lr": 3e-3, "warmup_epochs": 0, **train},
-        "scaling": {"num_workers": 1, "cpus_per_worker": 1, "use_gpu": False},
+        "scaling": {"num_workers": workers, "cpus_per_worker": 1, "use_gpu": False},
         "storage": {"root": str(tmp_path / "root")},
     }
     path = tmp_path / f"{name}.yaml"
@@ -47,10 +48,13 @@ def breast(test_data, tmp_path_factory):
     return breast_manifest(test_data, tmp_path_factory.mktemp("breast"))
 
 
-def test_finetune_prints_what_starts_one_line_per_epoch_and_the_result(breast, tmp_path):
-    job = _job(tmp_path, breast, "quiet", epochs=3)
+@pytest.mark.parametrize("workers", [1, 0], ids=["worker-group", "in-process"])
+def test_finetune_prints_what_starts_one_line_per_epoch_and_the_result(breast, tmp_path, workers):
+    job = _job(tmp_path, breast, "quiet", workers, epochs=3)
+    ray_tmp = tmp_path / "ray"  # where a Ray started by the command would keep its session
+    env = {**_env(), "RAY_TMPDIR": str(ray_tmp)} if workers == 0 else _env()
     p = subprocess.run([sys.executable, "-m", "medxfer", "finetune", "--config", job], capture_output=True,
-                       text=True, env=_env(), timeout=900)
+                       text=True, env=env, timeout=900)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]
     lines = [ln for ln in out.splitlines() if ln.strip()]
@@ -58,14 +62,22 @@ def test_finetune_prints_what_starts_one_line_per_epoch_and_the_result(breast, t
     assert [ln.split(" epoch ", 1)[1].split()[0] for ln in lines if " epoch " in ln and "/3 " in ln] == \
         ["1/3", "2/3", "3/3"]
     assert any("preprocessing 780 images" in ln for ln in lines)  # what starts: data, model, workers
-    assert any("starting finetune: smallcnn on 546 train / 78 val images" in ln for ln in lines)
+    where = "in this process" if workers == 0 else "1 worker(s)"
+    assert any(f"starting finetune: smallcnn on 546 train / 78 val images, {where}" in ln for ln in lines)
     assert p.stdout.strip().splitlines()[-1].startswith("quiet: complete (epoch 3/3); best val_auroc ")
     assert len(lines) <= 10, out
+    if workers == 0:
+        assert not ray_tmp.exists() or not any(ray_tmp.iterdir())  # no Ray was started
+        record = storage.read_json(str(tmp_path / "root" / "runs" / "quiet" / "checkpoints.json"))
+        assert record["checkpoints"] == [{"name": "epoch-0003", "epoch": 3}]
 
 
-def test_a_signal_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(breast, tmp_path):
+@pytest.mark.parametrize("first,then", [(0, 1), (1, 0)], ids=["in-process-then-workers", "workers-then-in-process"])
+def test_a_signal_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(breast, tmp_path, first, then):
+    """Stopped in one mode, resumed in the other: each finds the checkpoint the other one wrote."""
     # No time- or epoch-based checkpoints: the only one before the end is the one the stop writes.
-    job = _job(tmp_path, breast, "stopme", epochs=40, checkpoint={"every_minutes": None, "every_epochs": None})
+    job = _job(tmp_path, breast, "stopme", first, epochs=40,
+               checkpoint={"every_minutes": None, "every_epochs": None})
     cmd = [sys.executable, "-m", "medxfer", "source-train", "--config", job]
     log = tmp_path / "first.log"
     with open(log, "w") as f:
@@ -85,9 +97,10 @@ def test_a_signal_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(b
     stopped_at = first["epoch"]
     assert (run / f"epoch-{stopped_at:04d}").is_dir()
 
-    again = subprocess.run(cmd + ["--set", "train.max_epochs_this_run=1"], capture_output=True, text=True,
-                           env=_env(), timeout=900)
+    again = subprocess.run(cmd + ["--set", "train.max_epochs_this_run=1", "--set", f"scaling.num_workers={then}"],
+                           capture_output=True, text=True, env=_env(), timeout=900)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     res = storage.read_json(str(run / "result.json"))
     assert res["status"] == "max_epochs_this_run" and res["resumed"] and res["resumed_from_epoch"] == stopped_at
     assert [h["epoch"] for h in res["history"]] == list(range(1, stopped_at + 2))
+    assert "resuming source after epoch" in again.stdout + again.stderr

@@ -14,7 +14,12 @@ from medxfer.config.base import _Section
 class ScalingSection(_Section):
     """How many Ray Train workers and what each gets."""
 
-    num_workers: int = Field(1, ge=1, description="Data-parallel workers.")
+    num_workers: int = Field(
+        1,
+        ge=0,
+        description="Data-parallel Ray Train workers. 0 trains in the command's own process (Ray Train's local "
+        "mode): no Ray cluster or worker group to start, the fastest way to fine-tune on one machine.",
+    )
     use_gpu: Literal["auto"] | bool = Field("auto", description="'auto' uses GPUs when the cluster has them.")
     cpus_per_worker: float = Field(
         1.0,

@@ -38,6 +38,10 @@ def render(cfg: JobConfig, kind: str, stage: str, image: str = DEFAULT_IMAGE, co
     if stage not in STAGES:
         raise ConfigError([f"--stage {stage}: expected one of {', '.join(STAGES)}"])
     check_image(image)
+    if cfg.scaling.num_workers == 0:
+        raise ConfigError(["scaling.num_workers: 0 trains in the submitting process, which on Kubernetes is the Ray "
+                           "head pod, sized for the driver alone; set scaling.num_workers to 1 or more for a "
+                           "Kubernetes job"])
     return BUILDERS[kind](cfg, stage, image, config_file or f"{stage}.yaml", overrides)
 
 

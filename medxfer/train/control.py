@@ -9,6 +9,9 @@ posts its lines to a small actor that the command polls and prints.
 The same actor carries the other direction: the first SIGINT/SIGTERM to the command asks the
 workers to write a checkpoint at the end of the current epoch and stop (the run resumes with the
 same command); a second one aborts at once.
+
+A run in the command's own process (``scaling.num_workers: 0``) has no workers to reach: the
+board is then a plain object shared with the training thread, behind the same channel interface.
 """
 
 from __future__ import annotations
@@ -29,21 +32,25 @@ _PROGRESS_EVERY_S = 0.5
 
 
 class _Board:
-    """The actor's state: queued lines, the latest step progress, a stop request."""
+    """The actor's state (or, in-process, the shared object): queued lines, the latest step progress, a stop
+    request. The lock matters only in-process, where the training thread posts while the command takes."""
 
     def __init__(self):
         self.lines: list[str] = []
         self.progress: tuple[int, int, int] | None = None
         self.stop: str | None = None
+        self._lock = threading.Lock()
 
     def post(self, line: str) -> None:
-        self.lines.append(line)
+        with self._lock:
+            self.lines.append(line)
 
     def set_progress(self, epoch: int, step: int, steps: int) -> None:
         self.progress = (epoch, step, steps)
 
     def take(self) -> tuple[list[str], tuple[int, int, int] | None]:
-        lines, self.lines = self.lines, []
+        with self._lock:
+            lines, self.lines = self.lines, []
         return lines, self.progress
 
     def request_stop(self, reason: str) -> None:
@@ -56,15 +63,17 @@ class _Board:
 class WorkerChannel:
     """What a worker holds (picklable): post lines and progress, ask whether to stop.
 
+    ``board``: the run's actor, or the board itself for a run in the command's process.
     ``progress``: whether the command shows a bar; without one, step progress is not sent at all."""
 
-    def __init__(self, actor, progress: bool = True):
-        self.actor = actor
+    def __init__(self, board, progress: bool = True):
+        self.actor = board
         self.send_progress = progress
         self._last_progress = 0.0
+        self._direct = isinstance(board, _Board)
 
     def post(self, line: str) -> None:
-        self.actor.post.remote(line)
+        self._call("post", line)
 
     def progress(self, epoch: int, step: int, steps: int) -> None:
         if not self.send_progress:
@@ -72,9 +81,11 @@ class WorkerChannel:
         now = time.monotonic()
         if now - self._last_progress >= _PROGRESS_EVERY_S or step == steps:
             self._last_progress = now
-            self.actor.set_progress.remote(epoch, step, steps)
+            self._call("set_progress", epoch, step, steps)
 
     def stop_requested(self) -> str | None:
+        if self._direct:
+            return self.actor.stop_requested()
         import ray
 
         try:
@@ -82,11 +93,18 @@ class WorkerChannel:
         except Exception:  # noqa: BLE001 - a lost channel must not stop training
             return None
 
+    def _call(self, method: str, *args) -> None:
+        if self._direct:
+            getattr(self.actor, method)(*args)
+        else:
+            getattr(self.actor, method).remote(*args)
+
     def __getstate__(self):
         return {"actor": self.actor, "progress": self.send_progress}
 
     def __setstate__(self, d):
         self.actor, self.send_progress, self._last_progress = d["actor"], d["progress"], 0.0
+        self._direct = isinstance(self.actor, _Board)
 
 
 class _Bar:
@@ -114,13 +132,18 @@ class _Bar:
 
 
 class Monitor:
-    """Driver side: creates the actor, prints what workers post, turns signals into stop requests."""
+    """Driver side: creates the actor, prints what workers post, turns signals into stop requests.
 
-    def __init__(self, name: str):
-        import ray
+    ``in_process``: the run trains in this process (no Ray needed): the board is a plain object."""
 
-        actor_cls = ray.remote(num_cpus=0, max_restarts=0)(_Board)
-        self.actor = actor_cls.remote()
+    def __init__(self, name: str, in_process: bool = False):
+        if in_process:
+            self.actor = _Board()
+        else:
+            import ray
+
+            self.actor = ray.remote(num_cpus=0, max_restarts=0)(_Board).remote()
+        self.in_process = in_process
         self.name = name
         self.bar = _Bar(sys.stderr)
         self.signal: str | None = None
@@ -128,11 +151,16 @@ class Monitor:
     def channel(self) -> WorkerChannel:
         return WorkerChannel(self.actor, progress=self.bar.enabled)
 
-    def _drain(self) -> None:
+    def _take(self) -> tuple[list[str], tuple[int, int, int] | None]:
+        if self.in_process:
+            return self.actor.take()
         import ray
 
+        return ray.get(self.actor.take.remote(), timeout=30)
+
+    def _drain(self) -> None:
         try:
-            lines, progress = ray.get(self.actor.take.remote(), timeout=30)
+            lines, progress = self._take()
         except Exception:  # noqa: BLE001 - printing progress is best effort
             return
         for line in lines:
@@ -151,7 +179,10 @@ class Monitor:
         self.bar.clear()
         log.warning("%s: %s received; the run stops after this epoch with a checkpoint (send it again to "
                     "abort at once). The same command resumes it.", self.name, name)
-        self.actor.request_stop.remote(f"signal {name}")
+        if self.in_process:
+            self.actor.request_stop(f"signal {name}")
+        else:
+            self.actor.request_stop.remote(f"signal {name}")
 
     def run(self, fn: Callable[[], Any]) -> Any:
         """Call ``fn`` (``trainer.fit``) in a thread; print progress and handle signals meanwhile."""
@@ -171,7 +202,7 @@ class Monitor:
         try:
             thread.start()
             while thread.is_alive():
-                thread.join(_POLL_S if self.bar.enabled else _POLL_QUIET_S)
+                thread.join(_POLL_S if self.bar.enabled or self.in_process else _POLL_QUIET_S)
                 self._drain()
             self._drain()
         finally:

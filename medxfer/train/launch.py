@@ -6,10 +6,15 @@ bundle and ``result.json``. What differs between stages arrives as :class:`Stage
 plan, the Ray Datasets when the data streams, how weights are exported, how the card is built —
 made by :func:`supervised_inputs` here and by ``medxfer.ssl.jobs.pretrain_inputs``.
 
-Resume is Ray Train V2's own: the run's folder is ``<root>/runs/<name>`` (``storage_path`` +
-``name``); when it holds a checkpoint-manager snapshot, ``fit()`` restores it and workers find
-the latest checkpoint in ``ray.train.get_checkpoint()``. A trial (:func:`run_trial_weights`) is
-the same ``train_func`` in Ray Train's local mode: one process, nothing written.
+With ``scaling.num_workers: 0`` the run trains in this process (Ray Train's local mode): no Ray
+cluster, worker group or control actor to start, which on one machine is most of a short
+fine-tune's fixed cost. Ray starts only if the data must stream or be preprocessed by Ray Data.
+
+Resume: the run's folder is ``<root>/runs/<name>`` (``storage_path`` + ``name``). A worker group
+resumes through Ray Train V2's own snapshot (``fit()`` restores it; workers find the checkpoint
+in ``ray.train.get_checkpoint()``); a run in this process keeps its own record
+(:mod:`medxfer.train.resume`), and a run that changed mode resumes from the newest of the two.
+A trial (:func:`run_trial_weights`) is the same ``train_func`` in local mode with nothing written.
 """
 
 from __future__ import annotations
@@ -33,9 +38,6 @@ if TYPE_CHECKING:
     from medxfer.train.checkpoint import TrainState
 
 log = logging.getLogger("medxfer.train")
-
-SNAPSHOT = "checkpoint_manager_snapshot.json"
-
 
 @dataclass
 class StageInputs:
@@ -81,11 +83,16 @@ def supervised_inputs(cfg: JobConfig, stage: str, prepared: PreparedData, use_gp
 
 
 def scaling_config(cfg: JobConfig):
+    """Ray Train's ``ScalingConfig`` and whether workers use GPUs (``num_workers: 0``: this process)."""
     from ray.train import ScalingConfig
 
+    sc = cfg.scaling
+    if sc.num_workers == 0:
+        import torch
+
+        return ScalingConfig(num_workers=0), (torch.cuda.is_available() if sc.use_gpu == "auto" else bool(sc.use_gpu))
     from medxfer.runtime import cluster_gpus
 
-    sc = cfg.scaling
     use_gpu = cluster_gpus() > 0 if sc.use_gpu == "auto" else bool(sc.use_gpu)
     res = {"CPU": sc.cpus_per_worker}
     if use_gpu:
@@ -154,7 +161,8 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     ``make_inputs(use_gpu)`` prepares the data and plans the run (called once Ray is up).
     """
     from medxfer.runs import check_run
-    from medxfer.runtime import init_ray
+    from medxfer.runtime import init_ray, quiet_ray_logs
+    from medxfer.train import resume
 
     t0 = time.time()
     layout = storage.Layout(cfg.storage.root)
@@ -166,14 +174,19 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         from medxfer.models.registry import check_imagenet
 
         check_imagenet(cfg)
-    # Ray takes ~5 s to come up, much of it waiting on its processes: PyTorch and Ray Train are
-    # imported meanwhile (on a thread: Ray itself must start from the main thread).
-    preload = threading.Thread(target=_import_training, name="medxfer-imports", daemon=True)
-    preload.start()
-    init_ray()
-    preload.join()
+    in_process = cfg.scaling.num_workers == 0
+    if in_process:
+        quiet_ray_logs()
+        _import_training()
+    else:
+        # Ray takes ~5 s to come up, much of it waiting on its processes: PyTorch and Ray Train are
+        # imported meanwhile (on a thread: Ray itself must start from the main thread).
+        preload = threading.Thread(target=_import_training, name="medxfer-imports", daemon=True)
+        preload.start()
+        init_ray()
+        preload.join()
 
-    from ray.train import DataConfig
+    from ray.train import DataConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from medxfer.bundle import save_bundle
@@ -182,29 +195,35 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     from medxfer.train.control import Monitor
     from medxfer.train.worker import train_func
 
-    resumed = storage.exists(storage.join(run_uri, SNAPSHOT))
-    monitor = Monitor(cfg.name)  # its actor starts while the data is prepared
+    found = resume.latest(run_uri)
+    # Ray Train restores its own checkpoints; any other (written in the other mode) is handed over.
+    checkpoints = resume.RunCheckpoints(run_uri, cfg.train.checkpoint.keep, writes=in_process,
+                                        handed=found.uri if found is not None and (in_process or not found.ray) else None)
+    monitor = Monitor(cfg.name, in_process=in_process)  # its actor starts while the data is prepared
     scaling, use_gpu = scaling_config(cfg)
     inputs = make_inputs(use_gpu)
     plan = inputs.plan
     storage.write_text(storage.join(run_uri, "config.yaml"), dump_yaml(cfg))
-    log.info("%s %s: %s %s, %d worker(s)%s, data %s; %s", "resuming" if resumed else "starting", stage,
-             cfg.model.backbone, inputs.describe, cfg.scaling.num_workers, " with GPUs" if use_gpu else "",
+    log.info("%s %s: %s %s, %s%s, data %s; %s", "resuming" if found else "starting", stage,
+             cfg.model.backbone, inputs.describe,
+             "in this process" if in_process else f"{cfg.scaling.num_workers} worker(s)", " with GPUs" if use_gpu else "",
              "in memory" if plan.data.mode == "memory" else "streamed", run_uri)
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan, "control": monitor.channel()},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan, "control": monitor.channel(),
+                           "checkpoints": checkpoints},
         datasets=inputs.datasets,
         # Validation is read whole by every rank, which keeps its own part (see medxfer.train.batches).
         dataset_config=DataConfig(datasets_to_split=["train"]) if inputs.datasets else None,
         scaling_config=scaling,
-        run_config=run_config(cfg, layout.runs()),
+        run_config=RunConfig(name=cfg.name) if in_process else run_config(cfg, layout.runs()),
     )
     t_fit = time.time()
     result = monitor.run(lambda: fit_or_explain(trainer, run_uri))
-    if result.checkpoint is None:
+    final = None if result.checkpoint else resume.latest(run_uri)  # local mode reports none to Ray
+    if result.checkpoint is None and final is None:
         raise DataError(f"{run_uri}: training reported no checkpoint")
-    with result.checkpoint.as_directory() as d:
+    with result.checkpoint.as_directory() if result.checkpoint else resume.local_copy(final.uri) as d:
         state, weights = read_state(d), read_best_weights(d)
     best_metrics = next((h for h in state.history if h.get("epoch") == state.best_epoch), None) if plan.scored else None
     best_metrics = best_metrics or (state.history[-1] if state.history else {})
@@ -219,8 +238,8 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         "epoch": state.epoch,
         "epochs_total": cfg.train.epochs,
         "epochs_run": len(this_run),
-        "resumed": resumed,
-        "resumed_from_epoch": (state.epoch - len(this_run)) if resumed else None,
+        "resumed": found is not None,
+        "resumed_from_epoch": (state.epoch - len(this_run)) if found is not None else None,
         "best": {"epoch": state.best_epoch, "metric": metric, **best_metrics} if plan.scored else None,
         "final": state.history[-1] if state.history else {},
         "wall_time_s": round(time.time() - t0, 2),

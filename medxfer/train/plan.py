@@ -73,6 +73,11 @@ class RunPlan:
         return self.task != SSL_TASK
 
 
+def workers(cfg: JobConfig) -> int:
+    """Ranks that train: ``scaling.num_workers``, or the one process of local mode (``num_workers: 0``)."""
+    return max(1, cfg.scaling.num_workers)
+
+
 def steps_per_epoch(rows: int, batch_size: int, drop_partial: bool) -> int:
     """Optimizer steps per epoch for ``rows`` images under the batch rules above."""
     full, rest = divmod(rows, batch_size)
@@ -89,7 +94,7 @@ def plan_training(cfg: JobConfig, stage: str, prepared: PreparedData, n_train: i
     from medxfer.models import stem_for_size
     from medxfer.train.losses import resolve_class_weights
 
-    world, bs = cfg.scaling.num_workers, cfg.train.batch_size
+    world, bs = workers(cfg), cfg.train.batch_size
     rows = n_train // world
     if rows < 2:
         raise DataError(f"{n_train} training images for {world} worker(s): each worker needs at least 2 "
@@ -115,7 +120,7 @@ def plan_pretraining(cfg: JobConfig, caches: list[str], n_images: int, image_sha
     """The plan of a self-supervised pretraining run over the training splits of ``caches``."""
     from medxfer.models import stem_for_size
 
-    world = cfg.scaling.num_workers
+    world = workers(cfg)
     rows = n_images // world
     if rows < 2:
         raise DataError(f"{n_images} training images for {world} worker(s): each worker needs at least 2 "

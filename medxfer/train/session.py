@@ -1,9 +1,11 @@
 """The session of one rank inside Ray Train: checkpoints, agreement between ranks, progress lines.
 
-The same class serves Ray Train's worker groups and its local mode (``num_workers=0``, an
-experiment's trial running in one process): in local mode ``get_checkpoint`` has nothing,
-collectives return their input and no preemption is ever announced, so nothing here branches
-on the mode. Progress goes to the driver through the run's control actor when there is one
+The same class serves Ray Train's worker groups and its local mode (``num_workers=0``: a run in
+the command's own process, or an experiment's trial): in local mode ``get_checkpoint`` has
+nothing, collectives return their input and no preemption is ever announced. The one difference
+is where checkpoints go: to ``ray.train.report`` in a worker group, into the run folder by
+medxfer itself in local mode (:mod:`medxfer.train.resume`), and nowhere for a trial. Progress
+goes to the command through the run's control channel when there is one
 (:mod:`medxfer.train.control`), else to the log.
 """
 
@@ -19,9 +21,11 @@ from medxfer.train.checkpoint import (
     load_checkpoint,
     read_best_weights,
     read_extra,
+    read_state,
     save_checkpoint,
 )
 from medxfer.train.engine import Trainee
+from medxfer.train.resume import RunCheckpoints, checkpoint_name, local_copy, publish
 
 log = logging.getLogger("medxfer.train")
 
@@ -35,24 +39,34 @@ def _finite(v) -> float | None:
 class RaySession:
     """Rank, world, checkpoints and agreement through ``ray.train``'s public API."""
 
-    def __init__(self, stage: str, scored: bool, metric: str, control=None):
+    def __init__(self, stage: str, scored: bool, metric: str, control=None,
+                 checkpoints: RunCheckpoints | None = None):
         import ray.train
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.stage, self.scored, self.metric = stage, scored, metric
         self.control = control
+        self.checkpoints = checkpoints
         self._t0 = time.perf_counter()
         self._saved_for_preemption = False
 
     # -- state
     def restore(self, trainee: Trainee) -> tuple[TrainState, dict | None]:
+        """Resume from the newest of Ray Train's checkpoint (a restarted worker group) and the one handed
+        over by the command (written in another mode); a new run starts from epoch 0."""
+        import contextlib
+
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
-        if not ckpt:
-            return TrainState(), None
-        with ckpt.as_directory() as d:
+        handed = self.checkpoints.handed if self.checkpoints else None
+        with contextlib.ExitStack() as stack:
+            dirs = ([stack.enter_context(ckpt.as_directory())] if ckpt else []) + \
+                   ([stack.enter_context(local_copy(handed))] if handed else [])
+            if not dirs:
+                return TrainState(), None
+            d = max(dirs, key=lambda d: read_state(d).epoch)
             state = load_checkpoint(d, trainee.model, trainee.optimizer, trainee.scheduler)
             extra = read_extra(d)
             if extra:
@@ -89,8 +103,11 @@ class RaySession:
             if self.rank == 0:
                 save_checkpoint(d, trainee.model, trainee.optimizer, trainee.scheduler, state, best,
                                 trainee.extra_state())
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"epoch-{state.epoch:04d}")
+                if self.checkpoints is not None and self.checkpoints.writes:  # local mode: medxfer keeps it
+                    publish(d, self.checkpoints.run_uri, state.epoch, self.checkpoints.keep)
+                else:
+                    checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.epoch))
 
     def finish(self, state: TrainState) -> None:
         self.post(f"{self.stage}: nothing to train (epoch {state.epoch} reached)")

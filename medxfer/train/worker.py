@@ -3,8 +3,8 @@
 Kept as short as Ray Train's own examples: the data (:mod:`medxfer.train.rankdata`), the stage's
 trainee (:mod:`medxfer.train.supervised`, :mod:`medxfer.ssl.trainee`) and the epoch driver
 (:mod:`medxfer.train.engine`) are plain modules; this function only wires them to Ray Train.
-It runs the same way in a worker group and in Ray Train's local mode (an experiment's trial),
-where it returns the best weights instead of writing checkpoints.
+It runs the same way in a worker group and in Ray Train's local mode (``scaling.num_workers: 0``,
+or an experiment's trial, which returns the best weights instead of writing checkpoints).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def train_func(config: dict) -> dict | None:
     quiet_ray_logs()
     cfg = JobConfig.model_validate(config["cfg"])  # re-validated on the worker
     plan: RunPlan = config["plan"]
-    session = RaySession(plan.stage, plan.scored, cfg.train.early_stopping.metric, config.get("control"))
+    session = RaySession(plan.stage, plan.scored, cfg.train.early_stopping.metric, config.get("control"),
+                         config.get("checkpoints"))
     device = ray.train.torch.get_device()
     if device.type != "cuda":
         torch.set_num_threads(max(1, int(plan.cpus_per_worker)))
