@@ -18,7 +18,8 @@ class ScalingSection(_Section):
         1,
         ge=0,
         description="Data-parallel Ray Train workers. 0 trains in the command's own process (Ray Train's local "
-        "mode): no Ray cluster or worker group to start, the fastest way to fine-tune on one machine.",
+        "mode) on cpus_per_worker threads: no Ray cluster or worker group to start, the fastest way to "
+        "fine-tune on one machine.",
     )
     use_gpu: Literal["auto"] | bool = Field("auto", description="'auto' uses GPUs when the cluster has them.")
     cpus_per_worker: float = Field(
