@@ -233,11 +233,14 @@ def test_pretrain_on_ray_writes_a_bundle_finetune_loads(test_data, tmp_path, ray
     # The same name with another network is refused with a message, not a shape error in a worker.
     assert main(["pretrain", "--config", str(path), "--set", "pretrain.method=byol"]) == 2
 
-    # Resume: the same name continues from the checkpoint of epoch 1 and completes.
-    assert main(["pretrain", "--config", str(path), "--set", "train.max_epochs_this_run=null"]) == 0
+    # Resume: the same name continues from the checkpoint of epoch 1 and completes; here in this process
+    # (Ray Train's local mode), from the checkpoint the worker group wrote.
+    assert main(["pretrain", "--config", str(path), "--set", "train.max_epochs_this_run=null",
+                 "--set", "scaling.num_workers=0"]) == 0
     result = storage.read_json(str(run / "result.json"))
     assert result["status"] == "complete" and result["epoch"] == 2
     assert result["resumed_from_epoch"] == 1 and result["epochs_run"] == 1
+    assert result["history"][1]["images"] == (n_breast + n_pneumo) // 8 * 8  # one process, full batches of 8
     # A finished pretraining is never rewritten by other settings (a shorter schedule included): refused
     # naming the fields (exit 2), nothing in the run folder written. The same settings start nothing.
     from evalutil import file_hashes
