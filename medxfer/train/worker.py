@@ -9,6 +9,8 @@ or an experiment's trial, which returns the best weights instead of writing chec
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from medxfer.config import JobConfig
@@ -30,6 +32,10 @@ def train_func(config: dict) -> dict | None:
     session = RaySession(plan.stage, plan.scored, cfg.train.early_stopping.metric, config.get("control"),
                          config.get("checkpoints"))
     device = ray.train.torch.get_device()
+    if plan.use_gpu and device.type == "cpu" and torch.cuda.is_available():
+        # Local mode (scaling.num_workers: 0) has no Ray resources to assign a GPU from, and Ray then
+        # answers "cpu": the run uses the visible GPU its plan chose.
+        device = torch.device("cuda", torch.cuda.current_device())
     if device.type != "cuda":
         torch.set_num_threads(max(1, int(plan.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
@@ -38,7 +44,8 @@ def train_func(config: dict) -> dict | None:
         from medxfer.train.supervised import SupervisedTrainee as Trainee
     else:
         from medxfer.ssl.trainee import SSLTrainee as Trainee
-    trainee = Trainee(cfg, plan, data, device, ray.train.torch.prepare_model, session)
+    wrap = functools.partial(ray.train.torch.prepare_model, move_to_device=device)  # DDP when world > 1
+    trainee = Trainee(cfg, plan, data, device, wrap, session)
     outcome = run_epochs(trainee, session, cfg.train, plan.scored, plan.persist)
     if plan.persist:
         return None
