@@ -1,4 +1,4 @@
-"""Benchmark 7: is ``medxfer finetune`` as good and as fast as the plain PyTorch script?
+"""Benchmark 0: is ``medxfer finetune`` as good and as fast as the plain PyTorch script?
 
 For each seed, one after the other on an otherwise idle machine (the order is reversed on odd
 seeds, so drift in the machine's speed favours none of them):

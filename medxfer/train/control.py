@@ -60,6 +60,19 @@ class _Board:
         return self.stop
 
 
+def _call(board, method: str, *args, wait: bool = False):
+    """Call ``method`` on the board: directly when it is the plain object (a run in the command's
+    process), else on the actor — fire and forget, or, with ``wait``, its answer within 30 s."""
+    if isinstance(board, _Board):
+        return getattr(board, method)(*args)
+    ref = getattr(board, method).remote(*args)
+    if not wait:
+        return None
+    import ray
+
+    return ray.get(ref, timeout=30)
+
+
 class WorkerChannel:
     """What a worker holds (picklable): post lines and progress, ask whether to stop.
 
@@ -70,10 +83,9 @@ class WorkerChannel:
         self.actor = board
         self.send_progress = progress
         self._last_progress = 0.0
-        self._direct = isinstance(board, _Board)
 
     def post(self, line: str) -> None:
-        self._call("post", line)
+        _call(self.actor, "post", line)
 
     def progress(self, epoch: int, step: int, steps: int) -> None:
         if not self.send_progress:
@@ -81,30 +93,19 @@ class WorkerChannel:
         now = time.monotonic()
         if now - self._last_progress >= _PROGRESS_EVERY_S or step == steps:
             self._last_progress = now
-            self._call("set_progress", epoch, step, steps)
+            _call(self.actor, "set_progress", epoch, step, steps)
 
     def stop_requested(self) -> str | None:
-        if self._direct:
-            return self.actor.stop_requested()
-        import ray
-
         try:
-            return ray.get(self.actor.stop_requested.remote(), timeout=30)
+            return _call(self.actor, "stop_requested", wait=True)
         except Exception:  # noqa: BLE001 - a lost channel must not stop training
             return None
-
-    def _call(self, method: str, *args) -> None:
-        if self._direct:
-            getattr(self.actor, method)(*args)
-        else:
-            getattr(self.actor, method).remote(*args)
 
     def __getstate__(self):
         return {"actor": self.actor, "progress": self.send_progress}
 
     def __setstate__(self, d):
         self.actor, self.send_progress, self._last_progress = d["actor"], d["progress"], 0.0
-        self._direct = isinstance(self.actor, _Board)
 
 
 class _Bar:
@@ -151,16 +152,9 @@ class Monitor:
     def channel(self) -> WorkerChannel:
         return WorkerChannel(self.actor, progress=self.bar.enabled)
 
-    def _take(self) -> tuple[list[str], tuple[int, int, int] | None]:
-        if self.in_process:
-            return self.actor.take()
-        import ray
-
-        return ray.get(self.actor.take.remote(), timeout=30)
-
     def _drain(self) -> None:
         try:
-            lines, progress = self._take()
+            lines, progress = _call(self.actor, "take", wait=True)
         except Exception:  # noqa: BLE001 - printing progress is best effort
             return
         for line in lines:
@@ -179,10 +173,7 @@ class Monitor:
         self.bar.clear()
         log.warning("%s: %s received; the run stops after this epoch with a checkpoint (send it again to "
                     "abort at once). The same command resumes it.", self.name, name)
-        if self.in_process:
-            self.actor.request_stop(f"signal {name}")
-        else:
-            self.actor.request_stop.remote(f"signal {name}")
+        _call(self.actor, "request_stop", f"signal {name}")
 
     def run(self, fn: Callable[[], Any]) -> Any:
         """Call ``fn`` (``trainer.fit``) in a thread; print progress and handle signals meanwhile."""
