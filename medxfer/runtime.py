@@ -10,6 +10,8 @@ import json
 import logging
 import os
 
+from medxfer.allocator import glibc_tunables
+
 log = logging.getLogger("medxfer")
 
 _SHAREABLE = {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"}
@@ -34,6 +36,11 @@ def init_ray(num_cpus: int | None = None) -> None:
     job_keys = _job_env_var_keys()
     env_vars = {k: v for k, v in os.environ.items()
                 if (k in _SHAREABLE or k.startswith("MEDXFER_")) and k not in job_keys}
+    # Worker processes keep freed memory instead of faulting it back in every step (see
+    # medxfer.allocator); glibc reads this when each worker starts.
+    tunables = glibc_tunables()
+    if tunables and "GLIBC_TUNABLES" not in job_keys:
+        env_vars["GLIBC_TUNABLES"] = tunables
     runtime_env = {"env_vars": env_vars} if env_vars else None
     address = os.environ.get("RAY_ADDRESS")
     if address:

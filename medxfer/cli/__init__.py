@@ -17,6 +17,7 @@ import os
 import sys
 
 from medxfer import __version__
+from medxfer.allocator import tune_this_process
 from medxfer.errors import find_medxfer_error
 
 AREAS = ("config", "data", "train", "models", "registry", "deploy")  # medxfer/cli/<area>.py
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_this_process()  # before any thread starts: see medxfer.allocator
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
