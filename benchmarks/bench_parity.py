@@ -37,6 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, record, test_data_dir  # noqa: E402
+from medxfer.allocator import glibc_tunables  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -118,7 +119,9 @@ def main() -> None:
         "what": f"BreastMNIST 64x64, ResNet-18 from scratch, {args.epochs} epochs, batch {args.batch_size}, "
                 "AdamW + warm-up/cosine; plain PyTorch script vs the medxfer finetune command (new process, "
                 "cold cache) with one Ray Train worker (medxfer) and in its own process (in_process), one after "
-                "the other per seed, the order reversed on odd seeds",
+                "the other per seed, the order reversed on odd seeds; medxfer with its allocator setting "
+                "(medxfer.allocator), the plain script with glibc's defaults",
+        "medxfer_allocator": glibc_tunables(),
         "wall_ratio": round(mean("medxfer", "wall_ratio"), 3),
         "auroc_difference": round(mean("medxfer", "auroc_difference"), 4),
         "images_per_s_ratio": round(mean("medxfer", "images_per_s_ratio"), 3),
