@@ -198,7 +198,7 @@ def main() -> None:
         "what": f"ResNet-18 via medxfer ({where}), AdamW, warm-up + cosine, best epoch on val; test split. "
                 "BreastMNIST 64 px: from scratch and from a PneumoniaMNIST source at 64 px (upsampled 28 px images).",
         "results": results,
-    })
+    }, work=work)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def main() -> None:
         "summary": res["summary"],
         "trials": [{k: v for k, v in t.items() if k not in ("test_scores", "test_labels")} for t in res["trials"]],
         "wall_time_s": res["wall_time_s"],
-    })
+    }, work=work)
 
 
 if __name__ == "__main__":

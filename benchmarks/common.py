@@ -54,26 +54,35 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def relative_paths(obj):
-    """The result with every absolute local path made relative to the repository: a results file
-    describes the run, not the folders of the machine it ran on."""
+WORK = "<work>"  # how a results file writes the benchmark's --work folder
+
+
+def relative_paths(obj, work: Path | None = None):
+    """The result with every absolute local path made relative: to the benchmark's ``--work``
+    folder (written ``<work>/...``) when under it, else to the repository. A results file
+    describes the run, not the folders of the machine it ran on (a work folder outside the
+    checkout would otherwise read ``../<someone's folder>/...``)."""
     if isinstance(obj, dict):
-        return {k: relative_paths(v) for k, v in obj.items()}
+        return {k: relative_paths(v, work) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [relative_paths(v) for v in obj]
+        return [relative_paths(v, work) for v in obj]
     if isinstance(obj, str) and obj.startswith("/") and "\n" not in obj and " " not in obj:
+        if work is not None and Path(obj).resolve().is_relative_to(work.resolve()):
+            return f"{WORK}/{Path(obj).resolve().relative_to(work.resolve()).as_posix()}"
         return os.path.relpath(obj, REPO)
     return obj
 
 
-def record(name: str, result: dict) -> Path:
-    """Print the result and store it as benchmarks/results/<name>.json (latest run wins)."""
+def record(name: str, result: dict, work: Path | None = None) -> Path:
+    """Print the result and store it as benchmarks/results/<name>.json (latest run wins). Paths
+    under ``work`` (the benchmark's --work folder) are written ``<work>/...``."""
     payload = relative_paths({
         "benchmark": name,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         **result,
-    })
+        **({"paths": f"{WORK}/... is the run's --work folder"} if work is not None else {}),
+    }, work)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(payload, indent=2) + "\n")

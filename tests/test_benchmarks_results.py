@@ -28,3 +28,22 @@ def test_results_record_the_machine_and_no_absolute_paths():
         assert result.get("machine", {}).get("cpus"), f"{f.name}: no machine description"
         absolute = [s for s in _strings(result) if s.startswith("/") and " " not in s]
         assert not absolute, f"{f.name}: absolute paths {absolute[:3]}"
+
+
+def test_results_paths_stay_inside_the_checkout_or_the_work_folder():
+    """A path that climbs out of the repository (``../wt15/...``) names someone's machine."""
+    for f in sorted(RESULTS.glob("*.json")):
+        climbing = [s for s in _strings(json.loads(f.read_text())) if s.startswith("../")]
+        assert not climbing, f"{f.name}: paths outside the checkout {climbing[:3]}"
+
+
+def test_record_writes_paths_under_the_work_folder_as_work(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(RESULTS.parents[1]))
+    from benchmarks.common import REPO, relative_paths
+
+    work = tmp_path / "accuracy"
+    got = relative_paths({"bundle": str(work / "runs" / "a" / "bundle"), "inside": str(REPO / "jobs" / "x.yaml"),
+                          "text": "a sentence, not a path"}, work)
+    assert got == {"bundle": "<work>/runs/a/bundle", "inside": "jobs/x.yaml", "text": "a sentence, not a path"}
