@@ -5,7 +5,9 @@ Full-size inputs: 1024x1024 8-bit PNG chest X-rays made from the real images in
 the one a CXR job uses: decode, CLAHE, letterbox to 224, normalise.
 
 Baseline (same run): a single process reading each file and calling the same pure function,
-``medxfer.data.preprocess.preprocess_bytes``. Then ``medxfer.data.cache.prepare`` (the real
+``medxfer.data.preprocess.preprocess_bytes``, with glibc's allocator defaults; then the same loop
+with the allocator setting medxfer's processes run with (``medxfer.allocator``), to show how much
+of the pipeline's lead is that setting rather than parallelism. Then ``medxfer.data.cache.prepare`` (the real
 Ray Data pipeline, writing the Parquet cache) on a local Ray limited to 1, then N CPUs, each
 on a cold cache. Reported: images/s, ratio to the baseline, and scaling from 1 to N CPUs.
 
@@ -27,6 +29,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import record, test_data_dir  # noqa: E402
+from medxfer.allocator import glibc_tunables, tune_this_process  # noqa: E402
 from medxfer.config import JobConfig  # noqa: E402
 
 
@@ -108,7 +111,10 @@ def main() -> None:
         folder = Path(tmp) / "data"
         paths = make_images(folder, args.images)
         cfg = job(folder, Path(tmp) / "unused")
-        base = baseline(paths, cfg)
+        base = baseline(paths, cfg)  # glibc's allocator defaults: the plain loop a person would write
+        # The same loop with the allocator setting every medxfer process runs with (the command's
+        # own, for the local engine below; Ray's workers get it from init_ray).
+        base_tuned = baseline(paths, cfg) if tune_this_process() else None
         cv2.setNumThreads(0)
         runs = {}
         for c in sorted({1, cpus}):
@@ -124,6 +130,9 @@ def main() -> None:
         "what": f"{args.images} PNG 1024x1024 gray -> CLAHE -> letterbox 224 -> normalise -> Parquet cache",
         "baseline": {"kind": "single-process loop, preprocess_bytes, cv2 1 thread",
                      "images_per_s": round(base, 1)},
+        "baseline_with_medxfer_allocator": None if base_tuned is None else {
+            "images_per_s": round(base_tuned, 1), "ratio_to_baseline": round(base_tuned / base, 2)},
+        "medxfer_allocator": glibc_tunables(),
         "ray_data": {str(c): r for c, r in runs.items()},
         "local_engine": {str(cpus): local},
         "scaling_1_to_n_cpus": round(runs[cpus]["pipeline_images_per_s"] / runs[1]["pipeline_images_per_s"], 2)

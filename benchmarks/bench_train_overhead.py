@@ -4,8 +4,9 @@ Same model (ResNet-18, the default standard stem), same images (PneumoniaMNIST t
 28x28, from the preprocessed cache), same batch size, same optimiser, same number of steps.
 
 - baseline: a plain single-process loop over tensors in memory, torch using every core;
-- medxfer ``run_training`` with 1 Ray Train worker (every core), then 2 workers (a core each),
-  fed by Ray Data shards of the cache, with per-epoch validation and checkpoints.
+- the same loop with the allocator setting medxfer's processes run with (``medxfer.allocator``);
+- medxfer ``run_training`` in this process (``num_workers: 0``), with 1 Ray Train worker (every
+  core), then 2 workers (a core each), with per-epoch validation and checkpoints.
 
 Throughput is train images/s of the second epoch (the first includes start-up and warm-up).
 Ray gets one logical CPU more than the machine has so Ray Data can run beside the workers —
@@ -28,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import record, test_data_dir  # noqa: E402
+from medxfer.allocator import glibc_tunables, tune_this_process  # noqa: E402
 from medxfer.config import JobConfig  # noqa: E402
 
 BATCH = 64
@@ -93,20 +95,28 @@ def main() -> None:
         prepared = prepare(job(root, manifest, "prep", 1, 1, 1))
         X, y = prepared.numpy("train")
         ray.shutdown()
-        base = plain_loop(X, y, args.epochs, cpus)
+        base = plain_loop(X, y, args.epochs, cpus)  # glibc's allocator defaults, as a plain script runs
+        # The same loop with the allocator setting every medxfer process runs with: how much of
+        # medxfer's speed is that setting. From here on this process keeps it, as the command does.
+        base_tuned = plain_loop(X, y, args.epochs, cpus) if tune_this_process() else None
         runs = {}
-        for workers in sorted({1, cpus}):
-            init_ray(num_cpus=cpus + 1)
-            res = run_training(job(root, manifest, f"w{workers}", workers, cpus / workers, args.epochs), "source")
+        for workers in sorted({0, 1, cpus}):  # 0: in this process (Ray Train's local mode)
+            if workers:
+                init_ray(num_cpus=cpus + 1)
+            res = run_training(job(root, manifest, f"w{workers}", workers, cpus / max(1, workers), args.epochs),
+                               "source")
             ray.shutdown()
             ips = res["history"][-1]["images_per_s"]
             runs[str(workers)] = {"images_per_s": round(ips, 1), "ratio_to_plain": round(ips / base, 3),
-                                  "cpus_per_worker": cpus / workers, "wall_time_s": res["wall_time_s"]}
+                                  "cpus_per_worker": cpus / max(1, workers), "wall_time_s": res["wall_time_s"]}
     record("train_overhead", {
         "what": f"ResNet-18 on PneumoniaMNIST 28x28 train ({len(X)} images), batch {BATCH}, "
                 f"AdamW, {args.epochs} epochs; images/s of the last epoch",
         "baseline": {"kind": "plain single-process PyTorch loop, data in memory",
                      "images_per_s": round(base, 1), "torch_threads": cpus},
+        "baseline_with_medxfer_allocator": None if base_tuned is None else {
+            "images_per_s": round(base_tuned, 1), "ratio_to_plain": round(base_tuned / base, 3)},
+        "medxfer_allocator": glibc_tunables(),
         "ray_train": runs,
     })
 

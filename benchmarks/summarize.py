@@ -30,6 +30,10 @@ def preprocess() -> str:
         if not r:
             continue
         rows = [f"| single-process OpenCV loop (baseline) | {r['baseline']['images_per_s']:.1f} | 1.00 |"]
+        if r.get("baseline_with_medxfer_allocator"):
+            v = r["baseline_with_medxfer_allocator"]
+            rows.append(f"| the same loop with medxfer's allocator setting | {v['images_per_s']:.1f} | "
+                        f"{v['ratio_to_baseline']:.2f} |")
         for c, v in r["ray_data"].items():
             rows.append(f"| Ray Data pipeline, {c} CPU(s) | {v['pipeline_images_per_s']:.1f} | "
                         f"{v['ratio_to_baseline']:.2f} |")
@@ -48,7 +52,15 @@ def overhead() -> str:
     if not r:
         return ""
     rows = [f"| plain PyTorch loop (baseline) | {r['baseline']['images_per_s']:.1f} | 1.00 |"]
+    if r.get("baseline_with_medxfer_allocator"):
+        v = r["baseline_with_medxfer_allocator"]
+        rows.append(f"| the same loop with medxfer's allocator setting | {v['images_per_s']:.1f} | "
+                    f"{v['ratio_to_plain']:.2f} |")
     for w, v in r["ray_train"].items():
+        if w == "0":
+            rows.append(f"| medxfer in the command's process (`num_workers: 0`), {v['cpus_per_worker']:g} threads | "
+                        f"{v['images_per_s']:.1f} | {v['ratio_to_plain']:.2f} |")
+            continue
         rows.append(f"| medxfer on Ray Train, {w} worker(s) x {v['cpus_per_worker']:g} CPU | "
                     f"{v['images_per_s']:.1f} | {v['ratio_to_plain']:.2f} |")
     return "\n".join(["### 2. Training overhead", "", r["what"] + ".", "",
