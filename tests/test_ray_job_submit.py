@@ -35,12 +35,17 @@ RAY = str(BIN / "ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _free_ports(n: int) -> list[int]:
+def _free_ports(n: int, avoid: range) -> list[int]:
+    """``n`` free loopback ports, none in ``avoid`` (the head's worker ports: the kernel's
+    ephemeral range overlaps them, and Ray refuses to start when a component's port is in it)."""
     socks = []
     try:
-        for _ in range(n):
+        while len(socks) < n:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in avoid:
+                s.close()  # try again; the socket held so far keeps the others distinct
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -67,9 +72,10 @@ class Head:
         self.token.write_text(secrets.token_hex(32))
         self.home = tmp / "home"
         self.home.mkdir()
-        (gcs, dash, client, agent_http, agent_grpc, rt_env, metrics, nm, om) = _free_ports(9)
-        self.address = f"http://127.0.0.1:{dash}"
         worker_lo = 20000 + (os.getpid() % 400) * 100
+        (gcs, dash, client, agent_http, agent_grpc, rt_env, metrics, nm, om) = _free_ports(
+            9, avoid=range(worker_lo, worker_lo + 100))
+        self.address = f"http://127.0.0.1:{dash}"
         self.cmd = [
             RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
             "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
