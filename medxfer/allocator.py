@@ -5,8 +5,9 @@ exceeds a small, self-adjusting threshold (a few times the largest block freed s
 MB). A ResNet-18 training step at 64 px allocates and frees a few hundred MB of activations, a
 preprocessing task a few MB per decoded X-ray; so every step gave its memory back and the next
 one took it again, page by page, each page zero-filled by the kernel. Measured on the development
-machine (2-core VM): about 400,000 page faults per BreastMNIST epoch, and 10-20 % of the CPU of
-a training epoch or a preprocessing task. In a thread (Ray Train runs ``train_func`` in one),
+machine (2-core VM): about 400,000 page faults per BreastMNIST 64 px epoch; the setting below
+made a plain training loop 1.1-1.16x and a preprocessing loop 1.3x faster (README, benchmarks
+0-2). In a thread (Ray Train runs ``train_func`` in one),
 glibc's per-thread arenas unmap whole freed heaps whatever the threshold.
 
 What medxfer sets, in glibc's own terms (``glibc.malloc.*`` tunables):
@@ -23,8 +24,10 @@ Where it applies: the ``medxfer`` command's own process (:func:`tune_this_proces
 in the CLI: in-process training, the local preprocessing engine, evaluation), and every Ray
 worker process a medxfer job starts (:func:`glibc_tunables`, passed in the job's runtime
 environment by :func:`medxfer.runtime.init_ray`; glibc reads it when the process starts, before
-any thread exists). Only glibc is tuned. medxfer leaves the allocator alone on another C library, when a
-person configures glibc's allocator themselves (``GLIBC_TUNABLES`` naming ``glibc.malloc``, the
+any thread exists).
+
+Only glibc is tuned. medxfer leaves the allocator alone on another C library, when a person
+configures glibc's allocator themselves (``GLIBC_TUNABLES`` naming ``glibc.malloc``, the
 ``MALLOC_*_`` variables, or another allocator in ``LD_PRELOAD``), and with
 ``MEDXFER_ALLOCATOR=system``, which keeps glibc's defaults. (Setting ``MALLOC_TRIM_THRESHOLD_`` to
 glibc's default value does not: any explicit threshold turns glibc's self-adjustment off, and
