@@ -103,12 +103,12 @@ def main() -> None:
         for workers in sorted({0, 1, cpus}):  # 0: in this process (Ray Train's local mode)
             if workers:
                 init_ray(num_cpus=cpus + 1)
-            res = run_training(job(root, manifest, f"w{workers}", workers, cpus / max(1, workers), args.epochs),
-                               "source")
+            per_worker = cpus / max(1, workers)
+            res = run_training(job(root, manifest, f"w{workers}", workers, per_worker, args.epochs), "source")
             ray.shutdown()
             ips = res["history"][-1]["images_per_s"]
             runs[str(workers)] = {"images_per_s": round(ips, 1), "ratio_to_plain": round(ips / base, 3),
-                                  "cpus_per_worker": cpus / max(1, workers), "wall_time_s": res["wall_time_s"]}
+                                  "cpus_per_worker": per_worker, "wall_time_s": res["wall_time_s"]}
     record("train_overhead", {
         "what": f"ResNet-18 on PneumoniaMNIST 28x28 train ({len(X)} images), batch {BATCH}, "
                 f"AdamW, {args.epochs} epochs; images/s of the last epoch",

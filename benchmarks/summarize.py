@@ -23,6 +23,12 @@ def machine_line(r: dict) -> str:
             f"{r['date']}.*")
 
 
+def _allocator_row(r: dict, ratio_key: str) -> list[str]:
+    """The plain loop again with medxfer's allocator setting, when the run measured it."""
+    v = r.get("baseline_with_medxfer_allocator")
+    return [f"| the same loop with medxfer's allocator setting | {v['images_per_s']:.1f} | {v[ratio_key]:.2f} |"] if v else []
+
+
 def preprocess() -> str:
     out = []
     for tag in ("", "_2400"):
@@ -30,10 +36,7 @@ def preprocess() -> str:
         if not r:
             continue
         rows = [f"| single-process OpenCV loop (baseline) | {r['baseline']['images_per_s']:.1f} | 1.00 |"]
-        if r.get("baseline_with_medxfer_allocator"):
-            v = r["baseline_with_medxfer_allocator"]
-            rows.append(f"| the same loop with medxfer's allocator setting | {v['images_per_s']:.1f} | "
-                        f"{v['ratio_to_baseline']:.2f} |")
+        rows += _allocator_row(r, "ratio_to_baseline")
         for c, v in r["ray_data"].items():
             rows.append(f"| Ray Data pipeline, {c} CPU(s) | {v['pipeline_images_per_s']:.1f} | "
                         f"{v['ratio_to_baseline']:.2f} |")
@@ -52,10 +55,7 @@ def overhead() -> str:
     if not r:
         return ""
     rows = [f"| plain PyTorch loop (baseline) | {r['baseline']['images_per_s']:.1f} | 1.00 |"]
-    if r.get("baseline_with_medxfer_allocator"):
-        v = r["baseline_with_medxfer_allocator"]
-        rows.append(f"| the same loop with medxfer's allocator setting | {v['images_per_s']:.1f} | "
-                    f"{v['ratio_to_plain']:.2f} |")
+    rows += _allocator_row(r, "ratio_to_plain")
     for w, v in r["ray_train"].items():
         if w == "0":
             rows.append(f"| medxfer in the command's process (`num_workers: 0`), {v['cpus_per_worker']:g} threads | "
