@@ -4,20 +4,28 @@ Full-size inputs: 1024x1024 8-bit PNG chest X-rays made from the real images in
 ``$MEDXFER_TEST_DATA/images/cxr`` (resized, flipped and shifted so files differ). The spec is
 the one a CXR job uses: decode, CLAHE, letterbox to 224, normalise.
 
-Baseline (same run): a single process reading each file and calling the same pure function,
-``medxfer.data.preprocess.preprocess_bytes``, with glibc's allocator defaults; then the same loop
-with the allocator setting medxfer's processes run with (``medxfer.allocator``), to show how much
-of the pipeline's lead is that setting rather than parallelism. Then ``medxfer.data.cache.prepare`` (the real
-Ray Data pipeline, writing the Parquet cache) on a local Ray limited to 1, then N CPUs, each
-on a cold cache. Reported: images/s, ratio to the baseline, and scaling from 1 to N CPUs.
+Baseline (same run): a fresh Python process reading each file and calling the same pure function,
+``medxfer.data.preprocess.preprocess_bytes``, with glibc's allocator defaults, as a person's
+script runs; then the same loop with the allocator setting medxfer's processes run with
+(``medxfer.allocator``), to show how much of the pipeline's lead is that setting rather than
+parallelism. Then ``medxfer.data.cache.prepare`` (the real Ray Data pipeline, writing the Parquet
+cache) on a local Ray limited to 1, then N CPUs, each on a cold cache, and the in-process engine.
 
-    .venv/bin/python benchmarks/bench_preprocess.py [--images 600]
+This machine's speed drifts by 10-20 % over minutes, so one of each, minutes apart, does not make
+a ratio. Every pipeline runs ``--repeats`` times, interleaved (baseline, tuned baseline, Ray Data
+1 CPU, Ray Data N CPUs, local engine; then again), and each ratio is the median of the
+per-round ratios to that round's baseline. Reported: median images/s, those ratios, every
+round's numbers, and scaling from 1 to N CPUs.
+
+    .venv/bin/python benchmarks/bench_preprocess.py [--images 600] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,14 +74,27 @@ def job(folder: Path, root: Path, manifest: Path | None = None, engine: str = "r
     })
 
 
-def baseline(paths: list[Path], cfg: JobConfig) -> float:
+def loop(folder: Path) -> float:
+    """The plain loop over every image of ``folder``'s manifest, in this process: images/s."""
     from medxfer.data.preprocess import preprocess_bytes
 
+    cfg = job(folder, folder / "unused")
+    paths = [folder / p for p in pd.read_csv(folder / "manifest.csv")["path"]]
     cv2.setNumThreads(1)  # one core, as a plain loop in one process would use
     t0 = time.perf_counter()
     for p in paths:
         preprocess_bytes(p.read_bytes(), cfg.preprocess, str(p))
     return len(paths) / (time.perf_counter() - t0)
+
+
+def baseline(folder: Path, tunables: str | None = None) -> float:
+    """:func:`loop` in a fresh process: glibc's allocator defaults, or ``tunables`` (GLIBC_TUNABLES)."""
+    env = dict(os.environ, MEDXFER_ALLOCATOR="system")
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
+    out = subprocess.run([sys.executable, __file__, "--loop", str(folder)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def ray_pipeline(folder: Path, cfg_root: Path, cpus: int, engine: str = "ray") -> tuple[float, float]:
@@ -101,46 +122,69 @@ def ray_pipeline(folder: Path, cfg_root: Path, cpus: int, engine: str = "ray") -
         ray.shutdown()
 
 
+def _median(rounds: list[dict], key: str) -> float:
+    return round(statistics.median(r[key] for r in rounds), 2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--repeats", type=int, default=3, help="Interleaved rounds of every pipeline (medians reported).")
     ap.add_argument("--tag", default="", help="Suffix of the result file (e.g. _2400: preprocess_throughput_2400.json).")
+    ap.add_argument("--loop", type=Path, help=argparse.SUPPRESS)  # internal: one baseline loop, in a fresh process
     args = ap.parse_args()
+    if args.loop:
+        print(loop(args.loop))
+        return
     cpus = os.cpu_count() or 1
+    # The setting every medxfer process runs with: the command's own (the local engine below),
+    # and Ray's workers get it from init_ray. None when a person's own allocator setting is in force.
+    tunables = glibc_tunables()
+    tune_this_process()
+    cv2.setNumThreads(0)
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "data"
-        paths = make_images(folder, args.images)
-        cfg = job(folder, Path(tmp) / "unused")
-        base = baseline(paths, cfg)  # glibc's allocator defaults: the plain loop a person would write
-        # The same loop with the allocator setting every medxfer process runs with (the command's
-        # own, for the local engine below; Ray's workers get it from init_ray).
-        base_tuned = baseline(paths, cfg) if tune_this_process() else None
-        cv2.setNumThreads(0)
-        runs = {}
-        for c in sorted({1, cpus}):
-            pipeline_ips, end_to_end_ips = ray_pipeline(folder, Path(tmp) / f"root-{c}", c)
-            runs[c] = {"pipeline_images_per_s": round(pipeline_ips, 1),
-                       "end_to_end_images_per_s": round(end_to_end_ips, 1),
-                       "ratio_to_baseline": round(pipeline_ips / base, 2)}
-        # data.engine: local (what `auto` picks for up to data.local_max_images): the same blocks on threads
-        local_ips, local_e2e = ray_pipeline(folder, Path(tmp) / "root-local", cpus, engine="local")
-        local = {"pipeline_images_per_s": round(local_ips, 1), "end_to_end_images_per_s": round(local_e2e, 1),
-                 "ratio_to_baseline": round(local_ips / base, 2)}
+        make_images(folder, args.images)
+        for i in range(args.repeats):
+            base = baseline(folder)  # glibc's allocator defaults: the plain loop a person would write
+            r = {"baseline": round(base, 1)}
+            if tunables:
+                r["baseline_with_medxfer_allocator"] = round(baseline(folder, tunables), 1)
+            for c in sorted({1, cpus}):
+                r[f"ray_data_{c}"], r[f"ray_data_{c}_end_to_end"] = (
+                    round(x, 1) for x in ray_pipeline(folder, Path(tmp) / f"root-{c}-{i}", c))
+            # data.engine: local (what `auto` picks for up to data.local_max_images): the same blocks on threads
+            r["local"], r["local_end_to_end"] = (
+                round(x, 1) for x in ray_pipeline(folder, Path(tmp) / f"root-local-{i}", cpus, engine="local"))
+            for key in [k for k in r if k != "baseline" and not k.endswith("_end_to_end")]:
+                r[f"{key}_ratio"] = round(r[key] / base, 3)
+            rounds.append(r)
+            print(f"round {i + 1}/{args.repeats}: {r}", flush=True)
+
+    def pipeline(key: str) -> dict:
+        return {"pipeline_images_per_s": _median(rounds, key), "end_to_end_images_per_s": _median(rounds, f"{key}_end_to_end"),
+                "ratio_to_baseline": _median(rounds, f"{key}_ratio")}
+
+    ray_data = {str(c): pipeline(f"ray_data_{c}") for c in sorted({1, cpus})}
     record(f"preprocess_throughput{args.tag}", {
-        "what": f"{args.images} PNG 1024x1024 gray -> CLAHE -> letterbox 224 -> normalise -> Parquet cache",
-        "baseline": {"kind": "single-process loop, preprocess_bytes, cv2 1 thread",
-                     "images_per_s": round(base, 1)},
-        "baseline_with_medxfer_allocator": None if base_tuned is None else {
-            "images_per_s": round(base_tuned, 1), "ratio_to_baseline": round(base_tuned / base, 2)},
-        "medxfer_allocator": glibc_tunables(),
-        "ray_data": {str(c): r for c, r in runs.items()},
-        "local_engine": {str(cpus): local},
-        "scaling_1_to_n_cpus": round(runs[cpus]["pipeline_images_per_s"] / runs[1]["pipeline_images_per_s"], 2)
+        "what": f"{args.images} PNG 1024x1024 gray -> CLAHE -> letterbox 224 -> normalise -> Parquet cache; "
+                f"median of {args.repeats} interleaved rounds",
+        "baseline": {"kind": "single-process loop in a fresh process, preprocess_bytes, cv2 1 thread",
+                     "images_per_s": _median(rounds, "baseline")},
+        "baseline_with_medxfer_allocator": {
+            "images_per_s": _median(rounds, "baseline_with_medxfer_allocator"),
+            "ratio_to_baseline": _median(rounds, "baseline_with_medxfer_allocator_ratio")} if tunables else None,
+        "medxfer_allocator": tunables,
+        "ray_data": ray_data,
+        "local_engine": {str(cpus): pipeline("local")},
+        "scaling_1_to_n_cpus": round(statistics.median(r[f"ray_data_{cpus}"] / r["ray_data_1"] for r in rounds), 2)
         if cpus > 1 else None,
+        "rounds": rounds,
         "notes": "ray_data: data.engine ray; local_engine: data.engine local (threads in the command's process). "
                  "pipeline_images_per_s counts the Ray Data stage (read, decode, preprocess, write shards) "
                  "after a warm-up run that starts Ray's worker processes; end_to_end adds manifest checks "
-                 "and the dataset card.",
+                 "and the dataset card. Ratios: the median over rounds of each round's ratio to its own baseline.",
     })
 
 
