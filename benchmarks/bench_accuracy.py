@@ -39,7 +39,7 @@ POSITIVE = {"pneumoniamnist": "1", "breastmnist": "0"}  # pneumonia; malignant
 
 
 def job(work: Path, manifest: str, name: str, dataset: str, size: int, epochs: int, seed: int,
-        init: str = "scratch", extra: dict | None = None) -> JobConfig:
+        init: str = "scratch", extra: dict | None = None, workers: int = 1) -> JobConfig:
     from medxfer.config_io import deep_merge, validate_dict
 
     cpus = os.cpu_count() or 1
@@ -50,7 +50,7 @@ def job(work: Path, manifest: str, name: str, dataset: str, size: int, epochs: i
         "model": {"backbone": "resnet18", "init": init},
         "train": {"epochs": epochs, "batch_size": 64 if dataset == "pneumoniamnist" else 32, "lr": 1e-3,
                   "seed": seed, "warmup_epochs": 1},
-        "scaling": {"num_workers": 1, "cpus_per_worker": cpus},
+        "scaling": {"num_workers": workers, "cpus_per_worker": cpus},
         "storage": {"root": str(work)},
         "evaluate": {"bootstrap": 1000, "seed": seed},
     }
@@ -75,7 +75,10 @@ def test_scores(bundle_uri: str, cfg: JobConfig) -> tuple[np.ndarray, np.ndarray
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--source-epochs", type=int, default=6)
+    ap.add_argument("--source-epochs", type=int, default=6,
+                    help="Epochs of the PneumoniaMNIST source model (and of PneumoniaMNIST at 28 px). Another value "
+                         "than the default trains its own source and names its transfer runs with --tag, so they "
+                         "are compared with the default source's runs.")
     ap.add_argument("--target-epochs", type=int, default=40)
     ap.add_argument("--small-target-epochs", type=int, default=20, help="BreastMNIST 28 px")
     ap.add_argument("--sets", nargs="+", default=["pneumoniamnist:28", "breastmnist:28", "breastmnist:64"])
@@ -83,6 +86,8 @@ def main() -> None:
                     help="Recipe overrides for the BreastMNIST runs, e.g. train.ema_decay=0.998.")
     ap.add_argument("--tag", default="", help="Suffix of the result file (e.g. _64: accuracy_64.json).")
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work" / "accuracy"))
+    ap.add_argument("--workers", type=int, default=1,
+                    help="Ray Train workers per run; 0 trains in this process (the same weights, sooner on one machine).")
     args = ap.parse_args()
 
     from medxfer.config_io import parse_overrides
@@ -97,8 +102,19 @@ def main() -> None:
     init_ray()
     recipe = parse_overrides(args.overrides)
     # A recipe's runs get their own names: a run name promises one set of settings (medxfer.runs),
-    # and the source model is shared between recipes.
-    suffix = args.tag.replace("_", "-") if args.overrides else ""
+    # and the source model is shared between recipes. A longer or shorter source gets its own
+    # source run and its own transfer runs; the scratch runs do not depend on it and are shared.
+    default_source_epochs = ap.get_default("source_epochs")
+    other_source = args.source_epochs != default_source_epochs
+    tag = args.tag.replace("_", "-")
+
+    def suffix_of(arm: str) -> str:
+        return tag if args.overrides or (other_source and arm == "transfer") else ""
+
+    def source_bundle(epochs: int) -> str:
+        name = "acc-source-pneumoniamnist-64" + ("" if epochs == default_source_epochs else f"-e{epochs}")
+        return run_training(job(work, manifest("pneumoniamnist", 64), name, "pneumoniamnist", 64, epochs, 0,
+                                workers=args.workers), "source")["bundle"]
     manifests = {}
 
     def manifest(name: str, size: int) -> str:
@@ -136,14 +152,13 @@ def main() -> None:
         extra = recipe if is_target else {}
         arms = {"scratch": "scratch"}
         if is_target and size == 64:
-            src = job(work, manifest("pneumoniamnist", 64), "acc-source-pneumoniamnist-64", "pneumoniamnist", 64,
-                      args.source_epochs, 0)
-            arms["transfer"] = run_training(src, "source")["bundle"]
+            arms["transfer"] = source_bundle(args.source_epochs)
         entry = {"epochs": epochs, "recipe": args.overrides, "published": PUBLISHED.get(name) if size == 28 else None,
-                 **({"source_epochs": args.source_epochs} if "transfer" in arms else {})}
+                 **({"source_epochs": args.source_epochs} if "transfer" in arms else {}),
+                 **({"default_source_epochs": default_source_epochs} if "transfer" in arms and other_source else {})}
         for arm, init in arms.items():
-            rows = [one(job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{s}{suffix}", name, size, epochs, s,
-                            init, extra)) for s in args.seeds]
+            rows = [one(job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{s}{suffix_of(arm)}", name, size,
+                            epochs, s, init, extra, args.workers)) for s in args.seeds]
             entry[arm] = {"seeds": rows, **summary(rows)}
         def scores(arm: str, row: dict, run_suffix: str, overrides: dict, name=name, size=size, epochs=epochs,
                    arms=arms) -> tuple[dict, dict]:
@@ -154,7 +169,7 @@ def main() -> None:
             return tuple({"seed": row["seed"], "test_scores": s.tolist(), "test_labels": y.tolist()}
                          for s in (plain, flipped))
 
-        scored = {arm: [scores(arm, r, suffix, extra) for r in entry[arm]["seeds"]] for arm in arms}
+        scored = {arm: [scores(arm, r, suffix_of(arm), extra) for r in entry[arm]["seeds"]] for arm in arms}
         trials = {arm: [plain for plain, _ in pairs] for arm, pairs in scored.items()}
         # Test-time flip costs no training: the same bundles, each test image scored with its mirror.
         entry["flip_tta"] = {}
@@ -168,21 +183,24 @@ def main() -> None:
         if "transfer" in arms:
             pairs = []
             for t, b in zip(entry["transfer"]["seeds"], entry["scratch"]["seeds"], strict=True):
-                cfg = job(work, manifest(name, size), f"acc-{name}-{size}-scratch-s{b['seed']}{suffix}", name, size,
-                          epochs, b["seed"], "scratch", extra)
+                cfg = job(work, manifest(name, size), f"acc-{name}-{size}-scratch-s{b['seed']}{suffix_of('scratch')}",
+                          name, size, epochs, b["seed"], "scratch", extra)
                 c = compare_bundles(t["bundle"], b["bundle"], cfg, "test")
                 pairs.append({"seed": b["seed"], "difference": c["difference"]["difference"],
                               "ci": c["difference"]["ci"], "p_value": c["difference"]["p_value"]})
             entry["transfer_minus_scratch"] = {"per_seed": pairs,
                                                "mean_over_seeds": paired_difference_vs(trials["transfer"],
                                                                                         trials["scratch"])}
-        if is_target and args.overrides:
-            # The recipe against the default recipe, seed for seed on the same test images: the
-            # default's runs (no suffix) are reported if finished, trained otherwise.
+        if is_target and (args.overrides or "transfer" in arms and other_source):
+            # The recipe (or source) against the default, seed for seed on the same test images:
+            # the default's runs (no suffix) are reported if finished, trained otherwise.
             entry["recipe_minus_default"] = {}
-            for arm, init in arms.items():
+            default_init = {**arms, **({"transfer": source_bundle(default_source_epochs)} if other_source else {})}
+            for arm, init in default_init.items():
+                if not suffix_of(arm):
+                    continue  # the same runs as the default's
                 base = [one(job(work, manifest(name, size), f"acc-{name}-{size}-{arm}-s{s}", name, size, epochs, s,
-                                init)) for s in args.seeds]
+                                init, workers=args.workers)) for s in args.seeds]
                 base_trials = [scores(arm, r, "", {})[0] for r in base]
                 entry["recipe_minus_default"][arm] = {
                     "default_test_auroc_mean": float(np.mean([r["test_auroc"] for r in base])),
@@ -192,7 +210,7 @@ def main() -> None:
         results[f"{name}_{size}"] = entry
     # The BreastMNIST runs of a recipe that sets scaling.num_workers=0 train in one process (the
     # same weights as one worker: Ray Train's local mode runs the same train_func), only sooner.
-    in_process = recipe.get("scaling", {}).get("num_workers") == 0
+    in_process = args.workers == 0 or recipe.get("scaling", {}).get("num_workers") == 0
     where = "in one process, Ray Train's local mode" if in_process else "Ray Train, 1 worker"
     record(f"accuracy{args.tag}", {
         "what": f"ResNet-18 via medxfer ({where}), AdamW, warm-up + cosine, best epoch on val; test split. "

@@ -89,6 +89,7 @@ ACCURACY_HEADINGS = {
     "_64_ema": "### 4c. Accuracy at 64 px with a moving average of the weights (EMA)",
     "_64_mixup": "### 4d. Accuracy at 64 px with mixup",
     "_64_cutmix": "### 4e. Accuracy at 64 px with CutMix",
+    "_64_source20": "### 4f. Accuracy at 64 px from a longer-trained source",
 }
 
 
@@ -105,7 +106,8 @@ def accuracy() -> str:
             name, size = key.rsplit("_", 1)
             arms = {a: v[a] for a in ("scratch", "transfer") if a in v} or {"scratch": v}
             for arm, a in arms.items():
-                init = "from scratch" if arm == "scratch" else "fine-tuned from PneumoniaMNIST"
+                init = "from scratch" if arm == "scratch" else "fine-tuned from PneumoniaMNIST" + (
+                    f" ({v['source_epochs']} source epochs)" if "default_source_epochs" in v else "")
                 lines.append(f"| {name} {size}px | medxfer ResNet-18 {init}, {v['epochs']} epochs ({len(a['seeds'])} "
                              f"seeds, mean ± std) | {a['test_auroc_mean']:.3f} ± {a['test_auroc_std']:.3f} | "
                              f"{a['test_accuracy_mean']:.3f} ± {a['test_accuracy_std']:.3f} |")
@@ -122,10 +124,12 @@ def accuracy() -> str:
                     lines += ["", f"Test-time flip, {arm} (the same bundles, each test image scored with its mirror): "
                               f"test AUROC {f['test_auroc_mean']:.3f}, {m['difference']:+.3f} against no flip "
                               f"(paired bootstrap 95% CI {m['ci'][0]:+.3f} to {m['ci'][1]:+.3f})."]
+            changed = ("This recipe - the default recipe" if recipes else
+                       f"The {v.get('source_epochs')}-epoch source - the {v.get('default_source_epochs')}-epoch source")
             for arm, vs in (v.get("recipe_minus_default") or {}).items():
                 m = vs.get("mean_over_seeds")
                 if m:
-                    lines += ["", f"This recipe - the default recipe, {arm}, same seeds, test AUROC: {m['difference']:+.3f} "
+                    lines += ["", f"{changed}, {arm}, same seeds, test AUROC: {m['difference']:+.3f} "
                               f"(paired bootstrap 95% CI {m['ci'][0]:+.3f} to {m['ci'][1]:+.3f}; default "
                               f"{vs['default_test_auroc_mean']:.3f}; per seed "
                               f"{', '.join(format(p['difference'], '+.3f') for p in vs['per_seed'])})."]
