@@ -90,6 +90,7 @@ def main() -> None:
                     help="Ray Train workers per run; 0 trains in this process (the same weights, sooner on one machine).")
     args = ap.parse_args()
 
+    from medxfer.allocator import tune_this_process
     from medxfer.config_io import parse_overrides
     from medxfer.data.importers import import_medmnist
     from medxfer.evaluate import compare_bundles, evaluate_bundle
@@ -99,6 +100,9 @@ def main() -> None:
     from medxfer.train.jobs import run_training
 
     work = Path(args.work)
+    # Runs trained in this process (--workers 0) get the allocator setting the medxfer command runs
+    # with (medxfer.allocator); set before Ray starts its threads.
+    tune_this_process()
     init_ray()
     recipe = parse_overrides(args.overrides)
     # A recipe's runs get their own names: a run name promises one set of settings (medxfer.runs),

@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work" / "label-efficiency"))
     args = ap.parse_args()
 
+    from medxfer.allocator import tune_this_process
     from medxfer.data.importers import import_medmnist
     from medxfer.experiments import run_label_efficiency
     from medxfer.runtime import init_ray
@@ -57,6 +58,9 @@ def main() -> None:
     from medxfer.train.jobs import run_training
 
     work = Path(args.work)
+    # Runs trained in this process get the allocator setting the medxfer command runs
+    # with (medxfer.allocator); set before Ray starts its threads.
+    tune_this_process()
     init_ray()
     manifests = {}
     # The target at its native size when the shared data has it (BreastMNIST 64x64); PneumoniaMNIST

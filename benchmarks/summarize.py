@@ -44,9 +44,14 @@ def preprocess() -> str:
             rows.append(f"| in-process engine (`data.engine: local`), {c} threads | {v['pipeline_images_per_s']:.1f} | "
                         f"{v['ratio_to_baseline']:.2f} |")
         s = r.get("scaling_1_to_n_cpus")
+        rounds = r.get("rounds") or []
+        n = max((int(c) for c in r["ray_data"]), default=1)
+        per_round = (f" Images/s are medians; each ratio is the median of the rounds' ratios to their own baseline. "
+                     f"Ray Data on {n} CPUs, round by round: "
+                     + ", ".join(f"{x[f'ray_data_{n}_ratio']:.2f}x" for x in rounds) + "." if rounds else "")
         out += ([] if out else ["### 1. Preprocessing throughput", ""]) + [
             r["what"] + ".", "", "| pipeline | images/s | ratio |", "|---|---|---|", *rows, "",
-            f"Scaling from 1 CPU to all: {s}x." if s else "", machine_line(r), ""]
+            (f"Scaling from 1 CPU to all: {s}x." if s else "") + per_round, machine_line(r), ""]
     return "\n".join(out)
 
 
