@@ -113,11 +113,11 @@ def start_data_tasks_promptly() -> None:
     Why: Ray Data learns the CPUs it may use from its autoscaling coordinator, an actor it asks
     without waiting, and re-reads the answer once a second. Its first read finds no answer yet,
     so for the first second of every execution the limit is zero and Ray Data's liveness rule
-    lets only one task run: on 2 CPUs, one core idle for a second. On a 600-image preprocess that
-    was ~10 % of the run (benchmark 1: 63.9 against 70.5 images/s, 5 interleaved pairs). Reading
-    every 0.1 s, the interval at which Ray Data's scheduler already polls its tasks, starts the
-    second task 0.1-0.2 s after the first instead of ~1 s; each read is one small, non-blocking
-    actor call. The interval is a class attribute of Ray Data's resource manager, not a public
+    lets only one task run: on 2 CPUs, one core idle for a second. On benchmark 1's 600 images
+    that was ~10 % of the run (63.9 against 70.5 images/s, 5 interleaved pairs). Reading every
+    0.1 s, the interval at which Ray Data's scheduler already polls its tasks, starts the second
+    task 0.1-0.2 s after the first instead of ~1 s; each read is one small, non-blocking actor
+    call. The interval is a class attribute of Ray Data's resource manager, not a public
     setting: if a Ray release renames it, this does nothing and Ray's default holds.
     """
     try:
