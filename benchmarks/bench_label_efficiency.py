@@ -46,7 +46,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=28)
     ap.add_argument("--arms", nargs="+",
                     default=["scratch", "transfer", "linear_probe", "transfer_lpft_l2sp", "ssl", "supervised+ssl"])
-    ap.add_argument("--tag", default="", help="Suffix of the result files (e.g. _recipes).")
+    ap.add_argument("--tag", default=None,
+                    help="Suffix of the result files (e.g. _recipes); _sourceN when --source-epochs N is not "
+                         "the default.")
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work" / "label-efficiency"))
     args = ap.parse_args()
 
@@ -58,6 +60,13 @@ def main() -> None:
     from medxfer.train.jobs import run_training
 
     work = Path(args.work)
+    # A source trained longer than the default is its own run: reusing the default run's name would
+    # continue that run (train.epochs may grow) and rewrite the bundle earlier tables were measured
+    # from. Its results get their own files.
+    default_source_epochs = ap.get_default("source_epochs")
+    source_suffix = "" if args.source_epochs == default_source_epochs else f"-e{args.source_epochs}"
+    if args.tag is None:
+        args.tag = "" if not source_suffix else f"_source{args.source_epochs}"
     # Runs trained in this process get the allocator setting the medxfer command runs
     # with (medxfer.allocator); set before Ray starts its threads.
     tune_this_process()
@@ -75,7 +84,7 @@ def main() -> None:
     need = set(args.arms)
     bundles = {}
     if need & {"transfer", "linear_probe", "transfer_lpft_l2sp", "transfer_reinit", "transfer_ema"}:
-        src = JobConfig.model_validate({**b, "name": f"le-source-{args.size}",
+        src = JobConfig.model_validate({**b, "name": f"le-source-{args.size}{source_suffix}",
                                         "data": {"manifest": manifests["pneumoniamnist"]},
                                         "train": {"epochs": args.source_epochs, "batch_size": 64, "lr": 1e-3}})
         bundles["transfer"] = run_training(src, "source")["bundle"]
@@ -88,7 +97,7 @@ def main() -> None:
                                                   "optimizer": "sgd", "weight_decay": 1e-4}})
         bundles["ssl"] = run_pretrain(ssl)["bundle"]
     if "supervised+ssl" in need:
-        sup = JobConfig.model_validate({**b, "name": f"le-source-from-ssl-{args.size}",
+        sup = JobConfig.model_validate({**b, "name": f"le-source-from-ssl-{args.size}{source_suffix}",
                                         "data": {"manifest": manifests["pneumoniamnist"]},
                                         "model": {"backbone": "resnet18", "init": bundles["ssl"]},
                                         "train": {"epochs": args.source_epochs, "batch_size": 64, "lr": 1e-3}})
@@ -126,6 +135,7 @@ def main() -> None:
     record(f"label_efficiency{args.tag}", {
         "what": f"BreastMNIST {args.size}px, ResNet-18, {args.epochs} epochs per trial, best epoch on val; "
                 "test AUROC",
+        "source_epochs": args.source_epochs,
         "sources": {k: json.loads(Path(v, "bundle.json").read_text()).get("lineage") for k, v in bundles.items()},
         "summary": res["summary"],
         "trials": [{k: v for k, v in t.items() if k not in ("test_scores", "test_labels")} for t in res["trials"]],
