@@ -18,13 +18,18 @@ _SHAREABLE = {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFA
 
 
 def init_ray(num_cpus: int | None = None) -> None:
-    """Initialise Ray once per process; a no-op when already connected."""
+    """Initialise Ray once per process; a no-op when already connected.
+
+    Ray Data's prompt start (``start_data_tasks_promptly``) is a setting of this process, not of
+    the Ray session, so it applies even when the caller connected Ray itself (a notebook, a
+    program embedding medxfer).
+    """
     import ray
 
+    start_data_tasks_promptly()
     if ray.is_initialized():
         return
     quiet_ray_logs()
-    start_data_tasks_promptly()
     # Worker and actor output reaches the command only with -v: the lines a person follows come
     # through each run's control channel (medxfer.train.control), not Ray's log forwarding.
     verbose = logging.getLogger("medxfer").isEnabledFor(logging.DEBUG)

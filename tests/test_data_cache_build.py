@@ -90,3 +90,21 @@ def test_a_ray_data_execution_runs_its_tasks_side_by_side_from_its_start(ray_clu
     assert second["started"] < first["ended"], (
         f"the second task started {second['started'] - first['started']:.2f} s after the first, which ran "
         f"{first['ended'] - first['started']:.2f} s: Ray Data ran them one after the other")
+
+
+def test_ray_data_starts_promptly_when_the_caller_connected_ray_itself(ray_cluster):
+    """A program that calls ``ray.init`` before medxfer (a notebook, a service embedding it) must
+    get the same prompt start: ``init_ray`` returns early on a connected Ray, and the setting is
+    one of this process, so it is applied before that early return."""
+    from ray.data._internal.execution.resource_manager import ResourceManager
+
+    from medxfer.runtime import DATA_LIMITS_REFRESH_S, init_ray
+
+    before = ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S
+    ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = 1.0  # Ray's default, as a fresh process has it
+    try:
+        assert ray_cluster.is_initialized()
+        init_ray()
+        assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == DATA_LIMITS_REFRESH_S
+    finally:
+        ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = before
