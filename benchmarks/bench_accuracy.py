@@ -89,6 +89,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1,
                     help="Ray Train workers per run; 0 trains in this process (the same weights, sooner on one machine).")
     args = ap.parse_args()
+    if args.overrides and args.source_epochs != ap.get_default("source_epochs"):
+        # Its difference to the default recipe would mix two changes (the recipe and the source)
+        # under a heading that names only the recipe.
+        ap.error("--set and a non-default --source-epochs change two things at once; measure one per run")
 
     from medxfer.allocator import tune_this_process
     from medxfer.config_io import parse_overrides
