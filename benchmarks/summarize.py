@@ -144,7 +144,10 @@ def accuracy() -> str:
 
 def label_efficiency() -> str:
     out = []
-    for tag in ("", "_recipes"):
+    # Every label-efficiency run that kept its table (the default run first): a new --tag needs no
+    # change here.
+    tags = sorted(p.stem.removeprefix("label_efficiency") for p in RESULTS.glob("label_efficiency*.json"))
+    for tag in tags:
         r = _load(f"label_efficiency{tag}")
         md = RESULTS / f"label_efficiency{tag}.md"
         if r and md.exists():
