@@ -88,3 +88,43 @@ def test_checkpoints_on_s3_are_published_pruned_and_read_back(s3_root, tmp_path)
     with resume.local_copy(found.uri) as d:
         assert json.load(open(os.path.join(d, "state.json"))) == {"epoch": 2}
         assert sorted(os.listdir(d)) == ["model.safetensors", "state.json"]
+
+
+@pytest.mark.parametrize("latest_result", [
+    {"checkpoint_dir_name": "epoch-0006", "metrics": {"epoch": "six"}},
+    {"checkpoint_dir_name": "epoch-0006", "metrics": {"epoch": 5.5}},
+    {"checkpoint_dir_name": ["epoch-0006"], "metrics": {"epoch": 6}},
+    {"checkpoint_dir_name": "../other-run/epoch-0006", "metrics": {"epoch": 6}},
+])
+def test_a_ray_snapshot_in_a_format_medxfer_does_not_know_is_reported_and_passed_over(tmp_path, caplog, latest_result):
+    """Ray Train's snapshot is Ray's format: what does not read as a folder of this run and a whole
+    epoch is passed over, and the run resumes from medxfer's own record."""
+    run = str(tmp_path / "run")
+    resume.publish(_checkpoint(tmp_path / "w", 3), run, 3, keep=1)
+    storage.write_json(storage.join(run, resume.SNAPSHOT), {"latest_checkpoint_result": latest_result})
+    with caplog.at_level("WARNING", logger="medxfer.train"):
+        found = resume.latest(run)
+    assert (found.epoch, found.ray) == (3, False)
+    assert "cannot read Ray Train's checkpoint record" in caplog.text
+
+
+def test_a_ray_snapshot_that_names_a_whole_epoch_as_a_float_is_read(tmp_path):
+    run = str(tmp_path / "run")
+    _ray_snapshot(run, "epoch-0006", 6)
+    snap = storage.read_json(storage.join(run, resume.SNAPSHOT))
+    snap["latest_checkpoint_result"]["metrics"]["epoch"] = 6.0
+    storage.write_json(storage.join(run, resume.SNAPSHOT), snap)
+    assert (resume.latest(run).epoch, resume.latest(run).ray) == (6, True)
+
+
+@pytest.mark.parametrize("record", [{"checkpoints": [{"name": "epoch-0003"}]},
+                                    {"checkpoints": [{"name": "epoch-0003", "epoch": "3"}]},
+                                    {"checkpoints": [{"name": "../elsewhere", "epoch": 3}]},
+                                    {"checkpoints": "epoch-0003"},
+                                    ["epoch-0003"]])
+def test_a_damaged_medxfer_record_is_refused_with_the_way_out(tmp_path, record):
+    run = str(tmp_path / "run")
+    resume.publish(_checkpoint(tmp_path / "w", 3), run, 3, keep=1)
+    storage.write_json(storage.join(run, resume.RECORD), record)
+    with pytest.raises(StorageError, match=r"checkpoints\.json: this checkpoint record is damaged.*new name"):
+        resume.latest(run)

@@ -64,8 +64,20 @@ def has_checkpoints(run_uri: str) -> bool:
     return any(storage.exists(storage.join(run_uri, p)) for p in (SNAPSHOT, RECORD))
 
 
+def _epoch(value: object) -> int | None:
+    """An epoch number as a record wrote it: a whole number (JSON may give ``6.0``), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
+        return None
+    return int(value)
+
+
 def _ray_latest(run_uri: str) -> Found | None:
-    """The newest checkpoint in Ray Train's snapshot, if readable (its format is Ray's, not ours)."""
+    """The newest checkpoint in Ray Train's snapshot, if readable (its format is Ray's, not ours).
+
+    Ray may change that format between releases, so anything unexpected in it (not JSON, no
+    folder name, an epoch that is not a whole number) is reported and the snapshot passed over:
+    the run then resumes from medxfer's own record, or starts anew.
+    """
     uri = storage.join(run_uri, SNAPSHOT)
     try:
         latest = storage.read_json(uri).get("latest_checkpoint_result") or {}
@@ -75,19 +87,38 @@ def _ray_latest(run_uri: str) -> Found | None:
     except (StorageError, AttributeError) as e:
         log.warning("%s: cannot read Ray Train's checkpoint record (%s); its checkpoints are not considered", uri, e)
         return None
-    return Found(storage.join(run_uri, name), int(epoch), ray=True) if name and epoch is not None else None
+    if name is None and epoch is None:
+        return None  # Ray Train has not recorded a checkpoint yet
+    if not isinstance(name, str) or not name or "/" in name or _epoch(epoch) is None:
+        log.warning("%s: cannot read Ray Train's checkpoint record (checkpoint %r, epoch %r); its checkpoints "
+                    "are not considered", uri, name, epoch)
+        return None
+    return Found(storage.join(run_uri, name), _epoch(epoch), ray=True)
 
 
 def _record(run_uri: str) -> list[dict]:
+    """medxfer's own record, each entry checked: a hand-edited or damaged one is refused with the fix."""
+    uri = storage.join(run_uri, RECORD)
     try:
-        return list(storage.read_json(storage.join(run_uri, RECORD)).get("checkpoints", []))
+        entries = storage.read_json(uri).get("checkpoints", [])
     except storage.NotFound:
         return []
+    except AttributeError:
+        entries = None
+    def valid(e: object) -> bool:
+        return isinstance(e, dict) and _epoch(e.get("epoch")) is not None and e.get("name") == checkpoint_name(
+            _epoch(e.get("epoch")))
+
+    if not isinstance(entries, list) or not all(valid(e) for e in entries):
+        raise StorageError(f'{uri}: this checkpoint record is damaged (each entry must read {{"name": "epoch-NNNN", '
+                           f'"epoch": N}}, oldest first). Fix it to name the epoch-NNNN folders that are complete, '
+                           f"or give the run a new name to train it anew")
+    return [{"name": e["name"], "epoch": _epoch(e["epoch"])} for e in entries]
 
 
 def latest(run_uri: str) -> Found | None:
     """The newest complete checkpoint of the run, from either record; None for a run without one."""
-    found = [_ray_latest(run_uri)] + [Found(storage.join(run_uri, e["name"]), int(e["epoch"]), ray=False)
+    found = [_ray_latest(run_uri)] + [Found(storage.join(run_uri, e["name"]), e["epoch"], ray=False)
                                       for e in _record(run_uri)[-1:]]
     found = [f for f in found if f is not None]
     return max(found, key=lambda f: (f.epoch, f.ray)) if found else None
