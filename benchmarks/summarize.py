@@ -95,6 +95,7 @@ ACCURACY_HEADINGS = {
     "_64_mixup": "### 4d. Accuracy at 64 px with mixup",
     "_64_cutmix": "### 4e. Accuracy at 64 px with CutMix",
     "_64_source20": "### 4f. Accuracy at 64 px from a longer-trained source",
+    "_64_source30": "### 4g. Accuracy at 64 px from a 30-epoch source (the shipped source job's length)",
 }
 
 
