@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import REPO, record, test_data_dir  # noqa: E402
+from benchmarks.common import REPO, finished, record, test_data_dir  # noqa: E402
 from medxfer.config import JobConfig  # noqa: E402
 
 PUBLISHED = {
@@ -121,8 +121,8 @@ def main() -> None:
 
     def source_bundle(epochs: int) -> str:
         name = "acc-source-pneumoniamnist-64" + ("" if epochs == default_source_epochs else f"-e{epochs}")
-        return run_training(job(work, manifest("pneumoniamnist", 64), name, "pneumoniamnist", 64, epochs, 0,
-                                workers=args.workers), "source")["bundle"]
+        return finished(run_training(job(work, manifest("pneumoniamnist", 64), name, "pneumoniamnist", 64, epochs,
+                                         0, workers=args.workers), "source"))["bundle"]
     manifests = {}
 
     def manifest(name: str, size: int) -> str:
@@ -142,7 +142,7 @@ def main() -> None:
                 "test_accuracy_std": float(ac.std(ddof=1)) if len(ac) > 1 else 0.0}
 
     def one(cfg: JobConfig) -> dict:
-        res = run_training(cfg, "finetune" if cfg.model.init != "scratch" else "source")
+        res = finished(run_training(cfg, "finetune" if cfg.model.init != "scratch" else "source"))
         rep = evaluate_bundle(res["bundle"], cfg, "test")
         m = rep["metrics"]
         row = {"seed": cfg.train.seed, "test_auroc": m["auroc"]["value"], "test_auroc_ci": m["auroc"]["ci"],

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_preprocess import make_images  # noqa: E402
-from benchmarks.common import record  # noqa: E402
+from benchmarks.common import finished, record  # noqa: E402
 from medxfer.config import JobConfig  # noqa: E402
 
 
@@ -109,7 +109,7 @@ def main() -> None:
             ceiling = synthetic(backbone, args.batch)
             sampler = UtilSampler()
             sampler.start()
-            res = run_training(job(backbone), "source")
+            res = finished(run_training(job(backbone), "source"))
             sampler.stop.set()
             ips = max(h["images_per_s"] for h in res["history"][1:] or res["history"])
             out[backbone] = {"pipeline_images_per_s": round(ips, 1), "synthetic_images_per_s": round(ceiling, 1),

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import REPO, RESULTS, record, test_data_dir  # noqa: E402
+from benchmarks.common import REPO, RESULTS, finished, record, test_data_dir  # noqa: E402
 from medxfer.config import JobConfig  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def main() -> None:
         src = JobConfig.model_validate({**b, "name": f"le-source-{args.size}{source_suffix}",
                                         "data": {"manifest": manifests["pneumoniamnist"]},
                                         "train": {"epochs": args.source_epochs, "batch_size": 64, "lr": 1e-3}})
-        bundles["transfer"] = run_training(src, "source")["bundle"]
+        bundles["transfer"] = finished(run_training(src, "source"))["bundle"]
     if need & {"ssl", "supervised+ssl"}:
         ssl = JobConfig.model_validate({**b, "name": f"le-ssl-{args.size}",
                                         "data": {"manifest": manifests["pneumoniamnist"],
@@ -95,13 +95,13 @@ def main() -> None:
                                         "pretrain": {"method": "simsiam"},
                                         "train": {"epochs": args.ssl_epochs, "batch_size": 128, "lr": 0.05,
                                                   "optimizer": "sgd", "weight_decay": 1e-4}})
-        bundles["ssl"] = run_pretrain(ssl)["bundle"]
+        bundles["ssl"] = finished(run_pretrain(ssl))["bundle"]
     if "supervised+ssl" in need:
         sup = JobConfig.model_validate({**b, "name": f"le-source-from-ssl-{args.size}{source_suffix}",
                                         "data": {"manifest": manifests["pneumoniamnist"]},
                                         "model": {"backbone": "resnet18", "init": bundles["ssl"]},
                                         "train": {"epochs": args.source_epochs, "batch_size": 64, "lr": 1e-3}})
-        bundles["supervised+ssl"] = run_training(sup, "finetune")["bundle"]
+        bundles["supervised+ssl"] = finished(run_training(sup, "finetune"))["bundle"]
 
     arm_sets = {
         "scratch": {"model.init": "scratch"},

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import record, test_data_dir  # noqa: E402
+from benchmarks.common import finished, record, test_data_dir  # noqa: E402
 from medxfer.allocator import glibc_tunables, tune_this_process  # noqa: E402
 from medxfer.config import JobConfig  # noqa: E402
 
@@ -104,7 +104,7 @@ def main() -> None:
             if workers:
                 init_ray(num_cpus=cpus + 1)
             per_worker = cpus / max(1, workers)
-            res = run_training(job(root, manifest, f"w{workers}", workers, per_worker, args.epochs), "source")
+            res = finished(run_training(job(root, manifest, f"w{workers}", workers, per_worker, args.epochs), "source"))
             ray.shutdown()
             ips = res["history"][-1]["images_per_s"]
             runs[str(workers)] = {"images_per_s": round(ips, 1), "ratio_to_plain": round(ips / base, 3),

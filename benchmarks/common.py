@@ -21,6 +21,20 @@ def test_data_dir() -> Path:
     return Path(os.environ.get("MEDXFER_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
+def finished(result: dict) -> dict:
+    """A training run's result, once it ran all its epochs (or stopped early on validation).
+
+    A run stopped by a signal still writes a bundle (its best epoch so far), so a benchmark that
+    went on would measure a half-trained model under a full run's name. It stops instead; the same
+    command resumes the run from its checkpoint.
+    """
+    if result.get("status") not in ("complete", "early_stopped"):
+        raise SystemExit(f"{result.get('name')}: {result.get('status')} after epoch {result.get('epoch')}/"
+                         f"{result.get('epochs_total')}; nothing after it was measured. Run the benchmark again "
+                         f"to resume it.")
+    return result
+
+
 def machine() -> dict:
     """CPU count, CPU model, GPU (if any) and the versions that matter for the numbers."""
     info: dict = {

@@ -47,3 +47,18 @@ def test_record_writes_paths_under_the_work_folder_as_work(tmp_path):
     got = relative_paths({"bundle": str(work / "runs" / "a" / "bundle"), "inside": str(REPO / "jobs" / "x.yaml"),
                           "text": "a sentence, not a path"}, work)
     assert got == {"bundle": "<work>/runs/a/bundle", "inside": "jobs/x.yaml", "text": "a sentence, not a path"}
+
+
+def test_a_benchmark_stops_on_a_run_that_did_not_finish():
+    """A run stopped by a signal still writes a bundle (its best epoch so far): a benchmark must not
+    go on to measure it as a full run (this happened once: a SIGTERMed 5-of-30-epoch source was
+    handed to the fine-tunes)."""
+    import pytest
+
+    from benchmarks.common import finished
+
+    for status in ("complete", "early_stopped"):
+        assert finished({"status": status, "bundle": "b"})["bundle"] == "b"
+    for status in ("stopped", "max_epochs_this_run"):
+        with pytest.raises(SystemExit, match=r"src: .* after epoch 5/30; .*again to resume"):
+            finished({"name": "src", "status": status, "epoch": 5, "epochs_total": 30})
