@@ -36,6 +36,40 @@ def base(work: Path, size: int) -> dict:
     }
 
 
+# Arms whose starting point is the supervised source (directly or through supervised+ssl).
+SOURCE_ARMS = ("transfer", "linear_probe", "transfer_lpft_l2sp", "transfer_reinit", "transfer_ema", "supervised+ssl")
+
+
+def against_default_source(this: dict, default: dict) -> dict:
+    """This run's source arms minus the default source's, trial for trial (same arm, fraction, seed).
+
+    Both experiments' trials carry their test scores, so each difference gets the paired bootstrap
+    of the table. The arms that do not start from the supervised source (scratch, ssl) are checked
+    to be the same trials to the bit: then the difference is the source's alone.
+    """
+    from medxfer.experiments import paired_difference_vs
+
+    def cells(trials: list[dict]) -> dict:
+        out: dict = {}
+        for t in trials:
+            out.setdefault((t["arm"], t["fraction"]), []).append(t)
+        return {k: sorted(v, key=lambda t: t["seed"]) for k, v in out.items()}
+
+    a, b = cells(this["trials"]), cells(default["trials"])
+    diffs = {}
+    for (arm, fraction), trials in sorted(a.items()):
+        if arm in SOURCE_ARMS and (arm, fraction) in b:
+            d = paired_difference_vs(trials, b[(arm, fraction)])
+            base = {t["seed"]: t["test_auroc"] for t in b[(arm, fraction)]}
+            diffs[f"{arm}@{fraction:g}"] = {
+                **(d or {}), "default_test_auroc_mean": sum(base.values()) / len(base),
+                "per_seed": [round(t["test_auroc"] - base[t["seed"]], 4) for t in trials if t["seed"] in base]}
+    same = [k for k, v in a.items() if k[0] not in SOURCE_ARMS and k in b
+            and [t["test_auroc"] for t in v] == [t["test_auroc"] for t in b[k]]]
+    others = [k for k in a if k[0] not in SOURCE_ARMS and k in b]
+    return {"differences": diffs, "other_arms_identical": f"{len(same)} of {len(others)} cells"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5, 1.0])
@@ -129,6 +163,11 @@ def main() -> None:
     })
     res = run_label_efficiency(cfg)
     out = Path(res["out"])
+    compared = None
+    if source_suffix:  # the default source's experiment, when it ran in this --work folder
+        default_out = Path(out.parent.parent / f"label-efficiency-{args.size}" / out.name / "label_efficiency.json")
+        if default_out.exists():
+            compared = against_default_source(res, json.loads(default_out.read_text()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / "label_efficiency.png", RESULTS / f"label_efficiency{args.tag}.png")
     (RESULTS / f"label_efficiency{args.tag}.md").write_text((out / "table.md").read_text())
@@ -140,6 +179,8 @@ def main() -> None:
         "summary": res["summary"],
         "trials": [{k: v for k, v in t.items() if k not in ("test_scores", "test_labels")} for t in res["trials"]],
         "wall_time_s": res["wall_time_s"],
+        **({"source_minus_default_source": {"default_source_epochs": default_source_epochs, **compared}}
+           if compared else {}),
     }, work=work)
 
 

@@ -152,8 +152,25 @@ def label_efficiency() -> str:
         r = _load(f"label_efficiency{tag}")
         md = RESULTS / f"label_efficiency{tag}.md"
         if r and md.exists():
-            out += [md.read_text().strip(), "", r["what"] + ".", machine_line(r), ""]
+            out += [md.read_text().strip(), "", r["what"] + ".", *_against_default_source(r), machine_line(r), ""]
     return "\n".join(out)
+
+
+def _against_default_source(r: dict) -> list[str]:
+    """Lines for a run whose source trained longer (or shorter) than the default: each source arm
+    minus the default source's, trial for trial."""
+    c = r.get("source_minus_default_source")
+    if not c:
+        return []
+    lines = ["", f"The {r.get('source_epochs')}-epoch source - the {c['default_source_epochs']}-epoch source, same "
+             f"trials (arm, fraction, seed), test AUROC (paired bootstrap 95% CI; per seed). The arms that do not "
+             f"start from it reproduced the earlier run's trials exactly in {c['other_arms_identical']}.", "",
+             "| arm | labels | difference | 95% CI | per seed |", "|---|---|---|---|---|"]
+    for key, d in c["differences"].items():
+        arm, fraction = key.rsplit("@", 1)
+        lines.append(f"| {arm} | {float(fraction):.0%} | {d['difference']:+.3f} | {d['ci'][0]:+.3f} to "
+                     f"{d['ci'][1]:+.3f} | {', '.join(format(x, '+.3f') for x in d['per_seed'])} |")
+    return [*lines, ""]
 
 
 def parity() -> str:

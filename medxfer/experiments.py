@@ -12,6 +12,10 @@ and ``medxfer finetune`` take the same steps and end with the same weights (a te
 equal), so a recipe measured here is the recipe ``finetune`` runs. Every trial reads the one
 preprocessed cache; ``label_fraction`` is applied as it is read.
 
+Each trial is written (``<out>/trials/<trial>.json``) as it finishes, under a key of its config,
+data and source weights: run again after a crash or a stop, the experiment keeps the trials that
+measured the same thing and runs only the rest.
+
 The table reports the mean and spread per cell and the difference to the arm named
 ``scratch``, whatever the answer is.
 """
@@ -29,6 +33,7 @@ import numpy as np
 from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.config_io import deep_merge, validate_dict
+from medxfer.errors import StorageError
 
 log = logging.getLogger("medxfer.experiments")
 
@@ -216,33 +221,43 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     # Build and check every trial before the first one runs: a bad arm fails in seconds, not after
     # an hour of trials. A trial is the fine-tune run of its config on one worker in one process;
     # every (fraction, seed) shares the one cache (label_fraction is applied when it is read).
-    planned, prepared = [], None
+    planned, prepared, trials = [], None, []
     for f in ex.fractions:
         for s in ex.seeds:
             for arm in ex.arms:
                 tcfg = trial_config(cfg, arm, f, s)
                 tcfg = tcfg.model_copy(update={"scaling": tcfg.scaling.model_copy(
                     update={"num_workers": 1, "cpus_per_worker": ex.cpus_per_trial})})
-                check_source(tcfg)
+                source = check_source(tcfg)
                 prepared = prepare(tcfg)
+                meta = {"arm": arm.name, "fraction": f, "seed": s, "init": tcfg.model.init,
+                        "freeze": tcfg.train.freeze,
+                        "trial_key": trial_key(tcfg, prepared.key, source.card["weights_sha256"] if source else None)}
+                kept = _kept_trial(out, tcfg.name, meta["trial_key"])
+                if kept is not None:
+                    trials.append(kept)
+                    continue
                 plan = plan_training(tcfg, "finetune", prepared, split_rows(prepared, "train"), use_gpu=False,
                                      persist=False)
-                planned.append((arm, f, s, tcfg, plan))
+                planned.append((meta, tcfg, plan))
     parallel = ex.parallel or max(1, int(cluster_cpus() // ex.cpus_per_trial))
     remote = ray.remote(num_cpus=ex.cpus_per_trial)(run_trial)
-    pending, meta, trials = [], {}, []
-    log.info("label efficiency: %d arms x %d fractions x %d seeds = %d trials, %d at a time",
-             len(ex.arms), len(ex.fractions), len(ex.seeds), len(planned), parallel)
-    for arm, f, s, tcfg, plan in planned:
+    pending, metas = [], {}
+    log.info("label efficiency: %d arms x %d fractions x %d seeds = %d trials (%d kept from an earlier run of "
+             "this experiment), %d at a time", len(ex.arms), len(ex.fractions), len(ex.seeds),
+             len(planned) + len(trials), len(trials), parallel)
+    for meta, tcfg, plan in planned:
         while len(pending) >= parallel:
             done, pending = ray.wait(pending, num_returns=1)
-            _collect(done[0], meta, trials)
+            _collect(done[0], metas, trials, out)
         ref = remote.remote(tcfg.model_dump(mode="json"), plan)
-        meta[ref] = {"arm": arm.name, "fraction": f, "seed": s, "init": tcfg.model.init,
-                     "freeze": tcfg.train.freeze}
+        metas[ref] = (meta, tcfg.name)
         pending.append(ref)
     for ref in pending:
-        _collect(ref, meta, trials)
+        _collect(ref, metas, trials, out)
+    order = {(a.name, f, s): i for i, (f, s, a) in enumerate((f, s, a) for f in ex.fractions for s in ex.seeds
+                                                              for a in ex.arms)}
+    trials.sort(key=lambda t: order[(t["arm"], t["fraction"], t["seed"])])
 
     rows = summarize(trials)
     title = (f"{cfg.name}: {cfg.model.backbone} {cfg.preprocess.size}px, {cfg.train.epochs} epochs, "
@@ -259,12 +274,47 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     return result
 
 
-def _collect(ref, meta: dict, trials: list) -> None:
+def trial_key(tcfg: JobConfig, data_key: str, source_weights_sha256: str | None) -> str:
+    """What a trial's result depends on: its whole config, the data it reads, the source weights.
+
+    The source enters by its weights, not its URI: a source retrained in place (the same run name,
+    more epochs) is another starting point, and its trials must run again.
+    """
+    import hashlib
+    import json
+
+    what = {"config": tcfg.model_dump(mode="json"), "data": data_key, "source": source_weights_sha256}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def _trial_uri(out: str, name: str) -> str:
+    return storage.join(out, "trials", f"{name}.json")
+
+
+def _kept_trial(out: str, name: str, key: str) -> dict | None:
+    """A finished trial of an earlier, interrupted run of this experiment, if it measured the same thing.
+
+    Each trial is written as it finishes, so a stopped or crashed experiment loses at most the
+    trials it was running. One written under other settings, data or source is run again.
+    """
+    try:
+        t = storage.read_json(_trial_uri(out, name))
+    except storage.NotFound:
+        return None
+    except StorageError as e:
+        log.warning("%s: cannot read this finished trial (%s); it runs again", _trial_uri(out, name), e)
+        return None
+    return t if isinstance(t, dict) and t.get("trial_key") == key else None
+
+
+def _collect(ref, metas: dict, trials: list, out: str) -> None:
     import ray
 
     res = ray.get(ref)
-    m = meta.pop(ref)
-    trials.append({**m, **res})
+    m, name = metas.pop(ref)
+    trial = {**m, **res}
+    storage.write_json(_trial_uri(out, name), trial)
+    trials.append(trial)
     log.info("trial %s f=%g seed=%d: test AUROC %.3f (best epoch %d, %.0fs)", m["arm"], m["fraction"], m["seed"],
              res["test_auroc"], res["best_epoch"], res["seconds"])
 

@@ -86,6 +86,39 @@ def test_label_efficiency_runs_arms_fractions_seeds(ray_cluster, test_data, tmp_
     assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
     assert "| probe |" in (out / "table.md").read_text()
 
+    # Each trial was written as it finished; the same experiment again keeps them all and runs none.
+    files = {p.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*.json")}
+    assert len(files) == 8
+    again = run_label_efficiency(cfg, out=str(out))
+    assert [t["test_auroc"] for t in again["trials"]] == [t["test_auroc"] for t in trials]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*.json")} == files
+    # A lost trial and one written under other settings run again; the rest are kept.
+    lost, stale = "le-scratch-f0.25-s0.json", "le-probe-f1-s1.json"
+    (out / "trials" / lost).unlink()
+    t = json.loads((out / "trials" / stale).read_text())
+    (out / "trials" / stale).write_text(json.dumps({**t, "trial_key": "written-under-other-settings"}))
+    run_label_efficiency(cfg, out=str(out))
+    now = {p.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*.json")}
+    assert {n for n in now if now[n] != files.get(n)} == {lost, stale}
+
+
+def test_a_trial_key_changes_with_what_the_trial_measures(tmp_path):
+    """Kept trials are matched by config, data and source weights: the source enters by its weights,
+    so a source retrained under the same URI sends its trials to run again."""
+    from medxfer.experiments import trial_key
+
+    cfg = breast_job(str(tmp_path), "m.csv")
+    arm = ExperimentArm(name="scratch", set={"model.init": "scratch"})
+    base = trial_key(trial_config(cfg, arm, 0.25, 0), "data1", None)
+    assert base == trial_key(trial_config(cfg, arm, 0.25, 0), "data1", None)
+    assert len({base, trial_key(trial_config(cfg, arm, 0.25, 1), "data1", None),
+                trial_key(trial_config(cfg, arm, 0.5, 0), "data1", None),
+                trial_key(trial_config(cfg, ExperimentArm(name="scratch", set={"train.lr": 0.01}), 0.25, 0),
+                          "data1", None),
+                trial_key(trial_config(cfg, arm, 0.25, 0), "data2", None),
+                trial_key(trial_config(cfg, arm, 0.25, 0), "data1", "weights-a"),
+                trial_key(trial_config(cfg, arm, 0.25, 0), "data1", "weights-b")}) == 7
+
 
 @pytest.mark.slow
 @pytest.mark.ray
