@@ -275,15 +275,18 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
 
 
 def trial_key(tcfg: JobConfig, data_key: str, source_weights_sha256: str | None) -> str:
-    """What a trial's result depends on: its whole config, the data it reads, the source weights.
+    """What a trial's result depends on: its config, the data it reads, the source weights.
 
     The source enters by its weights, not its URI: a source retrained in place (the same run name,
-    more epochs) is another starting point, and its trials must run again.
+    more epochs) is another starting point, and its trials must run again. The ``experiment``
+    block is left out (the trial's arm, fraction and seed are already applied to its config), so
+    adding an arm or a seed to an experiment keeps the trials it has.
     """
     import hashlib
     import json
 
-    what = {"config": tcfg.model_dump(mode="json"), "data": data_key, "source": source_weights_sha256}
+    what = {"config": tcfg.model_dump(mode="json", exclude={"experiment"}), "data": data_key,
+            "source": source_weights_sha256}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 

@@ -118,6 +118,9 @@ def test_a_trial_key_changes_with_what_the_trial_measures(tmp_path):
                 trial_key(trial_config(cfg, arm, 0.25, 0), "data2", None),
                 trial_key(trial_config(cfg, arm, 0.25, 0), "data1", "weights-a"),
                 trial_key(trial_config(cfg, arm, 0.25, 0), "data1", "weights-b")}) == 7
+    # One more arm or seed in the experiment leaves the trials it already has as they were.
+    grown = cfg.model_copy(update={"experiment": cfg.experiment.model_copy(update={"seeds": [0, 1, 2, 3]})})
+    assert trial_key(trial_config(grown, arm, 0.25, 0), "data1", None) == base
 
 
 @pytest.mark.slow

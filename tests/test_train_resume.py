@@ -128,3 +128,11 @@ def test_a_damaged_medxfer_record_is_refused_with_the_way_out(tmp_path, record):
     storage.write_json(storage.join(run, resume.RECORD), record)
     with pytest.raises(StorageError, match=r"checkpoints\.json: this checkpoint record is damaged.*new name"):
         resume.latest(run)
+
+
+def test_a_ray_snapshot_with_an_infinite_or_missing_number_epoch_is_passed_over(tmp_path):
+    run = str(tmp_path / "run")
+    for epoch in (float("inf"), float("nan"), -1, True):
+        storage.write_json(storage.join(run, resume.SNAPSHOT),
+                           {"latest_checkpoint_result": {"checkpoint_dir_name": "epoch-0001", "metrics": {"epoch": epoch}}})
+        assert resume.latest(run) is None

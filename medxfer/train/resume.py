@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -66,7 +67,8 @@ def has_checkpoints(run_uri: str) -> bool:
 
 def _epoch(value: object) -> int | None:
     """An epoch number as a record wrote it: a whole number (JSON may give ``6.0``), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) or value < 0:
         return None
     return int(value)
 
