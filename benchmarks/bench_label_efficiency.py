@@ -117,7 +117,7 @@ def main() -> None:
     b = base(work, args.size)
     need = set(args.arms)
     bundles = {}
-    if need & {"transfer", "linear_probe", "transfer_lpft_l2sp", "transfer_reinit", "transfer_ema"}:
+    if need & (set(SOURCE_ARMS) - {"supervised+ssl"}):  # the arms that start from the supervised source itself
         src = JobConfig.model_validate({**b, "name": f"le-source-{args.size}{source_suffix}",
                                         "data": {"manifest": manifests["pneumoniamnist"]},
                                         "train": {"epochs": args.source_epochs, "batch_size": 64, "lr": 1e-3}})

@@ -23,7 +23,9 @@ The table reports the mean and spread per cell and the difference to the arm nam
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import re
 import time
@@ -221,7 +223,8 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     # Build and check every trial before the first one runs: a bad arm fails in seconds, not after
     # an hour of trials. A trial is the fine-tune run of its config on one worker in one process;
     # every (fraction, seed) shares the one cache (label_fraction is applied when it is read).
-    planned, prepared, trials = [], None, []
+    # Every trial's result by (arm, fraction, seed), kept or new; reported in plan order.
+    planned, prepared, results = [], None, {}
     for f in ex.fractions:
         for s in ex.seeds:
             for arm in ex.arms:
@@ -233,9 +236,8 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
                 meta = {"arm": arm.name, "fraction": f, "seed": s, "init": tcfg.model.init,
                         "freeze": tcfg.train.freeze,
                         "trial_key": trial_key(tcfg, prepared.key, source.card["weights_sha256"] if source else None)}
-                kept = _kept_trial(out, tcfg.name, meta["trial_key"])
-                if kept is not None:
-                    trials.append(kept)
+                results[(arm.name, f, s)] = _kept_trial(out, tcfg.name, meta["trial_key"])
+                if results[(arm.name, f, s)] is not None:
                     continue
                 plan = plan_training(tcfg, "finetune", prepared, split_rows(prepared, "train"), use_gpu=False,
                                      persist=False)
@@ -245,19 +247,17 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     pending, metas = [], {}
     log.info("label efficiency: %d arms x %d fractions x %d seeds = %d trials (%d kept from an earlier run of "
              "this experiment), %d at a time", len(ex.arms), len(ex.fractions), len(ex.seeds),
-             len(planned) + len(trials), len(trials), parallel)
+             len(results), len(results) - len(planned), parallel)
     for meta, tcfg, plan in planned:
         while len(pending) >= parallel:
             done, pending = ray.wait(pending, num_returns=1)
-            _collect(done[0], metas, trials, out)
+            _collect(done[0], metas, results, out)
         ref = remote.remote(tcfg.model_dump(mode="json"), plan)
         metas[ref] = (meta, tcfg.name)
         pending.append(ref)
     for ref in pending:
-        _collect(ref, metas, trials, out)
-    order = {(a.name, f, s): i for i, (f, s, a) in enumerate((f, s, a) for f in ex.fractions for s in ex.seeds
-                                                              for a in ex.arms)}
-    trials.sort(key=lambda t: order[(t["arm"], t["fraction"], t["seed"])])
+        _collect(ref, metas, results, out)
+    trials = list(results.values())
 
     rows = summarize(trials)
     title = (f"{cfg.name}: {cfg.model.backbone} {cfg.preprocess.size}px, {cfg.train.epochs} epochs, "
@@ -282,9 +282,6 @@ def trial_key(tcfg: JobConfig, data_key: str, source_weights_sha256: str | None)
     block is left out (the trial's arm, fraction and seed are already applied to its config), so
     adding an arm or a seed to an experiment keeps the trials it has.
     """
-    import hashlib
-    import json
-
     what = {"config": tcfg.model_dump(mode="json", exclude={"experiment"}), "data": data_key,
             "source": source_weights_sha256}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
@@ -310,14 +307,15 @@ def _kept_trial(out: str, name: str, key: str) -> dict | None:
     return t if isinstance(t, dict) and t.get("trial_key") == key else None
 
 
-def _collect(ref, metas: dict, trials: list, out: str) -> None:
+def _collect(ref, metas: dict, results: dict, out: str) -> None:
+    """A finished trial: written at once (so a later crash does not lose it), then recorded."""
     import ray
 
     res = ray.get(ref)
     m, name = metas.pop(ref)
     trial = {**m, **res}
     storage.write_json(_trial_uri(out, name), trial)
-    trials.append(trial)
+    results[(m["arm"], m["fraction"], m["seed"])] = trial
     log.info("trial %s f=%g seed=%d: test AUROC %.3f (best epoch %d, %.0fs)", m["arm"], m["fraction"], m["seed"],
              res["test_auroc"], res["best_epoch"], res["seconds"])
 

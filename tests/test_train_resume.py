@@ -95,6 +95,7 @@ def test_checkpoints_on_s3_are_published_pruned_and_read_back(s3_root, tmp_path)
     {"checkpoint_dir_name": "epoch-0006", "metrics": {"epoch": 5.5}},
     {"checkpoint_dir_name": ["epoch-0006"], "metrics": {"epoch": 6}},
     {"checkpoint_dir_name": "../other-run/epoch-0006", "metrics": {"epoch": 6}},
+    {"checkpoint_dir_name": "..", "metrics": {"epoch": 6}},
 ])
 def test_a_ray_snapshot_in_a_format_medxfer_does_not_know_is_reported_and_passed_over(tmp_path, caplog, latest_result):
     """Ray Train's snapshot is Ray's format: what does not read as a folder of this run and a whole
@@ -130,7 +131,7 @@ def test_a_damaged_medxfer_record_is_refused_with_the_way_out(tmp_path, record):
         resume.latest(run)
 
 
-def test_a_ray_snapshot_with_an_infinite_or_missing_number_epoch_is_passed_over(tmp_path):
+def test_a_ray_snapshot_whose_epoch_is_not_a_whole_number_is_passed_over(tmp_path):
     run = str(tmp_path / "run")
     for epoch in (float("inf"), float("nan"), -1, True):
         storage.write_json(storage.join(run, resume.SNAPSHOT),

@@ -91,7 +91,7 @@ def _ray_latest(run_uri: str) -> Found | None:
         return None
     if name is None and epoch is None:
         return None  # Ray Train has not recorded a checkpoint yet
-    if not isinstance(name, str) or not name or "/" in name or _epoch(epoch) is None:
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or _epoch(epoch) is None:
         log.warning("%s: cannot read Ray Train's checkpoint record (checkpoint %r, epoch %r); its checkpoints "
                     "are not considered", uri, name, epoch)
         return None
@@ -105,11 +105,12 @@ def _record(run_uri: str) -> list[dict]:
         entries = storage.read_json(uri).get("checkpoints", [])
     except storage.NotFound:
         return []
-    except AttributeError:
+    except AttributeError:  # JSON, but not an object
         entries = None
+
     def valid(e: object) -> bool:
-        return isinstance(e, dict) and _epoch(e.get("epoch")) is not None and e.get("name") == checkpoint_name(
-            _epoch(e.get("epoch")))
+        epoch = _epoch(e.get("epoch")) if isinstance(e, dict) else None
+        return epoch is not None and e.get("name") == checkpoint_name(epoch)
 
     if not isinstance(entries, list) or not all(valid(e) for e in entries):
         raise StorageError(f'{uri}: this checkpoint record is damaged (each entry must read {{"name": "epoch-NNNN", '
