@@ -66,8 +66,9 @@ def demo_configs(root: str, fast: bool) -> dict[str, JobConfig]:
     source = JobConfig.model_validate({
         **common,
         "name": "demo-source" + ("-fast" if fast else ""),
-        "data": {"manifest": storage.join(layout.dataset(SOURCE), "manifest.csv"), "positive_class": "1",  # pneumonia
-                 "label_fraction": 0.25 if fast else 1.0},
+        # --fast: one epoch, but of every training image: a quarter of them (9 steps per worker)
+        # learned nothing reliably (test AUROC 0.36-0.78 by which quarter was drawn).
+        "data": {"manifest": storage.join(layout.dataset(SOURCE), "manifest.csv"), "positive_class": "1"},  # pneumonia
         "model": {"backbone": "resnet18", "name": "pneumonia-demo"},
         "train": {"epochs": 1 if fast else 4, "batch_size": 64, "lr": 2e-3, "warmup_epochs": 0.5},
     })

@@ -235,7 +235,8 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
                 prepared = prepare(tcfg)
                 meta = {"arm": arm.name, "fraction": f, "seed": s, "init": tcfg.model.init,
                         "freeze": tcfg.train.freeze,
-                        "trial_key": trial_key(tcfg, prepared.key, source.card["weights_sha256"] if source else None)}
+                        "trial_key": trial_key(tcfg, prepared.key, source.card["weights_sha256"] if source else None,
+                                               prepared.kept_rows("train"))}
                 results[(arm.name, f, s)] = _kept_trial(out, tcfg.name, meta["trial_key"])
                 if results[(arm.name, f, s)] is not None:
                     continue
@@ -274,16 +275,22 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     return result
 
 
-def trial_key(tcfg: JobConfig, data_key: str, source_weights_sha256: str | None) -> str:
+def trial_key(tcfg: JobConfig, data_key: str, source_weights_sha256: str | None,
+              kept_rows: np.ndarray | None = None) -> str:
     """What a trial's result depends on: its config, the data it reads, the source weights.
+
+    The data enters by its cache key and by the training rows the label fraction keeps (None:
+    all): the subset is drawn when the cache is read, so a change in how it is drawn must not
+    let a trial measured on other images pass as kept.
 
     The source enters by its weights, not its URI: a source retrained in place (the same run name,
     more epochs) is another starting point, and its trials must run again. The ``experiment``
     block is left out (the trial's arm, fraction and seed are already applied to its config), so
     adding an arm or a seed to an experiment keeps the trials it has.
     """
+    rows = None if kept_rows is None else hashlib.sha256(np.asarray(kept_rows, dtype="<i8").tobytes()).hexdigest()
     what = {"config": tcfg.model_dump(mode="json", exclude={"experiment"}), "data": data_key,
-            "source": source_weights_sha256}
+            "source": source_weights_sha256, "train_rows": rows}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 

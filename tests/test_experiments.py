@@ -103,8 +103,9 @@ def test_label_efficiency_runs_arms_fractions_seeds(ray_cluster, test_data, tmp_
 
 
 def test_a_trial_key_changes_with_what_the_trial_measures(tmp_path):
-    """Kept trials are matched by config, data and source weights: the source enters by its weights,
-    so a source retrained under the same URI sends its trials to run again."""
+    """Kept trials are matched by config, data, the labelled training rows and source weights: the
+    source enters by its weights, so a source retrained under the same URI sends its trials to run
+    again; another way of drawing the label subset sends them too."""
     from medxfer.experiments import trial_key
 
     cfg = breast_job(str(tmp_path), "m.csv")
@@ -117,7 +118,9 @@ def test_a_trial_key_changes_with_what_the_trial_measures(tmp_path):
                           "data1", None),
                 trial_key(trial_config(cfg, arm, 0.25, 0), "data2", None),
                 trial_key(trial_config(cfg, arm, 0.25, 0), "data1", "weights-a"),
-                trial_key(trial_config(cfg, arm, 0.25, 0), "data1", "weights-b")}) == 7
+                trial_key(trial_config(cfg, arm, 0.25, 0), "data1", "weights-b"),
+                trial_key(trial_config(cfg, arm, 0.25, 0), "data1", None, np.array([0, 2, 5])),
+                trial_key(trial_config(cfg, arm, 0.25, 0), "data1", None, np.array([0, 2, 6]))}) == 9
     # One more arm or seed in the experiment leaves the trials it already has as they were.
     grown = cfg.model_copy(update={"experiment": cfg.experiment.model_copy(update={"seeds": [0, 1, 2, 3]})})
     assert trial_key(trial_config(grown, arm, 0.25, 0), "data1", None) == base

@@ -15,7 +15,7 @@ import pandas as pd
 from medxfer import storage
 from medxfer.config import PreprocessConfig
 from medxfer.data.cache.blocks import DATA_CPUS, decode_rows
-from medxfer.data.manifest import SPLITS, encode_labels, label_subsample, split_counts
+from medxfer.data.manifest import SPLITS, encode_labels, label_subsample, portable_keys, split_counts
 from medxfer.errors import DataError
 
 
@@ -84,9 +84,10 @@ class PreparedData:
             t = self._table(split, ["row", "path", "label"])
             if t is None:
                 return np.zeros(0, dtype=np.int64)
+            folders = [storage.parent(m) for m in self.card["manifests"]]
             mask = label_subsample(
                 pd.Series(t.column("label").to_pylist()),
-                pd.Series(t.column("path").to_pylist()),
+                portable_keys(pd.Series(t.column("path").to_pylist()), folders),
                 self.label_fraction,
                 self.label_seed,
             )

@@ -37,6 +37,7 @@ from medxfer.data.manifest.splits import (
     label_subsample,
     make_split,
     normalize_splits,
+    portable_keys,
     split_counts,
     split_of,
 )
@@ -44,7 +45,8 @@ from medxfer.data.manifest.table import check_columns, lines, read_table
 from medxfer.errors import DataError
 
 __all__ = ["SPLITS", "SPLIT_ALIASES", "encode_labels", "fingerprint", "hash_keys", "image_paths", "infer_classes",
-           "label_subsample", "load_manifest", "make_split", "read_table", "split_counts", "split_findings"]
+           "label_subsample", "load_manifest", "make_split", "portable_keys", "read_table", "split_counts",
+           "split_findings"]
 
 
 def _load_one(uri: str, data_cfg: DataConfig, source: str) -> tuple[pd.DataFrame, bool]:
@@ -63,7 +65,7 @@ def _load_one(uri: str, data_cfg: DataConfig, source: str) -> tuple[pd.DataFrame
     if "split" in df.columns:
         df["split"] = normalize_splits(df, uri).to_numpy()
         return df, False
-    df["split"] = split_of(df, data_cfg.split_fractions, data_cfg.split_seed)
+    df["split"] = split_of(df, data_cfg.split_fractions, data_cfg.split_seed, storage.parent(storage.normalize(uri)))
     return df, True
 
 

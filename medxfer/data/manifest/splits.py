@@ -5,6 +5,10 @@ A ``split`` column (train/val/test; ``valid``/``validation``/``dev`` mean val) i
 Without one, a seeded split stratified by label and grouped by ``patient_id`` is made; it depends
 only on the rows' content, not their order. ``label_fraction`` subsampling (:func:`label_subsample`)
 is stratified, seeded and nested: the 10% subset is contained in the 20% subset for the same seed.
+
+Both hash each image's name *within its manifest's folder* (:func:`portable_keys`), not the path it
+resolves to, so a dataset copied to another disk, bucket or machine together with its manifest
+gets the same split and the same labelled subset.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from medxfer import storage
 from medxfer.data.manifest.labels import encode_labels
 from medxfer.data.manifest.table import MAX_LISTED, lines
 from medxfer.errors import DataError
@@ -30,6 +35,21 @@ def hash_keys(values: pd.Series, seed: int) -> np.ndarray:
     """A seeded pseudo-random number per value, independent of row order."""
     key = f"medxfer{int(seed) % 10**9:09d}"[:16]
     return pd.util.hash_pandas_object(values.astype(str).reset_index(drop=True), index=False, hash_key=key).to_numpy()
+
+
+def portable_keys(paths: pd.Series, folders: Sequence[str]) -> pd.Series:
+    """Each resolved path's name under the deepest of ``folders`` (its manifest's) that holds it,
+    else the path itself (an image listed by a URI outside the manifest's folder).
+
+    Seeded choices hash these names: hashing the resolved path would make the split and the
+    labelled subset depend on where the dataset happens to lie (``/home/a/data`` against
+    ``s3://bucket/data``), so the same experiment in another place would train on other images.
+    """
+    bases = sorted({storage.normalize(f) for f in folders}, key=len, reverse=True)
+    out = []
+    for p in paths.astype(str):
+        out.append(next((r for r in (storage.relative_name(p, b) for b in bases) if r is not None), p))
+    return pd.Series(out, index=paths.index, dtype=object)
 
 
 def make_split(
@@ -71,20 +91,21 @@ def make_split(
     return by_gid[gid]
 
 
-def split_of(part: pd.DataFrame, fractions: Sequence[float], seed: int) -> np.ndarray:
-    """The split medxfer makes for one manifest without a split column (rows without a patient
-    are their own group)."""
+def split_of(part: pd.DataFrame, fractions: Sequence[float], seed: int, folder: str) -> np.ndarray:
+    """The split medxfer makes for one manifest (in ``folder``) without a split column (rows
+    without a patient are their own group)."""
+    keys = portable_keys(part["path"], [folder])
     groups = part["patient_id"] if "patient_id" in part.columns else None
     if groups is not None and groups.isna().any():
-        groups = groups.fillna(part["path"])
-    return make_split(part["label"], groups, fractions, seed, ids=part["path"])
+        groups = groups.fillna(keys)
+    return make_split(part["label"], groups, fractions, seed, ids=keys)
 
 
 def label_subsample(labels: pd.Series, keys: pd.Series, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask keeping a stratified, seeded ``fraction`` of rows (at least one per label).
 
-    Nested across fractions: rows are ranked by a seeded hash of ``keys`` (paths) within each
-    label, and the first ``round(fraction * n)`` are kept.
+    Nested across fractions: rows are ranked by a seeded hash of ``keys`` (names from
+    :func:`portable_keys`) within each label, and the first ``round(fraction * n)`` are kept.
     """
     n = len(labels)
     if fraction >= 1.0 or n == 0:
