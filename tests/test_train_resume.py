@@ -122,11 +122,16 @@ def test_a_ray_snapshot_that_names_a_whole_epoch_as_a_float_is_read(tmp_path):
                                     {"checkpoints": [{"name": "epoch-0003", "epoch": "3"}]},
                                     {"checkpoints": [{"name": "../elsewhere", "epoch": 3}]},
                                     {"checkpoints": "epoch-0003"},
-                                    ["epoch-0003"]])
+                                    ["epoch-0003"],
+                                    b'{"checkpoints": [{"name": "epoch-0003", "ep',  # truncated
+                                    b"\xff\xfe not text"])
 def test_a_damaged_medxfer_record_is_refused_with_the_way_out(tmp_path, record):
     run = str(tmp_path / "run")
     resume.publish(_checkpoint(tmp_path / "w", 3), run, 3, keep=1)
-    storage.write_json(storage.join(run, resume.RECORD), record)
+    if isinstance(record, bytes):
+        storage.write_bytes(storage.join(run, resume.RECORD), record)
+    else:
+        storage.write_json(storage.join(run, resume.RECORD), record)
     with pytest.raises(StorageError, match=r"checkpoints\.json: this checkpoint record is damaged.*new name"):
         resume.latest(run)
 

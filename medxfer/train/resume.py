@@ -17,6 +17,7 @@ one to the workers (:class:`RunCheckpoints`) unless it is Ray Train's own, which
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -102,10 +103,12 @@ def _record(run_uri: str) -> list[dict]:
     """medxfer's own record, each entry checked: a hand-edited or damaged one is refused with the fix."""
     uri = storage.join(run_uri, RECORD)
     try:
-        entries = storage.read_json(uri).get("checkpoints", [])
+        raw = storage.read_bytes(uri)
     except storage.NotFound:
         return []
-    except AttributeError:  # JSON, but not an object
+    try:
+        entries = json.loads(raw).get("checkpoints", [])
+    except (ValueError, AttributeError):  # not JSON (hand-edited, truncated in a copy), or not an object
         entries = None
 
     def valid(e: object) -> bool:
