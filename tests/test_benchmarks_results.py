@@ -62,3 +62,29 @@ def test_a_benchmark_stops_on_a_run_that_did_not_finish():
     for status in ("stopped", "max_epochs_this_run"):
         with pytest.raises(SystemExit, match=r"src: .* after epoch 5/30; .*again to resume"):
             finished({"name": "src", "status": status, "epoch": 5, "epochs_total": 30})
+
+
+def test_the_label_budget_is_chosen_on_validation_never_on_test():
+    """Benchmark 5's budget per arm and fraction: the best mean validation AUROC wins even where
+    another budget scores better on test; a tie goes to the shorter budget; budgets that ran
+    other seeds are refused, since their means would compare other draws."""
+    import pytest
+
+    from benchmarks.label_budget import choose_budgets
+
+    def t(arm, seed, val, test):
+        return {"arm": arm, "fraction": 0.1, "seed": seed, "val_auroc": val, "test_auroc": test}
+
+    by_budget = {12: [t("scratch", 0, 0.70, 0.90), t("scratch", 1, 0.72, 0.90), t("transfer", 0, 0.8, 0.7),
+                      t("transfer", 1, 0.8, 0.7)],
+                 30: [t("scratch", 0, 0.80, 0.60), t("scratch", 1, 0.78, 0.62), t("transfer", 0, 0.8, 0.9),
+                      t("transfer", 1, 0.8, 0.9)]}
+    chosen, choices = choose_budgets(by_budget)
+    assert choices["scratch@0.1"]["epochs"] == 30  # better on validation, worse on test
+    assert choices["transfer@0.1"]["epochs"] == 12  # a tie on validation: the shorter budget
+    assert choices["scratch@0.1"]["test_auroc_mean"] == {12: 0.9, 30: pytest.approx(0.61)}
+    assert sorted((c["arm"], c["seed"], c["epochs"]) for c in chosen) == [
+        ("scratch", 0, 30), ("scratch", 1, 30), ("transfer", 0, 12), ("transfer", 1, 12)]
+    by_budget[30] = by_budget[30][:1] + by_budget[30][2:]
+    with pytest.raises(ValueError, match="scratch at 0.1: the budgets ran different seeds"):
+        choose_budgets(by_budget)
