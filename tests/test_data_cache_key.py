@@ -46,3 +46,31 @@ def test_colour_is_kept_by_default_and_the_card_records_the_resolved_spec(test_d
         one = prepare(load_config(None, [*base, f"data.manifest={colour}", "preprocess.channels=1"]))
     assert one.image_shape == (1, 16, 16) and one.key != p.key
     assert "10 of 10 images store colour and preprocess.channels is 1: they were converted to grayscale" in caplog.text
+
+
+def test_channels_auto_samples_the_same_images_wherever_the_dataset_lies(tmp_path):
+    """One colour image among 40 gray ones: whether the sample of 16 sees it must not depend on the
+    folder the dataset was copied to (the sample once followed the resolved paths)."""
+    from datautil import png, write_csv
+
+    from medxfer import storage
+    from medxfer.data.cache import resolve_channels
+
+    src = tmp_path / "src"
+    (src / "img").mkdir(parents=True)
+    rows = []
+    for i in range(41):
+        img = np.full((8, 8), 40 + i, np.uint8)
+        if i == 7:
+            img = np.dstack([img, np.zeros_like(img), 255 - img])
+        (src / "img" / f"{i}.png").write_bytes(png(img))
+        rows.append({"path": f"img/{i}.png", "label": "ab"[i % 2], "split": "train" if i < 33 else "val"})
+    import pandas as pd
+
+    write_csv(src, pd.DataFrame(rows))
+    channels = set()
+    for where in ("a", "site-b/data", "c/d/e", "xyz", "copy-2", "nested/again"):
+        storage.copy_tree(str(src), str(tmp_path / where))
+        cfg = load_config(None, [f"data.manifest={tmp_path / where / 'manifest.csv'}"])
+        channels.add(resolve_channels(cfg).preprocess.channels)
+    assert len(channels) == 1, channels
