@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 from datautil import colour_and_gray
 
@@ -65,8 +66,6 @@ def test_channels_auto_samples_the_same_images_wherever_the_dataset_lies(tmp_pat
             img = np.dstack([img, np.zeros_like(img), 255 - img])
         (src / "img" / f"{i}.png").write_bytes(png(img))
         rows.append({"path": f"img/{i}.png", "label": "ab"[i % 2], "split": "train" if i < 33 else "val"})
-    import pandas as pd
-
     write_csv(src, pd.DataFrame(rows))
     channels = set()
     for where in ("a", "site-b/data", "c/d/e", "xyz", "copy-2", "nested/again"):

@@ -72,7 +72,7 @@ def test_split_and_label_subset_do_not_depend_on_where_the_dataset_lies(tmp_path
     assert loaded[0]["path"].iloc[0] != loaded[1]["path"].iloc[0] != loaded[2]["path"].iloc[0]
     splits = [df["split"].tolist() for df in loaded]
     assert splits[0] == splits[1] == splits[2] and set(splits[0]) == {"train", "val", "test"}
-    keys = [portable_keys(df["path"], [str(where)]) for df, where in zip(loaded, (a, b, s3), strict=True)]
+    keys = [portable_keys(df["path"], [storage.join(str(where), "manifest.csv")]) for df, where in zip(loaded, (a, b, s3), strict=True)]
     assert keys[0].tolist() == keys[1].tolist() == keys[2].tolist() == loaded[0]["path"].map(
         lambda p: p.split("/data/", 1)[1]).tolist()
     masks = [label_subsample(df["label"], k, 0.25, seed=0) for df, k in zip(loaded, keys, strict=True)]
@@ -86,5 +86,5 @@ def test_portable_keys_use_the_deepest_manifest_folder_and_keep_outside_uris():
     from medxfer.data.manifest import portable_keys
 
     paths = pd.Series(["/d/x/img/1.png", "/d/x/sub/img/2.png", "s3://other/3.png", "/d/y.png"])
-    keys = portable_keys(paths, ["/d/x", "/d/x/sub"])
+    keys = portable_keys(paths, ["/d/x/manifest.csv", "/d/x/sub/labels.csv"])
     assert keys.tolist() == ["img/1.png", "img/2.png", "s3://other/3.png", "/d/y.png"]

@@ -67,8 +67,8 @@ def resolve_channels(cfg: JobConfig, df: pd.DataFrame | None = None) -> JobConfi
     """``cfg`` with ``preprocess.channels: auto`` replaced by 1 or 3, from the manifest's images.
 
     The headers of a seeded sample of the images (the same sample for the same manifest in any
-    folder, so the cache key is stable) decide: 3 when any of them stores colour, else 1. Explicit 1 or 3 are
-    returned unchanged. ``df``: the loaded manifest(s), when the caller has them.
+    folder, so the cache key is stable) decide: 3 when any of them stores colour, else 1. Explicit
+    1 or 3 are returned unchanged. ``df``: the loaded manifest(s), when the caller has them.
     """
     spec = cfg.preprocess
     if spec.channels != "auto":
@@ -77,8 +77,8 @@ def resolve_channels(cfg: JobConfig, df: pd.DataFrame | None = None) -> JobConfi
         df = load_manifest(None, cfg.data, check_files=False)
     # Sampled by the images' names within their manifests' folders, so the same dataset resolves
     # the same way wherever it lies (see medxfer.data.manifest.splits).
-    folders = [storage.parent(storage.normalize(m)) for m in df.attrs.get("manifests", [])]
-    order = np.argsort(hash_keys(portable_keys(df["path"], folders), 0), kind="stable")[:CHANNEL_SAMPLE]
+    order = np.argsort(hash_keys(portable_keys(df["path"], df.attrs.get("manifests", [])), 0),
+                       kind="stable")[:CHANNEL_SAMPLE]
     votes = [_stores_colour(p) for p in df["path"].to_numpy()[order]]
     colour, known = sum(v is True for v in votes), sum(v is not None for v in votes)
     channels = 3 if colour else 1

@@ -84,10 +84,9 @@ class PreparedData:
             t = self._table(split, ["row", "path", "label"])
             if t is None:
                 return np.zeros(0, dtype=np.int64)
-            folders = [storage.parent(m) for m in self.card["manifests"]]
             mask = label_subsample(
                 pd.Series(t.column("label").to_pylist()),
-                portable_keys(pd.Series(t.column("path").to_pylist()), folders),
+                portable_keys(pd.Series(t.column("path").to_pylist()), self.card["manifests"]),
                 self.label_fraction,
                 self.label_seed,
             )

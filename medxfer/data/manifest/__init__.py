@@ -65,7 +65,7 @@ def _load_one(uri: str, data_cfg: DataConfig, source: str) -> tuple[pd.DataFrame
     if "split" in df.columns:
         df["split"] = normalize_splits(df, uri).to_numpy()
         return df, False
-    df["split"] = split_of(df, data_cfg.split_fractions, data_cfg.split_seed, storage.parent(storage.normalize(uri)))
+    df["split"] = split_of(df, data_cfg.split_fractions, data_cfg.split_seed, uri)
     return df, True
 
 

@@ -18,13 +18,14 @@ from medxfer.data.manifest.table import MAX_LISTED, as_str, fmt_of, lines, read_
 from medxfer.errors import DataError
 
 
-def _folder(uri: str) -> str:
+def manifest_folder(uri: str) -> str:
+    """The folder a manifest's relative paths resolve against."""
     return storage.parent(storage.normalize(uri))
 
 
 def resolve_paths(paths: pd.Series, uri: str, line_numbers: np.ndarray) -> tuple[list[str], list[bool]]:
     """``(resolved paths, relative?)`` for a manifest's path column; '..' escapes and unknown schemes refused."""
-    r = storage.resolve_names(_folder(uri), paths.astype(str).tolist())
+    r = storage.resolve_names(manifest_folder(uri), paths.astype(str).tolist())
     bad_scheme = [int(line_numbers[i]) for i in r.schemes if not storage.supported(r.uris[i])]
     if bad_scheme:
         raise DataError(f"{uri}: unsupported URI scheme at line(s) {lines(bad_scheme)}; use local paths or "
@@ -58,7 +59,7 @@ def check_symlinks(df: pd.DataFrame, uri: str) -> None:
     rel = df[df["_relative"]]
     if rel.empty:
         return
-    leaving = set(storage.links_leaving(_folder(uri), rel["path"].tolist()))
+    leaving = set(storage.links_leaving(manifest_folder(uri), rel["path"].tolist()))
     bad = rel.loc[rel["path"].isin(leaving), "_line"].tolist()
     if bad:
         raise DataError(

@@ -20,6 +20,7 @@ import pandas as pd
 
 from medxfer import storage
 from medxfer.data.manifest.labels import encode_labels
+from medxfer.data.manifest.paths import manifest_folder
 from medxfer.data.manifest.table import MAX_LISTED, lines
 from medxfer.errors import DataError
 
@@ -37,15 +38,15 @@ def hash_keys(values: pd.Series, seed: int) -> np.ndarray:
     return pd.util.hash_pandas_object(values.astype(str).reset_index(drop=True), index=False, hash_key=key).to_numpy()
 
 
-def portable_keys(paths: pd.Series, folders: Sequence[str]) -> pd.Series:
-    """Each resolved path's name under the deepest of ``folders`` (its manifest's) that holds it,
-    else the path itself (an image listed by a URI outside the manifest's folder).
+def portable_keys(paths: pd.Series, manifests: Sequence[str]) -> pd.Series:
+    """Each resolved path's name under the deepest folder of ``manifests`` that holds it (its
+    manifest's), else the path itself (an image listed by a URI outside the manifest's folder).
 
     Seeded choices hash these names: hashing the resolved path would make the split and the
     labelled subset depend on where the dataset happens to lie (``/home/a/data`` against
     ``s3://bucket/data``), so the same experiment in another place would train on other images.
     """
-    bases = sorted({storage.normalize(f) for f in folders}, key=len, reverse=True)
+    bases = sorted({manifest_folder(m) for m in manifests}, key=len, reverse=True)
     out = []
     for p in paths.astype(str):
         out.append(next((r for r in (storage.relative_name(p, b) for b in bases) if r is not None), p))
@@ -91,10 +92,10 @@ def make_split(
     return by_gid[gid]
 
 
-def split_of(part: pd.DataFrame, fractions: Sequence[float], seed: int, folder: str) -> np.ndarray:
-    """The split medxfer makes for one manifest (in ``folder``) without a split column (rows
-    without a patient are their own group)."""
-    keys = portable_keys(part["path"], [folder])
+def split_of(part: pd.DataFrame, fractions: Sequence[float], seed: int, manifest: str) -> np.ndarray:
+    """The split medxfer makes for one manifest without a split column (rows without a patient
+    are their own group)."""
+    keys = portable_keys(part["path"], [manifest])
     groups = part["patient_id"] if "patient_id" in part.columns else None
     if groups is not None and groups.isna().any():
         groups = groups.fillna(keys)
