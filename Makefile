@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install clean k8s image-constraints
 
-$(STAMP): pyproject.toml
+# The tests run the versions the image pins (constraints/image.txt): one set of pins for both, and
+# a test (tests/test_k8s_image.py) fails when the installed versions drift from them.
+$(STAMP): pyproject.toml constraints/image.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -c constraints/image.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -40,6 +42,9 @@ k8s: $(STAMP)
 	  else cat $$f.err >&2; rm -f $$f.new $$f.err; exit 1; fi; \
 	done
 
-## Re-pin the image's dependencies (constraints/image.txt) to this environment, after changing them.
+## Re-resolve the dependencies to their newest releases and re-pin the image and the tests to them
+## (constraints/image.txt), after changing pyproject.toml's dependencies or to take updates.
 image-constraints: $(STAMP)
+	$(BIN)/python -m pip install --upgrade --upgrade-strategy eager -e '.[dev]'
 	$(BIN)/python constraints/freeze_image.py > constraints/image.txt
+	touch $(STAMP)

@@ -1,8 +1,9 @@
-"""Write the image's pins (constraints/image.txt) from the environment the tests ran in.
+"""Write the pins (constraints/image.txt) that the image and the tests both install, from this environment.
 
 Why: the Dockerfile installs medxfer's dependencies with ``-c constraints/image.txt`` so an
 image built next month runs the versions this environment was tested with, not whatever
-PyPI resolves that day. The pins are medxfer's runtime dependencies (pyproject.toml's
+PyPI resolves that day, and ``make install`` installs the tests' environment with the same
+file, so the versions the tests pass with are the versions the image runs (a test compares them). The pins are medxfer's runtime dependencies (pyproject.toml's
 ``dependencies``, with the extras they name) and everything they need, as installed here,
 plus the build backend. Dev tools are left out. The CUDA wheels (``nvidia-*``, ``cuda-*``,
 ``triton``) are left out too: the torch build for the base image's CUDA pins its own, and

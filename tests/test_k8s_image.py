@@ -67,3 +67,37 @@ def test_image_pins_every_dependency_and_installs_them_before_the_code():
     readme = (REPO / "README.md").read_text()
     assert re.search(r"rayproject/ray:\S+@sha256:", readme), "the release steps pin the base image by digest"
     assert "git rev-parse" in readme, "each build gets its own tag"
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+def test_the_tests_run_the_versions_the_image_pins():
+    """One set of pins for the image and the tests: ``make install`` installs with ``-c
+    constraints/image.txt``, and here every runtime dependency the tests import is the version the
+    image installs. A pin left behind after an upgrade (or a venv older than the pins) fails, naming
+    the package, both versions and the make target that fixes each side."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("freeze_image", REPO / "constraints" / "freeze_image.py")
+    freeze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(freeze)
+    installed = {name: version.split("+", 1)[0] for name, version in freeze.runtime_closure("medxfer").items()
+                 if not freeze.CUDA_STACK.match(name)}
+    pins = _pins()
+    drift = sorted(f"{name}: pinned {pins.get(name, '(not pinned)')}, tests run {version}"
+                   for name, version in installed.items() if pins.get(name) != version)
+    stale = sorted(set(pins) - set(installed) - set(freeze.BUILD_BACKEND))
+    assert not drift and not stale, (
+        "constraints/image.txt and the tested environment differ:\n  " + "\n  ".join(
+            drift + [f"{n}: pinned but no longer a dependency" for n in stale])
+        + "\n`make install` installs the pins; `make image-constraints` re-pins after a dependency change")
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"pip install -c constraints/image\.txt -e '\.\[dev\]'", makefile), \
+        "make install must install the image's pins"
