@@ -2,7 +2,8 @@
 
 What makes it safe to run from a cron schedule:
 
-- **One run per tick.** The run name is ``<name>-<tick as YYYYmmddTHH>``, so a retried or
+- **One run per tick.** The run name is ``<name>-<tick as YYYYmmddTHHMM>`` (the tick from the
+  scheduler's Job name, ``--tick`` or now, floored to ``promotion.tick_minutes``), so a retried or
   repeated tick (the CronJob fired twice, a pod was rescheduled) lands on the same run:
   training resumes from its checkpoint, a finished training is not repeated, and a tick
   that already reached a decision just returns that decision.
@@ -46,8 +47,13 @@ log = logging.getLogger("medxfer.retrain")
 _LOCK = re.compile(r"^l(\d{8,})\.json$")
 
 
-def parse_tick(tick: str | _dt.datetime | None) -> _dt.datetime:
-    """The schedule time, in UTC, truncated to the hour (None: now)."""
+def parse_tick(tick: str | _dt.datetime | None, minutes: int = 1) -> _dt.datetime:
+    """The tick's time in UTC (None: now), floored to a multiple of ``minutes`` since 1970.
+
+    Why minutes and not hours: a tick is whatever the schedule says it is (``*/15 * * * *`` is
+    four ticks an hour) and "run a tick now" must run one, even in the hour of an earlier tick.
+    ``promotion.tick_minutes`` coarsens it for those who want one run per hour or per day.
+    """
     if tick is None or tick == "":
         t = _dt.datetime.now(_dt.timezone.utc)
     elif isinstance(tick, _dt.datetime):
@@ -59,14 +65,15 @@ def parse_tick(tick: str | _dt.datetime | None) -> _dt.datetime:
             raise ConfigError([f"--tick {tick!r}: expected an ISO time such as 2026-11-25T02:00:00Z"]) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=_dt.timezone.utc)
-    return t.astimezone(_dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+    minute = int(t.timestamp() // 60)
+    return _dt.datetime.fromtimestamp((minute - minute % minutes) * 60, _dt.timezone.utc)
 
 
 _JOB_MINUTE = re.compile(r"-(\d{8,})$")
 
 
 def tick_from_job_name(job_name: str, now: _dt.datetime | None = None) -> _dt.datetime:
-    """The tick a scheduler gave a run, from its Kubernetes Job's name (UTC, to the hour).
+    """The tick a scheduler gave a run, from its Kubernetes Job's name (UTC, to the minute).
 
     A batch/v1 CronJob and KubeRay's RayCronJob both name a tick's Job ``<name>-<scheduled
     Unix time / 60>``, and the pod reads the name through the downward API. A retry (a new
@@ -83,11 +90,22 @@ def tick_from_job_name(job_name: str, now: _dt.datetime | None = None) -> _dt.da
     if tick > now + _dt.timedelta(hours=1):
         raise ConfigError([f"--tick-from-job {job_name!r}: the tick {tick:%Y-%m-%dT%H:%MZ} is in the future; "
                            "the suffix counts minutes since 1970, not seconds"])
-    return parse_tick(tick)
+    return tick
+
+
+_RUN_TICK = re.compile(r"-(\d{8}T\d{4})$")
 
 
 def run_name_for(name: str, tick: _dt.datetime) -> str:
-    return f"{name}-{tick:%Y%m%dT%H}"
+    return f"{name}-{tick:%Y%m%dT%H%M}"
+
+
+def tick_of_run(run: str) -> str | None:
+    """The ``--tick`` that names ``run`` again (None for a run not named by a tick)."""
+    m = _RUN_TICK.search(run or "")
+    if not m:
+        return None
+    return _dt.datetime.strptime(m.group(1), "%Y%m%dT%H%M").strftime("%Y-%m-%dT%H:%MZ")
 
 
 def _iso(epoch: float) -> str:
@@ -279,7 +297,7 @@ def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
     from medxfer.train.jobs import run_training
 
     t0 = time.time()
-    when = parse_tick(tick)
+    when = parse_tick(tick, cfg.promotion.tick_minutes)
     run = run_name_for(cfg.name, when)
     run_cfg = cfg.model_copy(update={"name": run})
     layout = storage.Layout(cfg.storage.root)
@@ -296,6 +314,10 @@ def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
         else:
             msg = (f"another retrain of {cfg.model.name} is running (run {holder.get('run')}, owner "
                    f"{holder.get('owner')}, lock expires {holder.get('expires')}); this tick ({run}) does nothing")
+            earlier = tick_of_run(str(holder.get("run")))
+            if earlier and str(holder.get("run")).startswith(f"{cfg.name}-"):
+                msg += (f". If that run was stopped or crashed, run its tick again to resume it (--tick {earlier}): "
+                        "it waits for the lease and goes on from its checkpoint")
         log.warning(msg)
         return {"kind": "medxfer-retrain-decision/1", "run": run, "model": cfg.model.name,
                 "status": "skipped", "promoted": False, "reason": msg}

@@ -60,15 +60,39 @@ def test_scheduled_retrains_take_their_tick_from_the_job_name_not_the_clock():
         assert args.tick is None and args.tick_from_job == _minute_name(scheduled), scheduler
         for started in (scheduled + dt.timedelta(seconds=40), scheduled + dt.timedelta(hours=1, minutes=40)):
             tick = retrain.tick_from_job_name(args.tick_from_job, now=started)
-            assert retrain.run_name_for("retrain-breast", tick) == "retrain-breast-20260101T02", (scheduler, started)
+            assert retrain.run_name_for("retrain-breast", tick) == "retrain-breast-20260101T0200", (scheduler, started)
+
+
+def test_ticks_follow_the_schedule_not_the_hour():
+    """Every tick a schedule fires is its own run (four an hour for ``*/15``), and a tick started by
+    hand in the hour of the nightly one — the README's ``kubectl create job --from=cronjob/...``, named
+    like the scheduler's — is a new run, not the night's decision printed again. A retry keeps its tick."""
+    from medxfer import retrain
+    from medxfer.k8s.schedule import tick_job_name
+
+    night = dt.datetime(2026, 1, 1, 2, 0, tzinfo=dt.timezone.utc)
+    later = night + dt.timedelta(hours=3)
+    quarter = [night + dt.timedelta(minutes=m) for m in (0, 15, 30, 45)]
+    runs = {retrain.run_name_for("r", retrain.parse_tick(retrain.tick_from_job_name(_minute_name(t), now=later)))
+            for t in quarter}
+    assert len(runs) == 4, runs
+    by_hand = tick_job_name("retrain", now=(night + dt.timedelta(minutes=23)).timestamp())
+    tick = retrain.parse_tick(retrain.tick_from_job_name(by_hand, now=later))
+    assert retrain.run_name_for("r", tick) == "r-20260101T0223"
+    assert retrain.run_name_for("r", tick) not in runs
+    # The same Job name (a retried pod, hours later) gives the same run; a coarser tick_minutes groups them.
+    again = retrain.parse_tick(retrain.tick_from_job_name(by_hand, now=later + dt.timedelta(hours=5)))
+    assert retrain.run_name_for("r", again) == "r-20260101T0223"
+    hourly = {retrain.run_name_for("r", retrain.parse_tick(t, 60)) for t in quarter}
+    assert hourly == {"r-20260101T0200"}
 
 
 def test_tick_from_job_name_refuses_names_without_a_scheduled_minute():
     from medxfer.retrain import tick_from_job_name
 
     now = dt.datetime(2026, 1, 1, 3, 0, tzinfo=dt.timezone.utc)
-    late = _minute_name(dt.datetime(2025, 12, 16, 2, 17, tzinfo=dt.timezone.utc))  # a tick fired late
-    assert tick_from_job_name(late, now=now) == dt.datetime(2025, 12, 16, 2, tzinfo=dt.timezone.utc)
+    late = _minute_name(dt.datetime(2025, 12, 16, 2, 17, tzinfo=dt.timezone.utc))  # a tick retried weeks later
+    assert tick_from_job_name(late, now=now) == dt.datetime(2025, 12, 16, 2, 17, tzinfo=dt.timezone.utc)
     for bad in ("", "medxfer-retrain", "retrain-now", "medxfer-retrain-42"):
         with pytest.raises(ConfigError, match="scheduled minute"):
             tick_from_job_name(bad, now=now)
@@ -87,7 +111,7 @@ def test_a_retrain_rayjob_by_hand_is_named_like_a_tick():
 
     now = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
     name = tick_job_name("retrain", now.timestamp())
-    assert tick_from_job_name(name, now=now) == dt.datetime(2026, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert tick_from_job_name(name, now=now) == dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
     job = render(load_config(str(JOBS / "retrain.yaml")), "rayjob", "retrain")
     assert re.fullmatch(r"medxfer-retrain-\d{8,}", job["metadata"]["name"])
 

@@ -295,4 +295,4 @@ def test_a_ticks_job_name_reaches_its_pod_and_gives_the_scheduled_tick(kube, app
         value = pod["metadata"]["labels"][label]
         assert value == name, scheduler
         tick = tick_from_job_name(value, now=scheduled + dt.timedelta(hours=3))
-        assert run_name_for("retrain-breast", tick) == f"retrain-breast-{scheduled:%Y%m%d}T02", scheduler
+        assert run_name_for("retrain-breast", tick) == f"retrain-breast-{scheduled:%Y%m%d}T0200", scheduler

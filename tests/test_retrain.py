@@ -17,13 +17,20 @@ from medxfer.config import PromotionSection
 from medxfer.config_io import dump_yaml
 from medxfer.errors import ConfigError
 from medxfer.registry import Registry
-from medxfer.retrain import LockLost, RunLock, parse_tick, run_name_for, run_retrain
+from medxfer.retrain import LockLost, RunLock, parse_tick, run_name_for, run_retrain, tick_of_run
 
 
 def test_tick_names_and_lock(tmp_path):
     t = parse_tick("2026-11-25T02:17:45Z")
-    assert run_name_for("nightly", t) == "nightly-20261125T02"
-    assert run_name_for("n", parse_tick("2026-11-25T03:59:00+01:00")) == "n-20261125T02"
+    assert run_name_for("nightly", t) == "nightly-20261125T0217"
+    assert run_name_for("n", parse_tick("2026-11-25T03:59:00+01:00")) == "n-20261125T0259"
+    # A coarser tick (promotion.tick_minutes): ticks within one hour, or one day, share a run.
+    assert run_name_for("n", parse_tick("2026-11-25T02:59:59Z", 60)) == "n-20261125T0200"
+    assert run_name_for("n", parse_tick("2026-11-25T23:10:00+01:00", 1440)) == "n-20261125T0000"
+    assert run_name_for("n", parse_tick("2026-11-25T02:44:00Z", 15)) == "n-20261125T0230"
+    assert tick_of_run("nightly-20261125T0217") == "2026-11-25T02:17Z"
+    assert parse_tick(tick_of_run("nightly-20261125T0217")) == t.replace(second=0)
+    assert tick_of_run("manual") is None
     with pytest.raises(ConfigError, match="ISO"):
         parse_tick("yesterday")
     uri = str(tmp_path / "locks")
@@ -129,18 +136,18 @@ def test_retrain_promotes_better_refuses_worse(ray_cluster, store, test_data, tm
     # in test_registry, so this run checks the margin on AUROC only.
     cfg = breast_job(store, manifest, name="nightly", promotion={"no_sensitivity_drop": False})
     rec = run_retrain(cfg, "2026-11-25T02:17:00Z")
-    assert rec["run"] == "nightly-20261125T02"
+    assert rec["run"] == "nightly-20261125T0217"
     assert rec["promoted"] and rec["status"] == "promoted", rec["reason"]
     assert rec["champion_before"]["version"] == weak_v
     assert rec["champion_after"] == rec["challenger"]["version"] == reg.champion()["version"]
     better = rec["challenger"]["version"]
     assert rec["challenger"]["metrics"]["auroc"]["value"] > rec["champion_before"]["metrics"]["auroc"]["value"]
-    run_uri = storage.Layout(store).run("nightly-20261125T02")
+    run_uri = storage.Layout(store).run("nightly-20261125T0217")
     assert storage.read_json(storage.join(run_uri, "decision.json"))["status"] == "promoted"
-    assert storage.exists(storage.join(reg.uri, "decisions", "nightly-20261125T02.json"))
+    assert storage.exists(storage.join(reg.uri, "decisions", "nightly-20261125T0217.json"))
 
     # The same tick again (a retried CronJob): the recorded decision, no second training.
-    again = run_retrain(cfg, "2026-11-25T02:45:00Z")
+    again = run_retrain(cfg, "2026-11-25T02:17:40Z")
     assert again["repeated_tick"] and again["challenger"]["version"] == better
     assert len(reg.list_versions()) == 2
 
@@ -149,8 +156,17 @@ def test_retrain_promotes_better_refuses_worse(ray_cluster, store, test_data, tm
     assert other.acquire()[0]
     skipped = run_retrain(cfg, "2026-11-26T02:00:00Z")
     assert skipped["status"] == "skipped" and "manual" in skipped["reason"]
-    assert not storage.exists(storage.join(storage.Layout(store).run("nightly-20261126T02"), "decision.json"))
+    assert "--tick" not in skipped["reason"]  # not a tick of this job: nothing to resume
+    assert not storage.exists(storage.join(storage.Layout(store).run("nightly-20261126T0200"), "decision.json"))
     other.release()
+    # ... and while an earlier tick of this job holds it (a hand-started tick that crashed, say): the
+    # message says how to resume that run.
+    crashed = RunLock(storage.join(storage.Layout(store).root, "locks", "retrain-breast"), 3600,
+                      "nightly-20261126T0140")
+    assert crashed.acquire()[0]
+    skipped = run_retrain(cfg, "2026-11-26T02:00:00Z")
+    assert skipped["status"] == "skipped" and "--tick 2026-11-26T01:40Z" in skipped["reason"], skipped["reason"]
+    crashed.release()
 
     # A tick whose lock is taken over while it runs (its heartbeat stalled, say) stops and promotes nothing.
     lock_uri = storage.join(storage.Layout(store).root, "locks", "retrain-breast")
@@ -160,7 +176,7 @@ def test_retrain_promotes_better_refuses_worse(ray_cluster, store, test_data, tm
         probe = RunLock(lock_uri, 3600, "probe")
         for _ in range(3000):
             h = probe.holder()
-            if h and h["run"] == "nightly-20261127T02":
+            if h and h["run"] == "nightly-20261127T0200":
                 n = h["number"] + 1
                 thief = {**h, "run": "thief", "number": n}
                 stolen.set()
@@ -173,7 +189,7 @@ def test_retrain_promotes_better_refuses_worse(ray_cluster, store, test_data, tm
             run_retrain(cfg, "2026-11-27T02:00:00Z")
         assert fut.result() and stolen.is_set()
     assert reg.champion()["version"] == better and len(reg.list_versions()) == 2
-    assert not storage.exists(storage.join(storage.Layout(store).run("nightly-20261127T02"), "decision.json"))
+    assert not storage.exists(storage.join(storage.Layout(store).run("nightly-20261127T0200"), "decision.json"))
     assert RunLock(lock_uri, 3600, "probe").holder()["run"] == "thief"  # the thief's lock is left alone
     storage.put_if_absent(storage.join(lock_uri, f"l{RunLock(lock_uri, 1, 'p')._numbers()[-1]:08d}.released"), b"{}")
 
@@ -185,7 +201,9 @@ def test_retrain_promotes_better_refuses_worse(ray_cluster, store, test_data, tm
     assert reg.champion()["version"] == better and rec2["champion_after"] == better
     assert rec2["data"]["cache_hit"]
 
-    # The CLI: exit 0 when not promoting too (a repeated tick here, so no training).
+    # The CLI: exit 0 when not promoting too (a repeated tick here, so no training: with one-hour ticks,
+    # 02:30 is the 02:00 tick).
     f = tmp_path / "job.yaml"
     f.write_text(dump_yaml(worse))
-    assert main(["retrain", "--config", str(f), "--tick", "2026-11-26T02:30:00Z"]) == 0
+    assert main(["retrain", "--config", str(f), "--tick", "2026-11-26T02:30:00Z",
+                 "--set", "promotion.tick_minutes=60"]) == 0

@@ -30,7 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("retrain", help="Preprocess, fine-tune, evaluate and promote if better.")
     add_config_args(c)
     when = c.add_mutually_exclusive_group()
-    when.add_argument("--tick", help="Schedule time (ISO) naming this run; default: now, to the hour.")
+    when.add_argument("--tick", help="Schedule time (ISO) naming this run, floored to promotion.tick_minutes "
+                      "(default 1); default: now. The same tick again resumes its run.")
     when.add_argument("--tick-from-job", metavar="JOB_NAME",
                       help="Take the tick from a scheduler's Job name, <name>-<scheduled minute since 1970>.")
     c.set_defaults(handler=cmd_retrain)

@@ -56,6 +56,16 @@ class PromotionSection(_Section):
         "a lease not renewed for this long belongs to a crashed run and is taken over (a retry of the same "
         "tick waits for it).",
     )
+    tick_minutes: int = Field(
+        1,
+        ge=1,
+        le=1440,
+        description="medxfer retrain: how long one tick is. A tick's time (from the scheduler's Job name with "
+        "--tick-from-job, from --tick, else now) is floored to a multiple of this many minutes since 1970 (UTC) "
+        "and names its run <name>-YYYYmmddTHHMM: the same tick resumes the same run, the next one starts a new "
+        "run. 1 (the default): every scheduled or hand-started tick is its own run, whatever the schedule; "
+        "e.g. 60: ticks within one UTC hour share a run.",
+    )
 
 
 class PredictSection(_Section):
