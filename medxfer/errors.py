@@ -42,6 +42,13 @@ class ImageDecodeError(DataError):
         super().__init__(f"{path}: {reason}")
 
 
+class ClusterError(MedxferError):
+    """The Ray cluster named by ``RAY_ADDRESS`` cannot be used as it is: no answer, a token it wants and
+    was not given, or storage its nodes cannot all see. The message names the address and the fix."""
+
+    exit_code = 2
+
+
 class BundleError(MedxferError):
     """A model bundle is missing, incomplete, invalid or fails its integrity check (the URI given is wrong)."""
 

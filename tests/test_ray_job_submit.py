@@ -262,3 +262,29 @@ def test_submit_small_finetune(ray_head, test_data, tmp_path):
     assert p.returncode == 0, _out(p)[-4000:]
     assert "epoch 1/1" in p.stdout, "the driver's and workers' progress reaches the submitter's log"
     assert (root / "runs" / "submit-finetune" / "bundle").is_dir()
+
+
+def test_a_command_without_the_clusters_token_is_told_how_to_send_it(ray_head, test_data, tmp_path):
+    """``RAY_ADDRESS=<head> medxfer ...`` from a shell without the token (or with a wrong one): one
+    message naming the address and the fix, exit 2, in seconds, no Ray traceback or C++ warnings."""
+    from evalutil import breast_job, breast_manifest
+
+    from medxfer.config_io import dump_yaml
+
+    job = tmp_path / "job.yaml"
+    job.write_text(dump_yaml(breast_job(str(tmp_path / "store"), breast_manifest(test_data, tmp_path / "breast"),
+                                        data={"engine": "ray"})))
+    gcs = f"127.0.0.1:{ray_head.cmd[ray_head.cmd.index('--port') + 1]}"
+    home = tmp_path / "home"
+    home.mkdir()
+    for extra, says in (({}, "export RAY_AUTH_MODE=token"),
+                        ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}, "refused the token")):
+        env = {**_env(None, home), "RAY_ADDRESS": gcs, **extra}
+        p = subprocess.run([str(BIN / "medxfer"), "preprocess", "--config", str(job)], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2, _out(p)
+        assert f"Ray cluster at {gcs} (RAY_ADDRESS)" in p.stderr and says in p.stderr, _out(p)
+        # No C++ warnings: refused by medxfer's one question, not after ray.init's 25 s of retries.
+        for internal in ("Traceback", "unexpected error", "gcs_client", "ConnectionError"):
+            assert internal not in _out(p), _out(p)
+        assert not (tmp_path / "store" / "cache").exists()
