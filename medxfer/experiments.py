@@ -210,13 +210,14 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     import ray
 
     from medxfer.data.cache import prepare
-    from medxfer.runtime import cluster_cpus, init_ray
+    from medxfer.runtime import cluster_cpus, init_ray, require_shared_storage
     from medxfer.train.jobs import check_source
     from medxfer.train.launch import split_rows
     from medxfer.train.plan import plan_training
 
     ex = cfg.experiment
     init_ray()
+    require_shared_storage([cfg.storage.root], cfg.storage.shared)  # trials read the cache on any node
     t0 = time.time()
     out = out or storage.join(storage.Layout(cfg.storage.root).run(cfg.name), "label-efficiency")
 

@@ -232,6 +232,34 @@ def _attached_to_terminal() -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
+def require_shared_storage(uris: list[str | None], shared: bool) -> None:
+    """Refuse local folders on a Ray cluster of more than one node, unless ``storage.shared`` says
+    every node mounts them. Call once Ray is up.
+
+    Why before any work: each node would read and write its own disk. Cache shards written by a Ray
+    Data task on another node, and checkpoints uploaded by a worker there, land on that node; the
+    run then fails three worker-group attempts later with "not a complete medxfer cache", or
+    resumes from nothing. On one host (a laptop, a single-node cluster) local folders are fine. A
+    cluster that autoscales from its head alone counts one node when this runs: use S3 there.
+    """
+    import ray
+
+    from medxfer import storage
+
+    local = [u for u in dict.fromkeys(uris) if u and storage.node_local(u)]
+    if shared or not local:
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    hosts = sorted({str(n.get("NodeManagerAddress")) for n in nodes})
+    raise ClusterError(
+        f"{', '.join(local)}: a local folder, and the Ray cluster has {len(nodes)} nodes (on {', '.join(hosts)}): "
+        "each node would read and write its own disk, so cache shards and checkpoints written on one are missing "
+        "on the others. Use storage every node sees: storage.root: s3://<bucket>/<prefix> (and the data there), "
+        "or a folder mounted at the same path on every node, declared with storage.shared: true")
+
+
 def cluster_cpus() -> float:
     import ray
 

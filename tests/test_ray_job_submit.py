@@ -241,6 +241,15 @@ def test_cronjob_retry_resubmits_a_failed_tick_and_follows_a_finished_one(ray_he
 
 
 @pytest.mark.slow
+def test_a_relative_root_in_the_jobs_working_dir_is_refused(ray_head):
+    """``storage.root: ./medxfer-runs`` under ``ray job submit --working-dir .`` would put the cache,
+    checkpoints and bundle in the folder Ray unpacked for this job: refused before any work."""
+    p = ray_head.submit("medxfer", "finetune", "--config", "jobs/finetune.yaml", "--set", "storage.root=./medxfer-runs")
+    assert p.returncode != 0, _out(p)
+    assert "storage.root: './medxfer-runs' is a relative folder" in _out(p), _out(p)
+    assert "working_dir_files" in _out(p) and "s3://" in _out(p) and "Traceback" not in _out(p)
+
+
 def test_submit_small_finetune(ray_head, test_data, tmp_path):
     """The issue's acceptance test: a (tiny) fine-tune submitted as a Ray job succeeds."""
     root = tmp_path / "store"

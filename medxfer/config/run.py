@@ -39,5 +39,14 @@ class StorageSection(_Section):
 
     root: str = Field(
         "./medxfer-runs",
-        description="Local folder or s3://bucket/prefix holding datasets/, cache/, runs/, registry/.",
+        description="Local folder or s3://bucket/prefix holding datasets/, cache/, runs/, registry/. On a Ray "
+        "cluster of several nodes it must be storage every node sees: S3, or a folder mounted at the same path "
+        "on every node (say so with shared: true). A relative folder is refused inside a `ray job submit` job, "
+        "where it would resolve into the job's temporary working directory.",
+    )
+    shared: bool = Field(
+        False,
+        description="The local folders this job names (root, data.manifest and the images) are mounted at the "
+        "same path on every Ray node (NFS, a shared volume). Without it, a local root or manifest on a cluster "
+        "of more than one node is refused before any work: each node would write its own copy.",
     )

@@ -28,7 +28,7 @@ from medxfer.storage.uri import Resolved, basename, join, normalize, parent, rel
 
 __all__ = [
     "Backend", "Layout", "NotFound", "Resolved", "StorageError", "backend_for", "basename", "copy_tree", "delete",
-    "exists", "is_dir", "join", "links_leaving", "list_dir", "list_files", "local_file", "makedirs", "missing",
+    "exists", "is_dir", "join", "links_leaving", "list_dir", "list_files", "local_file", "makedirs", "missing", "node_local",
     "normalize", "parent", "put_if_absent", "pyarrow_fs", "ray_storage", "read_bytes", "read_head", "read_json",
     "read_many", "read_text", "register", "relative_name", "resolve_names", "s3_client", "schemes", "supported",
     "write_bytes", "write_json", "write_many", "write_text",
@@ -36,6 +36,11 @@ __all__ = [
 
 #: Retries of transient errors by remote backends (S3: boto3's standard mode and pyarrow's strategy).
 DEFAULT_RETRIES = int(os.environ.get("MEDXFER_S3_RETRIES", "8"))
+
+
+def node_local(uri: str) -> bool:
+    """Whether ``uri`` lies on this machine's disk, where other nodes of a cluster may not see it."""
+    return backend_for(uri).node_local
 
 
 def supported(uri: str) -> bool:

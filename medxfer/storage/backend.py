@@ -32,6 +32,9 @@ class Backend:
 
     #: Concurrent requests for the many-file operations: above 1 for latency-bound stores.
     io_threads: int = 1
+    #: Whether the store is one machine's disk: other Ray nodes see it only if it is a shared mount
+    #: (checked against the cluster by :func:`medxfer.runtime.require_shared_storage`).
+    node_local: bool = False
 
     # -- reading
     def read(self, uri: str) -> bytes:

@@ -52,6 +52,8 @@ def _finished_temp(path: Path, data: bytes) -> str:
 
 
 class LocalBackend(Backend):
+    node_local = True
+
     def read(self, uri: str) -> bytes:
         try:
             return Path(local_path(uri)).read_bytes()

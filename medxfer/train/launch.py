@@ -161,7 +161,7 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     ``make_inputs(use_gpu)`` prepares the data and plans the run (called once Ray is up).
     """
     from medxfer.runs import check_run
-    from medxfer.runtime import init_ray, quiet_ray_logs
+    from medxfer.runtime import init_ray, quiet_ray_logs, require_shared_storage
     from medxfer.train import resume
 
     t0 = time.time()
@@ -185,6 +185,7 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         preload.start()
         init_ray()
         preload.join()
+        require_shared_storage([layout.root], cfg.storage.shared)  # checkpoints are written on any node
 
     from ray.train import DataConfig, RunConfig
     from ray.train.torch import TorchTrainer

@@ -77,9 +77,12 @@ def _run_pipeline(df: pd.DataFrame, cfg: JobConfig, shards: str) -> pd.DataFrame
     import ray
     import ray.data
 
-    from medxfer.runtime import cluster_cpus, init_ray
+    from medxfer.runtime import cluster_cpus, init_ray, require_shared_storage
 
     init_ray()
+    # Tasks on any node read the images and write the shards.
+    local_image = next((p for p in df["path"] if storage.node_local(p)), None)
+    require_shared_storage([cfg.storage.root, local_image], cfg.storage.shared)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = bool(getattr(sys.stderr, "isatty", lambda: False)())
     cpus = cluster_cpus()
@@ -127,7 +130,7 @@ def prepare(cfg: JobConfig) -> PreparedData:
     lf, ls = cfg.data.label_fraction, cfg.data.label_seed
     if storage.exists(card_uri):
         log.info("cache hit %s", root)
-        return PreparedData(key, root, storage.read_json(card_uri), lf, ls, hit=True)
+        return PreparedData(key, root, storage.read_json(card_uri), lf, ls, hit=True, shared=cfg.storage.shared)
 
     # Miss: the expensive checks (every file exists) now, then decode.
     df = load_manifest(None, cfg.data, check_files=True)
@@ -152,12 +155,12 @@ def prepare(cfg: JobConfig) -> PreparedData:
     won = storage.put_if_absent(card_uri, (json.dumps(card, indent=2, default=str) + "\n").encode("utf-8"))
     if not won:  # another job finished the same key first: use its result
         _quiet_delete(shards)
-        return PreparedData(key, root, storage.read_json(card_uri), lf, ls, hit=True)
+        return PreparedData(key, root, storage.read_json(card_uri), lf, ls, hit=True, shared=cfg.storage.shared)
     for name in storage.list_dir(root):
         if name.startswith("shards-") and name != attempt:
             _quiet_delete(storage.join(root, name))
     _warn_if_colour_dropped(card)
-    return PreparedData(key, root, card, lf, ls, hit=False)
+    return PreparedData(key, root, card, lf, ls, hit=False, shared=cfg.storage.shared)
 
 
 def _warn_if_colour_dropped(card: dict) -> None:

@@ -29,6 +29,7 @@ class PreparedData:
     label_fraction: float = 1.0
     label_seed: int = 0
     hit: bool = False
+    shared: bool = False  # storage.shared: its local folder is mounted on every Ray node
     _kept: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -102,9 +103,10 @@ class PreparedData:
 
         if self.card["counts"][split]["total"] == 0:
             return ray.data.from_items([])
-        from medxfer.runtime import cluster_cpus, init_ray
+        from medxfer.runtime import cluster_cpus, init_ray, require_shared_storage
 
         init_ray()
+        require_shared_storage([self.uri], self.shared)  # Ray Data reads it on any node
         # Capped concurrency: fractional CPUs would otherwise let Ray start 4 worker processes per
         # core, and on small machines spawning them costs more than reading the cache.
         conc = max(1, int(round(cluster_cpus())))
