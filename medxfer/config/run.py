@@ -39,5 +39,6 @@ class StorageSection(_Section):
 
     root: str = Field(
         "./medxfer-runs",
+        min_length=1,  # '' would put the cache and runs into whatever folder the command runs in
         description="Local folder or s3://bucket/prefix holding datasets/, cache/, runs/, registry/.",
     )
