@@ -56,9 +56,11 @@ def describe_error(err: dict, source: str, root: type[BaseModel] = JobConfig) ->
         )
         return f"{source}: {path}: unknown key; {hint}"
     msg = str(err.get("msg", "a valid value"))
-    for prefix in ("Input should be ", "Value error, ", "Assertion failed, "):
+    for prefix, becomes in (("Input should be ", ""), ("Value error, ", ""), ("Assertion failed, ", ""),
+                            ("String should have ", "a string with "), ("String should match ", "a string matching ")):
         if msg.startswith(prefix):
-            msg = msg[len(prefix):]
+            msg = becomes + msg[len(prefix):]
+            break
     return f"{source}: {path}: expected {msg}; found {found_s}"
 
 
@@ -70,7 +72,7 @@ def parse_overrides(overrides: list[str] | None) -> dict:
             raise ConfigError([f"--set {item}: expected section.key=value"])
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         parts = [p for p in key.strip().split(".") if p]
@@ -95,10 +97,44 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def read_yaml_text(text: str, source: str) -> dict:
-    """Parse YAML safely (no tags, no object construction) into a mapping."""
+#: Deepest nesting of lists and mappings a job config may have (its own tree is 4 levels deep).
+#: PyYAML builds nodes recursively, so 100,000 nested brackets would end in a RecursionError.
+MAX_YAML_DEPTH = 50
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document nested deeper than :data:`MAX_YAML_DEPTH` while it
+    composes the nodes — before recursion, not after."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels (a job config needs 4)",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def safe_load(text: str):
+    """``yaml.safe_load`` with a bound on nesting depth (a YAMLError beyond it)."""
+    loader = _DepthLimitedLoader(text)
     try:
-        data = yaml.safe_load(text)
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def read_yaml_text(text: str, source: str) -> dict:
+    """Parse YAML safely (no tags, no object construction, bounded nesting) into a mapping."""
+    try:
+        data = safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

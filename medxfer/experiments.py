@@ -22,7 +22,6 @@ The table reports the mean and spread per cell and the difference to the arm nam
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -35,6 +34,7 @@ import numpy as np
 from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.config_io import deep_merge, validate_dict
+from medxfer.csv_out import rows_to_csv
 from medxfer.errors import StorageError
 
 log = logging.getLogger("medxfer.experiments")
@@ -335,8 +335,5 @@ def _csv(rows: list[dict]) -> str:
         pc = r.pop("paired_vs_scratch", None) or {}
         ci = pc.get("ci") or [None, None]
         flat.append({**r, "diff_ci_low": ci[0], "diff_ci_high": ci[1], "diff_p_value": pc.get("p_value")})
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(flat[0].keys()) if flat else ["arm"])
-    w.writeheader()
-    w.writerows(flat)
-    return buf.getvalue()
+    header = list(flat[0].keys()) if flat else ["arm"]
+    return rows_to_csv(header, ([r.get(k) for k in header] for r in flat))  # arm names may start with '-' or '+'

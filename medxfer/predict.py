@@ -282,15 +282,20 @@ def _bundle_and_decision(bundle_uri: str | None, report: str | None, registry_ve
 
 
 def _write_outputs(out: pd.DataFrame, output_uri: str) -> dict[str, str]:
+    """predictions.parquet (the raw values) and predictions.csv (text cells that cannot run as
+    spreadsheet formulas: :mod:`medxfer.csv_out`). Names are text: a local file whose name is not
+    UTF-8 appears as its ``file://`` URI (:func:`medxfer.storage.text_path`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from medxfer.csv_out import frame_to_csv
 
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(out, preserve_index=False), buf)
     paths = {"parquet": storage.join(output_uri, "predictions.parquet"),
              "csv": storage.join(output_uri, "predictions.csv")}
     storage.write_bytes(paths["parquet"], buf.getvalue())
-    storage.write_bytes(paths["csv"], out.to_csv(index=False).encode())
+    storage.write_text(paths["csv"], frame_to_csv(out))
     return paths
 
 

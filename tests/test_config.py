@@ -179,3 +179,114 @@ def test_metric_and_operating_point_rules_are_checked_by_config_validate(tmp_pat
     assert cfg.train.early_stopping.direction == "min"
     r = _cli("config", "validate", path)
     assert r.returncode == 2 and r.stderr.count("expected") == 3 and "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- numbers a run cannot use
+
+
+def _numeric_fields(kind: str) -> list[tuple]:
+    """Every field of the config tree with a ``kind`` ('number' or 'integer') in its type, lists included."""
+    from configutil import branches, leaves
+
+    from medxfer.config import JobConfig
+
+    schema = JobConfig.model_json_schema()
+    out = []
+    for path, prop in leaves(schema):
+        for b in branches(schema, prop):
+            items = b.get("prefixItems") or ([b["items"]] if isinstance(b.get("items"), dict) else [])
+            inner = [i for item in items for i in branches(schema, item)]
+            if b.get("type") == kind or any(i.get("type") == kind for i in inner):
+                out.append((path, b.get("type") == "array"))
+                break
+    return out
+
+
+FLOATS = _numeric_fields("number")
+INTS = _numeric_fields("integer")
+
+
+@pytest.mark.parametrize(("path", "is_list"), FLOATS, ids=[".".join(p) for p, _ in FLOATS])
+def test_every_float_field_refuses_infinity_and_nan(path, is_list):
+    """One rule for the whole tree: a learning rate of .inf, a NaN mean or std, a NaN split fraction
+    (which passes every '<' and '>' bound) are config errors, not a run that diverges or crashes."""
+    from configutil import nest
+
+    from medxfer.config_io import validate_dict
+
+    assert len(FLOATS) >= 30  # the walk found the tree's float fields
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        value = [bad, bad, bad] if is_list else bad
+        with pytest.raises(ConfigError) as ei:
+            validate_dict(nest(path, value), "job.yaml")
+        dotted = ".".join(path)
+        assert any(line.startswith(f"job.yaml: {dotted}") for line in ei.value.problems), ei.value.problems
+
+
+@pytest.mark.parametrize(("path", "is_list"), INTS, ids=[".".join(p) for p, _ in INTS])
+def test_every_integer_field_refuses_numbers_beyond_64_bits(path, is_list):
+    """numpy, torch and Ray take counts as 64-bit integers: 1e29 would pass pydantic and fail mid-run."""
+    from configutil import nest
+
+    from medxfer.config_io import validate_dict
+
+    assert len(INTS) >= 25
+    value = [10**29] if is_list else 10**29
+    with pytest.raises(ConfigError) as ei:
+        validate_dict(nest(path, value), "job.yaml")
+    assert any(line.startswith(f"job.yaml: {'.'.join(path)}") for line in ei.value.problems), ei.value.problems
+
+
+def test_config_validate_rejects_what_the_run_would_reject(tmp_path):
+    """Values that used to pass `config validate` and then fail (or hang) the run: one line each, exit 2."""
+    bad = {
+        "train.seed: 1.0e+29": "train.seed",
+        "train.lr: .inf": "train.lr",
+        "preprocess.mean: [.nan]": "preprocess.mean.0",
+        "preprocess.std: [.inf]": "preprocess.std.0",
+        "evaluate.bootstrap: 1000000000000": "evaluate.bootstrap",
+        "evaluate.seed: 4294967296": "evaluate.seed",
+        "experiment.seeds: [0, -3]": "experiment.seeds.1",
+        "data.split_fractions: [.nan, 0.5, 0.5]": "data.split_fractions.0",
+        "storage.root: ''": "storage.root",
+        "pretrain.crop_scale: [0.9, 0.2]": "pretrain.crop_scale",
+    }
+    doc: dict = {}
+    for line in bad:
+        key, value = line.split(": ", 1)
+        section, field = key.split(".")
+        doc.setdefault(section, {})[field] = value
+    f = tmp_path / "job.yaml"
+    f.write_text("\n".join(f"{s}:\n" + "".join(f"  {k}: {v}\n" for k, v in fields.items()) for s, fields in doc.items()))
+    r = subprocess.run([sys.executable, "-m", "medxfer", "config", "validate", str(f), "--set", "data.split_seed=-1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    bad["data.split_seed: -1"] = "data.split_seed"
+    for field in set(bad.values()):
+        assert any(f": {field}: expected" in line for line in lines), (field, lines)
+    assert len(lines) == len(set(bad.values())), lines  # one line per problem
+    assert "finite number" in r.stderr and "less than or equal to 100000" in r.stderr
+    # As typed on a command line (YAML 1.1 reads 1e29 as text; pydantic took it as a number).
+    r = subprocess.run([sys.executable, "-m", "medxfer", "config", "validate", str(_write(tmp_path, "")),
+                        "--set", "train.seed=1e29", "--set", "evaluate.bootstrap=1e12"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "train.seed" in r.stderr and "evaluate.bootstrap" in r.stderr, r.stderr
+
+
+def test_deep_nesting_is_refused_in_one_line_naming_the_file(tmp_path):
+    """100,000 nested brackets used to end in a RecursionError; now one line, before any recursion."""
+    from medxfer.config_io import MAX_YAML_DEPTH
+
+    f = _write(tmp_path, "data:\n  classes: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(f)
+    assert ei.value.problems == [f"{f}: not valid YAML at line 2, column {12 + MAX_YAML_DEPTH - 2}: nested deeper "
+                                 f"than {MAX_YAML_DEPTH} levels (a job config needs 4)"]
+    r = subprocess.run([sys.executable, "-m", "medxfer", "config", "validate", f], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ei.value.problems
+    # A deep --set value is a string like any value that is not YAML, then refused by the field's type.
+    with pytest.raises(ConfigError, match="data.classes: expected a valid list"):
+        load_config(None, ["data.classes=" + "[" * 5000 + "]" * 5000])
+    assert load_config(_write(tmp_path, "data:\n  classes: [a, b]\n")).data.classes == ["a", "b"]

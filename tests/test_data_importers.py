@@ -3,6 +3,8 @@ folders to a manifest, without links leading out of the root."""
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -125,3 +127,50 @@ def test_import_folder_missing_root_says_not_found(tmp_path, capsys):
     assert main(["import", "folder", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "nope: folder not found" in err and "Traceback" not in err
+
+
+def test_names_that_are_not_utf8_or_look_like_formulas_go_through_import_and_preprocess(tmp_path):
+    """A file name that is not UTF-8 (bytes on disk) is one row like any other: the manifest names it by
+    its file:// URI with %XX bytes, preprocessing resolves that back to the file, and the cache's path
+    column, dataset.json and the CLI output hold it as text. Names beginning with '-' or '=' are written
+    to the manifest as they are (medxfer reads it back) and still resolve. A class folder whose name is
+    not UTF-8 cannot be a class: its file is left out and named. Printing under an ASCII terminal
+    encoding never raises."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    png = cv2.imencode(".png", np.full((8, 8), 99, np.uint8))[1].tobytes()
+    root = os.fsencode(str(tmp_path / "root"))
+    names = {b"-neg/\xff.png", b"-neg/=SUM(1,2).png", b"-neg/-x.png", b"-neg/ok.png", b"\xce\xa9mega/+y.png",
+             b"\xce\xa9mega/@z.png", b"\xce\xa9mega/M\xfcller.png", b"\xce\xa9mega/2.png", b"bad\xfe/1.png"}
+    for n in names:
+        os.makedirs(os.path.dirname(root + b"/" + n), exist_ok=True)
+        with open(root + b"/" + n, "wb") as f:
+            f.write(png)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}  # a terminal that cannot show 'Ω'
+    r = subprocess.run([sys.executable, "-m", "medxfer", "import", "folder", "--root", str(tmp_path / "root"),
+                        "--out", str(tmp_path / "root"), "--split-fractions", "0.5,0.25,0.25"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "\\u03a9mega" in r.stdout and "1 file(s) in class folders whose names are not valid UTF-8" in r.stderr
+    assert f"file://{tmp_path}/root/bad%FE/1.png" in r.stderr  # named, as text
+    m = pd.read_csv(tmp_path / "root" / "manifest.csv", dtype=str)
+    assert sorted(m["path"]) == sorted(["file://-neg/%FF.png", "-neg/=SUM(1,2).png", "-neg/-x.png", "-neg/ok.png",
+                                        "Ωmega/+y.png", "Ωmega/@z.png", "file://Ωmega/M%FCller.png", "Ωmega/2.png"])
+    assert set(m["label"]) == {"-neg", "Ωmega"}
+    store = tmp_path / "store"
+    job = tmp_path / "job.yaml"
+    job.write_text(f"data:\n  manifest: {tmp_path / 'root/manifest.csv'}\n  engine: local\npreprocess:\n  size: 16\n"
+                   f"storage:\n  root: {store}\n", encoding="utf-8")
+    assert main(["preprocess", "--config", str(job)]) == 0
+    (card_path,) = store.rglob("dataset.json")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    assert card["total"] == 8 and card["bad_files"]["count"] == 0
+    cached = [p for f in sorted(store.rglob("*.parquet")) for p in pq.read_table(f).column("path").to_pylist()]
+    base = str(tmp_path / "root")
+    assert sorted(cached) == sorted([f"file://{base}/-neg/%FF.png", f"{base}/-neg/=SUM(1,2).png", f"{base}/-neg/-x.png",
+                                     f"{base}/-neg/ok.png", f"{base}/Ωmega/+y.png", f"{base}/Ωmega/@z.png",
+                                     f"file://{base}/Ωmega/M%FCller.png", f"{base}/Ωmega/2.png"])

@@ -3,6 +3,7 @@ locally and on S3."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pandas as pd
@@ -72,3 +73,47 @@ def test_uris_no_storage_backend_serves_are_refused_with_their_lines(tmp_path):
     df.loc[2, "path"] = "img/a/2.png"
     out = load_manifest(write_csv(tmp_path, df), DataConfig())
     assert out["path"][3] == str(tmp_path / "img/a/3.png")
+
+
+def test_file_uris_in_a_manifest_obey_the_rules_of_plain_paths(tmp_path):
+    """``file://../../x`` is refused like ``../x`` (it used to be read relative to the working directory),
+    ``file://img/...`` resolves inside the manifest's folder and is checked for symlinks like ``img/...``,
+    and ``file:///abs`` is the absolute path."""
+    inside = tmp_path / "ds"
+    inside.mkdir()
+    df = dataset(inside)
+    for form in ("file://../../etc/passwd", "file://../secret.png", "file://img/../../secret.png"):
+        esc = df.copy()
+        esc.loc[1, "path"] = form
+        with pytest.raises(DataError, match=r"leave the manifest's folder via '\.\.' at line\(s\) 3"):
+            load_manifest(write_csv(inside, esc), DataConfig())
+    ok = df.copy()
+    ok.loc[0, "path"] = "file://img/a/0.png"
+    ok.loc[1, "path"] = "file://" + str(inside / "img/a/1.png")
+    out = load_manifest(write_csv(inside, ok), DataConfig())
+    assert list(out["path"][:2]) == [str(inside / "img/a/0.png"), str(inside / "img/a/1.png")]
+    (tmp_path / "secret.png").write_bytes(PNG)
+    os.remove(inside / "img/a/2.png")
+    os.symlink(tmp_path / "secret.png", inside / "img/a/2.png")
+    ok.loc[2, "path"] = "file://img/a/2.png"
+    with pytest.raises(DataError, match=r"line\(s\) 4 are symlinks leading outside"):
+        load_manifest(write_csv(inside, ok), DataConfig())
+
+
+def test_names_that_are_not_utf8_resolve_from_their_file_uri(tmp_path):
+    """A manifest names a file whose name is not UTF-8 by its file:// URI (%XX bytes): it resolves to the
+    file and stays text. JSON's surrogate escapes are no text a table can hold: refused, with the way out."""
+    df = dataset(tmp_path)
+    raw = os.fsencode(str(tmp_path / "img" / "a")) + b"/\xff.png"
+    with open(raw, "wb") as f:
+        f.write(PNG)
+    df.loc[0, "path"] = "file://img/a/%FF.png"
+    out = load_manifest(write_csv(tmp_path, df), DataConfig())
+    assert out["path"][0] == "file://" + str(tmp_path / "img/a/%FF.png")
+    assert storage.read_bytes(out["path"][0]) == PNG
+    rows = df.to_dict("records")
+    rows[0]["path"] = os.fsdecode(b"img/a/\xff.png")
+    for name, text in (("m.json", json.dumps(rows)), ("m.jsonl", "\n".join(json.dumps(r) for r in rows))):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=r"m\.jsonl?: holds a lone surrogate escape .* \(file://img/M%FCller\.png\)"):
+            load_manifest(str(tmp_path / name), DataConfig())

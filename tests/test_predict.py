@@ -214,3 +214,52 @@ def test_inputs_on_s3_and_local_are_read_by_the_one_reader_and_a_missing_one_get
     assert out["error"][2] == f"{paths[2]}: not found"
     assert np.array_equal(out["image"][0], preprocess_bytes(storage.read_bytes(on_s3), spec, on_s3))
     assert not out["image"][2].any()
+
+
+def test_every_file_name_is_data_and_predictions_csv_is_safe_to_open(ray_cluster, tmp_path, capsys):
+    """A folder holding a name that is not UTF-8, names with a CR or formula characters, and a file that
+    does not decode; a model whose classes start formulas ('-1', '@sum'). Every file gets its row and
+    nothing crashes. The Parquet keeps each value as it is (the undecodable name as its file:// URI, which
+    reads the file back); the CSV neutralises text cells (OWASP: a leading quote, every text cell quoted,
+    so the CR cannot start a row) and keeps scores as numbers."""
+    import csv
+    import os
+
+    import cv2
+
+    bundle = str(tmp_path / "bundle")
+    card = tiny_bundle(bundle, classes=("-1", "@sum"), size=32)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(report_for(card, 0.0, "@sum")))  # threshold 0: every image is '@sum'
+    png = cv2.imencode(".png", np.full((40, 40), 120, np.uint8))[1].tobytes()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = {b"\xff-scan.png": png, b"=HYPERLINK(1).png": png, b"-1.png": png, b"\rcr.png": png, b"ok.png": png,
+             b"broken.png": b"not a png"}
+    for name, data in names.items():
+        with open(os.fsencode(str(folder)) + b"/" + name, "wb") as f:
+            f.write(data)
+    out = tmp_path / "out"
+    assert main(["predict", "--bundle", bundle, "--report", str(report), "--input", str(folder),
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "predicted 5 of 6 images" in printed and "broken.png" in printed
+    df = pd.read_parquet(out / "predictions.parquet")
+    undecodable = "file://" + str(folder) + "/%FF-scan.png"
+    assert set(df["path"]) == {undecodable, *(str(folder / n.decode()) for n in names if n != b"\xff-scan.png")}
+    assert storage.read_bytes(undecodable) == png
+    ok = df[df["error"] == ""]
+    assert len(ok) == 5 and set(ok["decision"]) == {"@sum"} and set(ok["predicted_class"]) <= {"-1", "@sum"}
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == list(df["path"])  # the CR inside a name started no row
+    good = [r for r in rows if r["error"] == ""]
+    assert {r["decision"] for r in good} == {"'@sum"} and {r["positive_class"] for r in rows} == {"'@sum"}
+    assert {r["predicted_class"] for r in good} <= {"'-1", "'@sum"}
+    assert all(0 <= float(r["prob__sum"]) <= 1 for r in good)
+    # Text cells quoted, numbers not: a spreadsheet reads the scores as numbers.
+    raw = (out / "predictions.csv").read_bytes().decode("utf-8")  # as written: no newline translation
+    assert raw.startswith('"path","predicted_class","prob_-1","prob__sum","positive_class","score"')
+    assert f'"{str(folder)}/\rcr.png"' in raw and ',"\'@sum",0.' in raw
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["n_inputs"] == 6 and list(summary["errors"]) == [str(folder / "broken.png")]

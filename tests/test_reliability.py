@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from configutil import branches, leaves, nest
 from fault_proxy import matcher
 
 from medxfer import storage
@@ -46,36 +47,16 @@ flaky_s3 = fault_proxy.flaky_s3  # the fixture, used by name below
 # ============================================================================ configs
 
 
-def _resolve(schema: dict, node: dict) -> dict:
-    ref = node.get("$ref")
-    return schema["$defs"][ref.rsplit("/", 1)[1]] if ref else node
-
-
-def _leaves(schema: dict, node: dict, path: tuple = ()):
-    """(path, property schema) for every settable field; nested sections are walked into."""
-    node = _resolve(schema, node)
-    for name, prop in node.get("properties", {}).items():
-        sub = _resolve(schema, prop)
-        if sub.get("type") == "object" and "properties" in sub:
-            yield from _leaves(schema, sub, (*path, name))
-        else:
-            yield (*path, name), prop
-
-
-def _branches(schema: dict, prop: dict) -> list[dict]:
-    return [_resolve(schema, b) for b in prop.get("anyOf", [prop])]
-
-
 def _wrong_type(schema: dict, prop: dict):
     """A value no branch of the field accepts: a mapping, or a list where mappings are allowed."""
-    if any(b.get("type") == "object" for b in _branches(schema, prop)):
+    if any(b.get("type") == "object" for b in branches(schema, prop)):
         return [1, 2]
     return {"oops": 1}
 
 
 def _out_of_range(schema: dict, prop: dict):
     """A value of the right kind that a bound, an enum or a pattern refuses (None: no such bound)."""
-    for b in _branches(schema, prop):
+    for b in branches(schema, prop):
         if "enum" in b or "const" in b:
             return "no-such-choice"
         if "exclusiveMinimum" in b:
@@ -106,7 +87,7 @@ _VALIDATED = [
 def _cases():
     schema = JobConfig.model_json_schema()
     wrong, bad = {}, {}
-    for path, prop in _leaves(schema, schema):
+    for path, prop in leaves(schema):
         wrong[path] = _wrong_type(schema, prop)
         v = _out_of_range(schema, prop)
         if v is not None:
@@ -125,13 +106,6 @@ def _count_fields(model) -> int:
     return n
 
 
-def _nest(path: tuple, value) -> dict:
-    out = value
-    for p in reversed(path):
-        out = {p: out}
-    return out
-
-
 def test_every_config_field_refuses_a_wrong_type_and_an_out_of_range_value():
     wrong, bad = _cases()
     assert len(wrong) == _count_fields(JobConfig) and len(bad) >= 60, (len(wrong), len(bad))  # all walked
@@ -139,7 +113,7 @@ def test_every_config_field_refuses_a_wrong_type_and_an_out_of_range_value():
         for path, value in cases.items():
             dotted = ".".join(path)
             with pytest.raises(ConfigError) as ei:
-                validate_dict(_nest(path, value), "job.yaml")
+                validate_dict(nest(path, value), "job.yaml")
             lines = ei.value.problems
             parent = ".".join(path[:-1])
             # Cross-field validators report at the section and name the field in the text.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from medxfer import storage
 
 
@@ -32,3 +34,42 @@ def test_relative_names_parents_and_joins():
     assert storage.parent("s3://b/root/x") == "s3://b/root" and storage.parent("s3://b") == "s3://b"
     assert storage.join("s3://b/root/", "/x/", "y") == "s3://b/root/x/y"
     assert storage.join("file:///data", "x") == "/data/x" and storage.normalize("s3://b/r/") == "s3://b/r"
+
+
+def test_names_that_are_not_utf8_are_text_and_resolve_back_to_the_bytes_on_disk(tmp_path):
+    """Linux names are bytes; one that is not UTF-8 (Latin-1 'Müller') is carried as its file:// URI with
+    %XX bytes, which every storage call turns back into the file, and which every output can hold."""
+    raw = os.fsencode(str(tmp_path)) + b"/M\xfcller 100%.png"
+    with open(raw, "wb") as f:
+        f.write(b"pixels")
+    on_disk = os.fsdecode(raw)  # what os.listdir gives: a lone surrogate for the byte 0xFC
+    text = storage.text_path(on_disk)
+    assert text == "file://" + str(tmp_path) + "/M%FCller 100%25.png" and storage.is_text(text)
+    assert storage.text_path(str(tmp_path / "Müller.png")) == str(tmp_path / "Müller.png")  # UTF-8: unchanged
+    assert storage.local_path(text) == on_disk and storage.read_bytes(text) == b"pixels"
+    assert storage.list_files(str(tmp_path)) == [text] and storage.list_dir(str(tmp_path)) == [
+        "file://M%FCller 100%25.png"]
+    assert storage.relative_name(text, str(tmp_path)) == "file://M%FCller 100%25.png"  # relative, still text
+    assert storage.join(str(tmp_path), "file://M%FCller 100%25.png") == text
+    assert storage.basename(text) == "M%FCller 100%25.png" and storage.parent(text) == str(tmp_path)
+    bad_dir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/d\xff")
+    assert storage.join(bad_dir, "x.png") == "file://" + str(tmp_path) + "/d%FF/x.png"
+    assert storage.normalize(bad_dir) == "file://" + str(tmp_path) + "/d%FF"
+    with pytest.raises(ValueError, match="lone surrogate"):
+        storage.text_path("x\ud800.png")  # no file name holds this (only JSON text can)
+
+
+def test_file_uris_follow_the_rules_of_the_paths_they_hold(tmp_path):
+    """file:///abs is the absolute path; file://rel and file://../x are relative names, joined onto the
+    folder and refused when they climb out, exactly like rel and ../x (not resolved against the cwd)."""
+    folder = str(tmp_path / "ds")
+    r = storage.resolve_names(folder, ["file://img/a.png", "file://../../x.png", "file://./img/../b.png",
+                                       "file:///abs/y.png", "FILE:///abs/z%20z.png", "file://", "file://img/%FF.png"])
+    assert r.uris[:3] == [os.path.join(folder, "img/a.png"), os.path.normpath(os.path.join(folder, "../../x.png")),
+                          os.path.join(folder, "b.png")]
+    assert r.uris[3:6] == ["/abs/y.png", "/abs/z z.png", folder]
+    assert r.uris[6] == "file://" + folder + "/img/%FF.png"
+    assert r.relative == [True, True, True, False, False, True, True]
+    assert r.leaving == [1, 5] and not r.schemes
+    plain = storage.resolve_names(folder, ["img/a.png", "../../x.png", "./img/../b.png"])
+    assert plain.uris == r.uris[:3] and plain.leaving == [1]

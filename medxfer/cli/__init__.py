@@ -37,8 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable_streams() -> None:
+    """Printing never fails on a character the terminal cannot show: a file name with bytes that are
+    not UTF-8 (Python's surrogate escapes), or any non-ASCII name under a Latin-1 or C locale, is
+    written with backslash escapes instead of raising UnicodeEncodeError mid-command."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a closed or detached stream: nothing to print to
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     tune_this_process()  # before any thread starts: see medxfer.allocator
+    _printable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

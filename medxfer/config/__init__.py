@@ -11,7 +11,7 @@ span sections; a new config rule is a pydantic validator in the section it conce
 ``medxfer config validate`` catches it. Everything is importable from here.
 """
 
-from medxfer.config.base import NAME_PATTERN, EpochMetric, OperatingRule, RegisteredMetric
+from medxfer.config.base import NAME_PATTERN, EpochMetric, OperatingRule, RegisteredMetric, Seed
 from medxfer.config.data import DataConfig, PreprocessConfig
 from medxfer.config.evaluate import EvaluateSection, PredictSection, PromotionSection
 from medxfer.config.experiment import ExperimentArm, ExperimentSection
@@ -26,5 +26,5 @@ __all__ = [
     "EPOCH_METRICS", "NAME_PATTERN", "WITHOUT_IMAGENET_WEIGHTS", "Backbone", "CheckpointSection", "DataConfig",
     "EarlyStoppingConfig", "EpochMetric", "EvaluateSection", "ExperimentArm", "ExperimentSection", "FailureSection",
     "JobConfig", "ModelConfig", "OperatingRule", "PredictSection", "PreprocessConfig", "PretrainConfig",
-    "PromotionSection", "RegisteredMetric", "ScalingSection", "StorageSection", "TrainConfig",
+    "PromotionSection", "RegisteredMetric", "ScalingSection", "Seed", "StorageSection", "TrainConfig",
 ]

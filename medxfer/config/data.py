@@ -11,7 +11,7 @@ from pydantic import (
     model_validator,
 )
 
-from medxfer.config.base import _Section
+from medxfer.config.base import Seed, _Section
 
 
 class DataConfig(_Section):
@@ -42,7 +42,7 @@ class DataConfig(_Section):
         description="train/val/test fractions used only when the manifest has no split column; "
         "the split is stratified and grouped by patient_id when present.",
     )
-    split_seed: int = Field(0, description="Seed of the split made when the manifest has none.")
+    split_seed: Seed = Field(0, description="Seed of the split made when the manifest has none.")
     label_fraction: float = Field(
         1.0,
         gt=0.0,
@@ -50,7 +50,7 @@ class DataConfig(_Section):
         description="Keep this stratified fraction of the training labels (label-efficiency "
         "studies). Validation and test are never subsampled.",
     )
-    label_seed: int = Field(0, description="Seed of the label_fraction subsample.")
+    label_seed: Seed = Field(0, description="Seed of the label_fraction subsample.")
     positive_class: str | None = Field(
         None,
         description="multiclass: the class whose probability is the score of binary metrics, operating "

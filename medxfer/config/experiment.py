@@ -7,7 +7,7 @@ from pydantic import (
     field_validator,
 )
 
-from medxfer.config.base import _Section
+from medxfer.config.base import Seed, _Section
 
 
 class ExperimentArm(_Section):
@@ -26,7 +26,7 @@ class ExperimentSection(_Section):
         default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0],
         description="Fractions of the target's training labels (stratified, seeded subsamples).",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="Seeds: subsample and training.")
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], description="Seeds: subsample and training.")
     arms: list[ExperimentArm] = Field(
         default_factory=lambda: [ExperimentArm(name="scratch", set={"model.init": "scratch"})],
         description="What is compared; the arm named 'scratch' is the baseline for differences.",

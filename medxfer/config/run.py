@@ -39,6 +39,7 @@ class StorageSection(_Section):
 
     root: str = Field(
         "./medxfer-runs",
+        min_length=1,  # '' would put the cache and runs into whatever folder the command runs in
         description="Local folder or s3://bucket/prefix holding datasets/, cache/, runs/, registry/. On a Ray "
         "cluster of several nodes it must be storage every node sees: S3, or a folder mounted at the same path "
         "on every node (say so with shared: true). A relative folder is refused inside a `ray job submit` job, "

@@ -10,7 +10,7 @@ from pydantic import (
     model_validator,
 )
 
-from medxfer.config.base import EpochMetric, _Section
+from medxfer.config.base import EpochMetric, Seed, _Section
 from medxfer.metrics.registry import EPOCH_METRICS
 
 
@@ -99,7 +99,7 @@ class TrainConfig(_Section):
     )
     reinit_last_stage: bool = Field(False, description="Re-initialise the backbone's last stage.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
-    seed: int = Field(0, description="Seed of weights init, shuffling and augmentation.")
+    seed: Seed = Field(0, description="Seed of weights init, shuffling and augmentation.")
     checkpoint: CheckpointSection = Field(
         default_factory=CheckpointSection,
         description="Checkpoint policy; a checkpoint is always written at the end of a run and when it is "
@@ -138,7 +138,8 @@ class PretrainConfig(_Section):
     """Self-supervised source pretraining (medxfer pretrain)."""
 
     method: Literal["simsiam", "byol", "simclr"] = Field("simsiam", description="SSL method.")
-    projection_dim: int = Field(256, ge=8, description="Projector output size.")
+    projection_dim: int = Field(256, ge=8, le=16_384, description="Projector output size (its layers' weights grow "
+                                "with its square).")
     temperature: float = Field(0.2, gt=0, description="SimCLR temperature.")
     ema_momentum: float = Field(0.99, gt=0, lt=1, description="BYOL target-network EMA momentum.")
     crop_scale: tuple[float, float] = Field((0.4, 1.0), description="Random resized crop scale range.")
@@ -146,3 +147,10 @@ class PretrainConfig(_Section):
     brightness: float = Field(0.3, ge=0, description="Max brightness jitter.")
     contrast: float = Field(0.3, ge=0, description="Max contrast jitter.")
     blur_prob: float = Field(0.3, ge=0, le=1, description="Probability of Gaussian blur.")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_is_a_fraction_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1] <= 1):
+            raise ValueError(f"a range of image-area fractions, 0 < low <= high <= 1; got {list(v)}")
+        return v

@@ -104,10 +104,17 @@ def _listed_images(root: str) -> list[str]:
 
 
 def folder_manifest(root: str, manifest_uri: str, fractions=None, seed: int = 0) -> pd.DataFrame:
-    """Build a manifest from ``root/<class>/...`` (or ``root/<split>/<class>/...``)."""
+    """Build a manifest from ``root/<class>/...`` (or ``root/<split>/<class>/...``).
+
+    A file name that is not valid UTF-8 is listed as its ``file://`` URI (``%XX`` for the bytes
+    that are not UTF-8, relative to the manifest like the other names), which preprocessing
+    resolves back to the file. A class or split folder whose name is not UTF-8 cannot name a
+    class: its files are left out, counted and named in a warning.
+    """
     root = storage.normalize(root)
     files = _listed_images(root)
-    rels = [storage.relative_name(f, root) for f in files]
+    # Folder structure from the names on disk (a name that is not UTF-8 is decoded from its URI).
+    rels = [storage.local_path(storage.relative_name(f, root)) for f in files]
     nested = [r for r in rels if "/" in r]
     if not nested:
         raise DataError(f"{root}: no images in class subfolders; expected {root}/<class>/<image>")
@@ -117,14 +124,23 @@ def folder_manifest(root: str, manifest_uri: str, fractions=None, seed: int = 0)
     top = {r.split("/", 1)[0].lower() for r in nested}
     by_split = top <= set(SPLIT_ALIASES) and all(r.count("/") >= 2 for r in nested)
     man_dir = storage.parent(storage.normalize(manifest_uri))
-    rows = []
+    rows, unnamed = [], []
     for f, r in zip(files, rels, strict=True):
         if "/" not in r:
             continue
         parts = r.split("/")
+        folders = parts[:2] if by_split else parts[:1]
+        if not all(storage.is_text(d) for d in folders):
+            unnamed.append(f)
+            continue
         split = SPLIT_ALIASES[parts[0].lower()] if by_split else None
         label = parts[1] if by_split else parts[0]
         rows.append((storage.relative_name(f, man_dir) or f, label, split))
+    if unnamed:
+        log.warning("%s: %d file(s) in class folders whose names are not valid UTF-8 left out (a class name is "
+                    "text; rename the folders), e.g. %s", root, len(unnamed), unnamed[0])
+    if not rows:
+        raise DataError(f"{root}: no images in class folders with UTF-8 names; rename the class folders")
     df = pd.DataFrame(rows, columns=["path", "label", "split"])
     if by_split:
         pass

@@ -22,16 +22,28 @@ from medxfer.storage import local as _local  # noqa: F401 - registers local path
 from medxfer.storage import s3 as _s3  # noqa: F401 - registers s3://
 from medxfer.storage.backend import Backend, NotFound, backend_for, register, schemes
 from medxfer.storage.layout import Layout
+from medxfer.storage.local import local_error
 from medxfer.storage.s3 import s3_client  # for tools and tests that create buckets
 from medxfer.storage.tree import copy_tree
-from medxfer.storage.uri import Resolved, basename, join, normalize, parent, relative_name, resolve_names
+from medxfer.storage.uri import (
+    Resolved,
+    basename,
+    is_text,
+    join,
+    local_path,
+    normalize,
+    parent,
+    relative_name,
+    resolve_names,
+    text_path,
+)
 
 __all__ = [
     "Backend", "Layout", "NotFound", "Resolved", "StorageError", "backend_for", "basename", "copy_tree", "delete",
-    "exists", "is_dir", "join", "links_leaving", "list_dir", "list_files", "local_file", "makedirs", "missing", "node_local",
-    "normalize", "parent", "put_if_absent", "pyarrow_fs", "ray_storage", "read_bytes", "read_head", "read_json",
-    "read_many", "read_text", "register", "relative_name", "resolve_names", "s3_client", "schemes", "supported",
-    "write_bytes", "write_json", "write_many", "write_text",
+    "exists", "is_dir", "is_text", "join", "links_leaving", "list_dir", "list_files", "local_file", "local_path",
+    "makedirs", "missing", "node_local", "normalize", "os_error", "parent", "put_if_absent", "pyarrow_fs", "ray_storage",
+    "read_bytes", "read_head", "read_json", "read_many", "read_text", "register", "relative_name", "resolve_names",
+    "s3_client", "schemes", "supported", "text_path", "write_bytes", "write_json", "write_many", "write_text",
 ]
 
 #: Retries of transient errors by remote backends (S3: boto3's standard mode and pyarrow's strategy).
@@ -41,6 +53,12 @@ DEFAULT_RETRIES = int(os.environ.get("MEDXFER_S3_RETRIES", "8"))
 def node_local(uri: str) -> bool:
     """Whether ``uri`` lies on this machine's disk, where other nodes of a cluster may not see it."""
     return backend_for(uri).node_local
+
+
+def os_error(uri: str, e: OSError, action: str) -> StorageError:
+    """The StorageError for an OSError a library raised while it worked on ``uri`` (pyarrow's Parquet
+    writer): a full disk is named with the file system to free, like the backends' own writes."""
+    return local_error(uri, e, action)
 
 
 def supported(uri: str) -> bool:

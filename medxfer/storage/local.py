@@ -17,17 +17,41 @@ from pathlib import Path
 
 from medxfer.errors import StorageError
 from medxfer.storage.backend import Backend, NotFound, register
-from medxfer.storage.uri import LOCAL, local_path
+from medxfer.storage.uri import LOCAL, local_path, scheme, text_path
+
+
+def no_space(e: BaseException) -> bool:
+    """Whether ``e`` is a full disk (or quota): ENOSPC/EDQUOT from the OS, or pyarrow's OSError,
+    which carries the errno only in its text."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return isinstance(e, OSError) and ("No space left on device" in text or "Disk quota exceeded" in text)
 
 
 def local_error(uri: str, e: OSError, action: str) -> StorageError:
+    """The StorageError for an OSError at ``uri``: what happened, where, and the fix."""
     if isinstance(e, FileNotFoundError):
         return NotFound(f"{uri}: not found")
     if isinstance(e, PermissionError):
         return StorageError(f"{uri}: permission denied while trying to {action}")
-    if getattr(e, "errno", None) == errno.ENOSPC:
-        return StorageError(f"{uri}: no space left on device while trying to {action}; free space")
+    if no_space(e):
+        return StorageError(f"{uri}: no space left on {_device_of(uri)} while trying to {action}; free space "
+                            "there (or point storage.root at a larger volume) and run the command again")
     return StorageError(f"{uri}: could not {action}: {e.strerror or e}")
+
+
+def _device_of(uri: str) -> str:
+    """The mount point holding ``uri`` ("the file system mounted at /data"): the place to free."""
+    if scheme(uri) != LOCAL:
+        return "the storage"
+    path = os.path.abspath(local_path(uri))
+    while not os.path.ismount(path):
+        up = os.path.dirname(path)
+        if up == path:
+            break
+        path = up
+    return f"the file system mounted at {text_path(path)}"
 
 
 def inside(path: str, real_root: str) -> bool:
@@ -141,11 +165,11 @@ class LocalBackend(Backend):
         root = Path(local_path(uri))
         if not root.exists():
             return []
-        return sorted(str(p) for p in root.rglob("*") if p.is_file())
+        return sorted(text_path(str(p)) for p in root.rglob("*") if p.is_file())
 
     def list_dir(self, uri: str) -> list[str]:
         p = Path(local_path(uri))
-        return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
+        return sorted(text_path(c.name) for c in p.iterdir()) if p.is_dir() else []
 
     def links_leaving(self, root: str, files: Sequence[str]) -> list[str]:
         """Folders first (few), then one ``lstat`` per file for the files that are links themselves;

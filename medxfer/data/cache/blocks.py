@@ -32,11 +32,16 @@ class ImageFacts(NamedTuple):
 
 
 def write_parquet(table, uri: str) -> None:
+    """Write one shard; a failure (a full disk above all) is a StorageError naming the shard, which
+    stops the job in either engine: the card is never written over shards that are not all there."""
     import pyarrow.parquet as pq
 
     fs, path = storage.pyarrow_fs(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(table, path, filesystem=fs, compression="zstd")
+    try:
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(table, path, filesystem=fs, compression="zstd")
+    except OSError as e:
+        raise storage.os_error(uri, e, "write") from None
 
 
 READ_AHEAD = 32  # files a block holds the bytes of at once: work for storage's read threads (8 on S3)

@@ -3,7 +3,8 @@
 Relative paths resolve against the manifest's folder and may not leave it — neither by ``..``
 nor through a symlink pointing outside — since a manifest copied from elsewhere could otherwise
 make any readable file a training image. Absolute paths and URIs are taken as they are, if a
-storage backend serves their scheme. Messages give manifest line numbers, never patient IDs.
+storage backend serves their scheme; a ``file://`` URI is the path it holds, relative or absolute,
+under the same rules. Messages give manifest line numbers, never patient IDs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ def manifest_folder(uri: str) -> str:
 
 
 def resolve_paths(paths: pd.Series, uri: str, line_numbers: np.ndarray) -> tuple[list[str], list[bool]]:
-    """``(resolved paths, relative?)`` for a manifest's path column; '..' escapes and unknown schemes refused."""
+    """``(resolved paths, relative?)`` for a manifest's path column; '..' escapes and unknown schemes refused.
+
+    A ``file://`` URI follows the rules of the path it holds (:func:`medxfer.storage.resolve_names`):
+    ``file://../x.png`` is refused like ``../x.png``, ``file://img/x.png`` is checked for symlinks like
+    ``img/x.png``.
+    """
     r = storage.resolve_names(manifest_folder(uri), paths.astype(str).tolist())
     bad_scheme = [int(line_numbers[i]) for i in r.schemes if not storage.supported(r.uris[i])]
     if bad_scheme:

@@ -68,6 +68,9 @@ def read_table(uri: str) -> pd.DataFrame:
         df = pd.read_parquet(io.BytesIO(raw)) if fmt == "parquet" else _parse_text(raw, uri, fmt)
     except DataError:
         raise
+    except UnicodeEncodeError:  # JSON's "\\udcff" escapes: text no table (and no UTF-8 file) can hold
+        raise DataError(f"{uri}: holds a lone surrogate escape (\\ud800-\\udfff), which is not text; name a file "
+                        "whose name is not UTF-8 by its file:// URI with %XX bytes (file://img/M%FCller.png)") from None
     except (ValueError, pd.errors.ParserError, json.JSONDecodeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{uri}: could not parse the manifest as {fmt.upper()}: {first}") from None
