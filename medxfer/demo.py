@@ -190,9 +190,9 @@ def run_demo(data_dir: str | None, root: str, fast: bool = False) -> dict:
     by_fraction = sorted(low["summary"] + all_label_rows(results, cmp), key=lambda r: (r["fraction"], r["arm"]))
     plot = storage.join(root, "label_efficiency.png")
     positive = results["transfer"]["report"].get("positive_class")
-    title = (f"{TARGET}{tag}: transfer from a {SOURCE} source vs scratch\n{LOW_FRACTION:.0%}: mean of "
-             f"{len(cfgs['low_labels'].experiment.seeds)} seeds x {cfgs['low_labels'].train.epochs} epochs; 100%: one "
-             f"seed x {cfgs['transfer'].train.epochs} epochs; positive class {positive}")
+    title = (f"{TARGET}{tag}: transfer from a {SOURCE} source vs scratch; positive class {positive}\n"
+             f"{LOW_FRACTION:.0%}: mean of {len(cfgs['low_labels'].experiment.seeds)} seeds x "
+             f"{cfgs['low_labels'].train.epochs} epochs; 100%: one seed x {cfgs['transfer'].train.epochs} epochs")
     storage.write_bytes(plot, plot_png(by_fraction, title))
     # Promotion: the transfer model is proposed first (becomes champion on an empty registry),
     # then the scratch model must beat it by the configured margin to replace it.

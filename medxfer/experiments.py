@@ -282,7 +282,7 @@ def plot_png(rows: list[dict], title: str) -> bytes:
     bottom.set_xlabel("fraction of target training labels")
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")  # long titles and two-line labels are not cut
     plt.close(fig)
     return buf.getvalue()
 
