@@ -112,7 +112,8 @@ def main() -> None:
     for name, file in (("pneumoniamnist", "pneumoniamnist"), ("breastmnist", target_file)):
         ds = work / "datasets" / file
         if not (ds / "manifest.csv").exists():
-            import_medmnist(test_data_dir() / "medmnist" / f"{file}.npz", str(ds), file)
+            # Class indices, as the recorded tables were measured with: the work folder's kept trials stay valid.
+            import_medmnist(test_data_dir() / "medmnist" / f"{file}.npz", str(ds), file, label_names="index")
         manifests[name] = str(ds / "manifest.csv")
     b = base(work, args.size)
     need = set(args.arms)
@@ -156,7 +157,7 @@ def main() -> None:
     cfg = JobConfig.model_validate({
         **b,
         "name": f"label-efficiency-{args.size}{args.tag}",
-        "data": {"manifest": manifests["breastmnist"], "positive_class": "0"},
+        "data": {"manifest": manifests["breastmnist"], "positive_class": "0"},  # malignant
         "train": {"epochs": args.epochs, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1},
         "experiment": {"fractions": args.fractions, "seeds": args.seeds,
                        "arms": [{"name": a, "set": arm_sets[a]} for a in args.arms]},

@@ -52,7 +52,8 @@ SHA256 = r"^[0-9a-f]{64}$"
 # Where a card's positive class came from, and how evaluate explains it.
 POSITIVE_SOURCES = {
     "data.positive_class": "named in the training config (data.positive_class)",
-    "import.json": "named by `medxfer import folder --positive-class` (import.json beside the manifest)",
+    "import.json": "named at import (import.json beside the manifest: the class `medxfer import folder "
+    "--positive-class` named, or the finding of a binary MedMNIST set)",
     "bundle upgrade": "named by `medxfer bundle upgrade --positive-class`",
     "default": "the default: the last class; name it with data.positive_class when training "
     "(or evaluate.positive_class for one evaluation)",
@@ -198,14 +199,12 @@ def check_card(raw: Any, source: str) -> ModelCard:
 
 
 def _import_hint(manifest: str | None) -> str | None:
-    """The positive class ``import folder --positive-class`` wrote beside ``manifest``, if any."""
-    if not manifest:
-        return None
-    uri = storage.join(storage.parent(storage.normalize(manifest)), "import.json")
-    if not storage.exists(uri):
-        return None
-    hint = storage.read_json(uri)
-    return hint.get("positive_class") if isinstance(hint, dict) else None
+    """The positive class the import wrote beside ``manifest`` (``import folder --positive-class``, or
+    the finding of a binary MedMNIST set), if any."""
+    from medxfer.data.manifest.imported import import_record
+
+    hint = import_record(manifest).get("positive_class")
+    return str(hint) if hint is not None else None
 
 
 def resolve_positive_class(cfg: JobConfig, task: str, classes: list[str]) -> tuple[str | None, str | None]:
@@ -218,8 +217,10 @@ def resolve_positive_class(cfg: JobConfig, task: str, classes: list[str]) -> tup
         hint = _import_hint(cfg.data.manifest)
         name, source = (hint, "import.json") if hint else (classes[-1], "default")
     if name not in classes:
+        from medxfer.data.manifest.imported import record_uri
+
         where = "data.positive_class" if source == "data.positive_class" else \
-            f"{storage.join(storage.parent(storage.normalize(cfg.data.manifest)), 'import.json')} positive_class"
+            f"{record_uri(cfg.data.manifest)} positive_class"
         raise ConfigError([f"{where}: {name!r} is not one of the classes {list(classes)}; name one of them "
                            "(data.positive_class)"])
     return name, source

@@ -105,6 +105,27 @@ def run_trial(cfg_json: dict, plan) -> dict:
     }
 
 
+def _binary_test_scores(trials: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(truth, scores)``, one row per trial, for the registry's AUROC, which averages its rows: the
+    seed mean. None when a trial carries no binary test scores."""
+    if not trials or any(t.get("test_scores") is None for t in trials):
+        return None
+    truth = np.tile(np.asarray(trials[0]["test_labels"]) == 1, (len(trials), 1)).astype(np.float64)
+    return truth, np.array([t["test_scores"] for t in trials], dtype=np.float64)
+
+
+def auroc_interval(trials: list[dict], n_boot: int = 1000, seed: int = 0) -> list[float] | None:
+    """The 95% bootstrap interval of the seed-averaged test AUROC of one cell (the test images resampled,
+    all seeds at once), or None when the trials carry no binary test scores."""
+    from medxfer.metrics import METRICS
+    from medxfer.metrics.bootstrap import Resampling, intervals
+
+    inputs = _binary_test_scores(trials)
+    if inputs is None:
+        return None
+    return intervals({"auroc": (METRICS["auroc"].statistic, inputs)}, Resampling(n_boot, seed))["auroc"]["ci"]
+
+
 def paired_difference_vs(trials: list[dict], baseline: list[dict], n_boot: int = 1000, seed: int = 0) -> dict | None:
     """The seed-averaged test AUROC difference of two arms at one fraction, with a paired bootstrap CI.
 
@@ -117,19 +138,18 @@ def paired_difference_vs(trials: list[dict], baseline: list[dict], n_boot: int =
 
     by_seed = {t.get("seed"): t for t in baseline}
     pairs = [(t, by_seed[t.get("seed")]) for t in trials if t.get("seed") in by_seed]
-    if not pairs or any(t.get("test_scores") is None or b.get("test_scores") is None for t, b in pairs):
+    a = _binary_test_scores([t for t, _ in pairs])
+    b = _binary_test_scores([t for _, t in pairs])
+    if a is None or b is None:
         return None
-    # One AUROC column per seed: the registry's AUROC averages its columns, so this is the seed mean.
-    truth = np.tile(np.asarray(pairs[0][0]["test_labels"]) == 1, (len(pairs), 1)).astype(np.float64)
-    a = (truth, np.array([t["test_scores"] for t, _ in pairs], dtype=np.float64))
-    b = (truth, np.array([t["test_scores"] for _, t in pairs], dtype=np.float64))
-    d = paired_difference(METRICS["auroc"], a, b, Resampling(n_boot, seed))
+    # One AUROC row per seed: the registry's AUROC averages its rows, so this is the seed mean.
+    d = paired_difference(METRICS["auroc"], (a[0], a[1]), (a[0], b[1]), Resampling(n_boot, seed))
     return {"difference": d["difference"], "ci": d["ci"], "p_value": d["p_value"], "seeds": len(pairs)}
 
 
 def summarize(trials: list[dict], baseline: str = "scratch") -> list[dict]:
-    """Per (arm, fraction): mean, std, min, max of test AUROC and the difference to the baseline arm
-    (with its paired-bootstrap interval when the trials carry test scores)."""
+    """Per (arm, fraction): mean, std, min, max of test AUROC and the difference to the baseline arm;
+    when the trials carry test scores, the interval of the mean and the difference's paired interval."""
     cells: dict[tuple[str, float], list[float]] = {}
     groups: dict[tuple[str, float], list[dict]] = {}
     for t in trials:
@@ -148,11 +168,37 @@ def summarize(trials: list[dict], baseline: str = "scratch") -> list[dict]:
             "test_auroc_std": float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0,
             "test_auroc_min": float(np.nanmin(v)),
             "test_auroc_max": float(np.nanmax(v)),
+            "test_auroc_ci": auroc_interval(groups[(arm, frac)]),
+            "train_images": int(np.median([t.get("train_images") or 0 for t in groups[(arm, frac)]])),
             "diff_vs_scratch": (mean - base[frac]) if frac in base and arm != baseline else None,
             "paired_vs_scratch": (paired_difference_vs(groups[(arm, frac)], groups[(baseline, frac)])
                                   if frac in base and arm != baseline else None),
         })
     return rows
+
+
+def verdict(ci, arm: str = "transfer", baseline: str = "scratch") -> str:
+    """What a paired 95% interval of ``arm`` - ``baseline`` says, in the words every medxfer summary uses."""
+    lo, hi = ci
+    if lo > 0:
+        return f"{arm} helped"
+    if hi < 0:
+        return f"{arm} hurt"
+    return f"no significant difference between {arm} and {baseline}"
+
+
+def reading(row: dict, baseline: str = "scratch") -> str | None:
+    """One sentence for one summary row: 'at 10% of the labels (55 training images, 5 seeds), transfer
+    is +0.045 AUROC over scratch (95% CI +0.003 to +0.090): transfer helped' — whatever the answer.
+    None for the baseline's own row, or without a paired interval."""
+    pc = row.get("paired_vs_scratch")
+    if not pc or not all(np.isfinite(pc["ci"])):
+        return None
+    lo, hi = pc["ci"]
+    seeds = f"{pc['seeds']} seed" + ("s" if pc["seeds"] != 1 else "")
+    images = f"{row['train_images']} training images, " if row.get("train_images") else ""
+    return (f"at {row['fraction']:.0%} of the labels ({images}{seeds}), {row['arm']} is {pc['difference']:+.3f} "
+            f"AUROC over {baseline} (95% CI {lo:+.3f} to {hi:+.3f}): {verdict(pc['ci'], row['arm'], baseline)}")
 
 
 def table_markdown(rows: list[dict], title: str) -> str:
@@ -178,29 +224,65 @@ def table_markdown(rows: list[dict], title: str) -> str:
 
 
 def plot_png(rows: list[dict], title: str) -> bytes:
+    """Test AUROC against the label fraction, one line per arm; below, each arm minus scratch.
+
+    The bars are 95% bootstrap intervals (the test images resampled) where the trials carry their test
+    scores: of the seed-mean AUROC above, of the paired difference below. Without scores, the spread
+    over seeds (± std) above and no lower panel.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for arm in sorted({r["arm"] for r in rows}, key=lambda a: (a != "scratch", a)):
+    arms = sorted({r["arm"] for r in rows}, key=lambda a: (a != "scratch", a))
+    fracs = sorted({r["fraction"] for r in rows})
+    with_ci = all(r.get("test_auroc_ci") and all(np.isfinite(r["test_auroc_ci"])) for r in rows)
+    paired = [r for r in rows if r.get("paired_vs_scratch") and all(np.isfinite(r["paired_vs_scratch"]["ci"]))]
+    if paired:
+        fig, (ax, axd) = plt.subplots(2, 1, figsize=(6.4, 6.2), dpi=120, sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    colours = {a: f"C{i}" for i, a in enumerate(arms)}
+    # Arms side by side at each fraction (a few per cent apart on the log axis), so intervals do not hide each other.
+    dodge = {a: 1 + 0.04 * (i - (len(arms) - 1) / 2) for i, a in enumerate(arms)}
+    for arm in arms:
         rs = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["fraction"])
-        x = [r["fraction"] for r in rs]
+        x = np.array([r["fraction"] for r in rs]) * dodge[arm]
         m = np.array([r["test_auroc_mean"] for r in rs])
-        s = np.array([r["test_auroc_std"] for r in rs])
-        ax.errorbar(x, m, yerr=s, marker="o", capsize=3, label=arm, linestyle="--" if arm == "scratch" else "-")
-    ax.set_xscale("log")
-    ax.set_xticks(sorted({r["fraction"] for r in rows}))
-    ax.set_xticklabels([f"{f:.0%}" for f in sorted({r["fraction"] for r in rows})])
-    ax.set_xlabel("fraction of target training labels")
-    ax.set_ylabel("test AUROC (mean ± std over seeds)")
+        if with_ci:
+            err = np.abs(np.array([r["test_auroc_ci"] for r in rs]).T - m)
+        else:
+            err = np.array([r["test_auroc_std"] for r in rs])
+        ax.errorbar(x, m, yerr=err, marker="o", capsize=3, label=arm, color=colours[arm],
+                    linestyle="--" if arm == "scratch" else "-")
+    ax.set_ylabel("test AUROC " + ("(mean over seeds, 95% CI)" if with_ci else "(mean ± std over seeds)"))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    bottom = ax
+    if paired:
+        for arm in arms:
+            rs = sorted((r for r in paired if r["arm"] == arm), key=lambda r: r["fraction"])
+            if not rs:
+                continue
+            x = np.array([r["fraction"] for r in rs]) * dodge[arm]
+            d = np.array([r["paired_vs_scratch"]["difference"] for r in rs])
+            err = np.abs(np.array([r["paired_vs_scratch"]["ci"] for r in rs]).T - d)
+            axd.errorbar(x, d, yerr=err, marker="o", capsize=3, color=colours[arm], label=f"{arm} - scratch")
+        axd.axhline(0.0, color="grey", lw=0.8, ls="--")
+        axd.set_ylabel("AUROC minus scratch\n(paired 95% CI)")
+        axd.grid(alpha=0.3)
+        bottom = axd
+    bottom.set_xscale("log")
+    bottom.set_xticks(fracs)
+    bottom.set_xticklabels([f"{f:.0%}" for f in fracs])
+    bottom.minorticks_off()
+    bottom.set_xlabel("fraction of target training labels")
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")  # long titles and two-line labels are not cut
     plt.close(fig)
     return buf.getvalue()
 
@@ -272,8 +354,7 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
               "summary": rows, "wall_time_s": round(time.time() - t0, 1), "data_fingerprint": prepared.key,
               "out": out}
     storage.write_json(storage.join(out, "label_efficiency.json"), result)
-    print(md)
-    return result
+    return {**result, "table": md}
 
 
 def trial_key(tcfg: JobConfig, data_key: str, source_weights_sha256: str | None,
@@ -334,6 +415,8 @@ def _csv(rows: list[dict]) -> str:
         r = dict(r)
         pc = r.pop("paired_vs_scratch", None) or {}
         ci = pc.get("ci") or [None, None]
-        flat.append({**r, "diff_ci_low": ci[0], "diff_ci_high": ci[1], "diff_p_value": pc.get("p_value")})
+        mean_ci = r.pop("test_auroc_ci", None) or [None, None]
+        flat.append({**r, "test_auroc_ci_low": mean_ci[0], "test_auroc_ci_high": mean_ci[1],
+                     "diff_ci_low": ci[0], "diff_ci_high": ci[1], "diff_p_value": pc.get("p_value")})
     header = list(flat[0].keys()) if flat else ["arm"]
     return rows_to_csv(header, ([r.get(k) for k in header] for r in flat))  # arm names may start with '-' or '+'

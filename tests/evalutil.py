@@ -59,11 +59,14 @@ def report(auroc: float, sensitivity: float, fingerprint: str = "holdout-1") -> 
     }
 
 
-def breast_manifest(test_data, folder) -> str:
-    """BreastMNIST (real, 780 images) imported as PNGs + manifest.csv into ``folder``; returns the manifest."""
+def breast_manifest(test_data, folder, label_names: str = "names") -> str:
+    """BreastMNIST (real, 780 images) imported as PNGs + manifest.csv into ``folder``; returns the manifest.
+
+    ``label_names="index"``: labels '0' (malignant) and '1', as manifests imported before named classes
+    (and bundles trained on them) have."""
     from medxfer.data.importers import import_medmnist
 
-    import_medmnist(test_data / "medmnist" / "breastmnist.npz", str(folder))
+    import_medmnist(test_data / "medmnist" / "breastmnist.npz", str(folder), label_names=label_names)
     return str(folder / "manifest.csv")
 
 
@@ -73,7 +76,7 @@ def breast_job(root: str, manifest: str, name: str = "breast-eval", **sections):
 
     base = {
         "name": name,
-        "data": {"manifest": manifest, "positive_class": "0"},  # 0 = malignant in BreastMNIST
+        "data": {"manifest": manifest, "positive_class": "malignant"},
         "preprocess": {"size": 28},
         "model": {"backbone": "smallcnn", "init": "scratch", "name": "breast"},
         "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "augment": False, "warmup_epochs": 0},

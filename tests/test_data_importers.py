@@ -29,13 +29,14 @@ def test_import_breastmnist_to_local_folder(test_data, tmp_path, capsys):
     assert list(m.columns) == ["path", "label", "split"]
     assert len(m) == 780
     assert m["split"].value_counts().to_dict() == {"train": 546, "test": 156, "val": 78}
-    assert set(m["label"]) == {"0", "1"}
+    assert set(m["label"]) == {"malignant", "normal_or_benign"}  # MedMNIST's published names, class 0 and 1
     z = np.load(npz)
     row = m[(m["split"] == "test")].iloc[7]
     idx = int(row["path"].rsplit("/", 1)[1].split(".")[0])
-    assert row["path"] == f"images/test/{row['label']}/{idx}.png"
+    index = int(np.asarray(z["test_labels"]).reshape(-1)[idx])
+    assert row["path"] == f"images/test/{index}/{idx}.png"  # folders keep the index: the same image names
     assert np.array_equal(_decode_png((out / row["path"]).read_bytes()), z["test_images"][idx])
-    assert int(row["label"]) == int(np.asarray(z["test_labels"]).reshape(-1)[idx])
+    assert row["label"] == ["malignant", "normal_or_benign"][index]
 
 
 def test_import_rgb_with_n_by_1_labels(tmp_path):
@@ -45,7 +46,7 @@ def test_import_rgb_with_n_by_1_labels(tmp_path):
         arrays[f"{sp}_images"] = rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
         arrays[f"{sp}_labels"] = rng.integers(0, 3, (n, 1))
     np.savez(tmp_path / "rgbmnist.npz", **arrays)
-    s = import_medmnist(tmp_path / "rgbmnist.npz", str(tmp_path / "out"))
+    s = import_medmnist(tmp_path / "rgbmnist.npz", str(tmp_path / "out"), label_names="index")  # no published names
     assert s["images"] == 10 and s["splits"] == {"train": 6, "val": 2, "test": 2}
     m = pd.read_csv(tmp_path / "out" / "manifest.csv", dtype=str)
     first = m.iloc[0]

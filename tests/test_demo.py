@@ -45,9 +45,30 @@ def test_demo_fast_end_to_end(ray_cluster, test_data, tmp_path, capsys):
     for r in rows.values():
         lo, hi = r["test_auroc"]["ci"]
         assert lo <= r["test_auroc"]["value"] <= hi
+    # Classes by their published names, the finding positive, from the import to the reports.
+    assert summary["classes"] == ["malignant", "normal_or_benign"] and summary["positive_class"] == "malignant"
+    assert rows["demo-source-fast"]["positive_class"] == "pneumonia"
+    report = json.loads((tmp_path / "demo" / "runs" / "demo-transfer-fast" / "report" / "report.json").read_text())
+    assert report["positive_class"] == "malignant" and "import.json" in report["positive_class_reason"]
+    assert "demo-transfer-fast     breastmnist     malignant" in out
+    # The low-label comparison: trials at 10 % of the labels (2 seeds each), and 100 %, each with its reading.
+    cells = {(r["arm"], r["fraction"]): r for r in summary["by_fraction"]}
+    assert set(cells) == {(a, f) for a in ("transfer", "scratch") for f in (0.1, 1.0)}
+    assert cells[("transfer", 0.1)]["n_seeds"] == 2 and cells[("transfer", 0.1)]["train_images"] == 55
+    low = cells[("transfer", 0.1)]["paired_vs_scratch"]
+    assert low["seeds"] == 2 and low["ci"][0] <= low["difference"] <= low["ci"][1]
+    assert len(summary["readings"]) == 2
+    assert summary["readings"][0].startswith("at 10% of the labels (55 training images, 2 seeds), transfer is ")
+    assert summary["readings"][1].startswith("at 100% of the labels (546 training images, 1 seed), transfer is ")
+    for line in summary["readings"]:
+        assert line in out and line.endswith(("transfer helped", "transfer hurt",
+                                              "no significant difference between transfer and scratch"))
+    # The picture: test AUROC against the label fraction, its path printed.
+    plot = tmp_path / "demo" / "label_efficiency.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {plot}" in out
     # The registry has exactly one champion, and it is one of the two candidates.
     assert summary["champion"]["version"] in {d["version"] for d in summary["promotion"]}
     assert summary["promotion"][0]["promoted"]  # first candidate on an empty registry
-    assert "transfer - scratch AUROC" in out and summary["verdict"] in out
+    assert "registry: transfer -> v0001: PROMOTED" in out
     saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    assert saved["verdict"] == summary["verdict"]
+    assert saved["readings"] == summary["readings"]

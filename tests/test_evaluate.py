@@ -54,11 +54,12 @@ def test_evaluate_finetuned_bundle(trained):
         assert m["ci"][0] <= m["value"] <= m["ci"][1], name
     # The operating point was chosen on validation for its target and applied unchanged to test.
     op = rep["operating_point"]
-    assert op["chosen_on"] == "val" and op["positive_class"] == "0" and op["val"]["sensitivity"] >= 0.8
+    assert op["chosen_on"] == "val" and op["positive_class"] == "malignant" and op["val"]["sensitivity"] >= 0.8
     # The positive class is the one training named (data.positive_class, stored in the card), and the report
     # says so; no evaluate.positive_class was given.
-    assert cfg.evaluate.positive_class is None and load_bundle(bundle).positive_class == "0"
-    assert rep["positive_class"] == "0" and "data.positive_class" in rep["positive_class_reason"]
+    assert cfg.evaluate.positive_class is None and load_bundle(bundle).positive_class == "malignant"
+    assert rep["positive_class"] == "malignant" and "data.positive_class" in rep["positive_class_reason"]
+    assert rep["classes"] == ["malignant", "normal_or_benign"]  # MedMNIST's names, in its index order
     b = load_bundle(bundle)
     scored = score_splits_local(b, prepare_for(b, cfg), ["val", "test"])
     v, t = scored["val"], scored["test"]
@@ -113,10 +114,10 @@ def test_predict_on_breast_images_matches_evaluation(trained, manifest, store, t
     idx = {p: i for i, p in enumerate(local["path"])}
     want = np.stack([local["scores"][idx[p]] for p in pred["path"]])
     # Same spec, same preprocessing function: PNG bytes -> prediction equals cache -> evaluation.
-    np.testing.assert_allclose(pred[["prob_0", "prob_1"]].to_numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(pred[["prob_malignant", "prob_normal_or_benign"]].to_numpy(), want, atol=1e-5)
     thr = storage.read_json(report_a)["operating_point"]["threshold"]
     assert thr != storage.read_json(storage.join(rep_b, "report.json"))["operating_point"]["threshold"]
-    assert list(pred["decision"]) == ["0" if s >= thr else "not 0" for s in pred["prob_0"]]
+    assert list(pred["decision"]) == ["malignant" if s >= thr else "not malignant" for s in pred["prob_malignant"]]
     assert set(pred["threshold_source"]) == {f"report {report_a}"}
     # The registry version recorded report A's operating point next to both hashes.
     record = storage.read_json(storage.join(store, "registry", "breast-imm", "versions", "v0001", "version.json"))

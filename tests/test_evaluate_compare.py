@@ -13,8 +13,9 @@ from medxfer.evaluate import compare_bundles
 
 
 def test_compare_and_evaluate_cli(s3_root, test_data, tmp_path, capsys):
-    manifest = breast_manifest(test_data, tmp_path / "breast")
-    cfg = breast_job(s3_root, manifest)
+    # Bundles and a manifest with MedMNIST's class indices, as before named classes: they keep working.
+    manifest = breast_manifest(test_data, tmp_path / "breast", label_names="index")
+    cfg = breast_job(s3_root, manifest, data={"positive_class": "0"})
     named = str(tmp_path / "named" / "bundle")
     tiny_bundle(named, classes=("0", "1"), size=28, seed=1, positive_class="0")
     untrained = str(tmp_path / "untrained" / "bundle")

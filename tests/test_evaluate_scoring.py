@@ -15,7 +15,8 @@ from medxfer.evaluate.scoring import choose_engine, score_splits, score_splits_l
 
 @pytest.mark.slow
 def test_ray_actor_pool_scores_equal_in_process_scores(ray_cluster, s3_root, test_data, tmp_path):
-    cfg = breast_job(s3_root, breast_manifest(test_data, tmp_path / "breast"))
+    cfg = breast_job(s3_root, breast_manifest(test_data, tmp_path / "breast", label_names="index"),
+                     data={"positive_class": "0"})
     uri = str(tmp_path / "bundle")
     tiny_bundle(uri, classes=("0", "1"), size=28, seed=1)
     b = load_bundle(uri)

@@ -167,3 +167,35 @@ def test_paired_difference_between_arms_uses_the_same_test_resamples():
     same = paired_difference_vs(base, base, n_boot=300)
     assert same["difference"] == 0.0 and same["ci"] == [0.0, 0.0]
     assert paired_difference_vs([{"seed": 0, "test_scores": None}], base) is None
+
+
+def test_summary_rows_carry_intervals_and_read_as_one_sentence():
+    from medxfer.experiments import plot_png, reading, summarize, test_auroc
+
+    rng = np.random.default_rng(1)
+    y = (rng.random(156) < 0.3).astype(int)
+    trials = []
+    for s in range(3):
+        noise = rng.random(156)
+        for arm, signal in (("scratch", 0.1), ("transfer", 0.6), ("same", 0.1)):
+            trials.append({"arm": arm, "fraction": 0.1, "seed": s, "train_images": 55, "test_labels": y.tolist(),
+                           "test_scores": (signal * y + noise).tolist()})
+    for t in trials:
+        t["test_auroc"] = test_auroc("multiclass", np.stack([1 - np.array(t["test_scores"]),
+                                                             np.array(t["test_scores"])], 1), y)
+    rows = {r["arm"]: r for r in summarize(trials)}
+    for r in rows.values():  # the interval of the seed-mean AUROC (test images resampled) holds the mean
+        assert r["test_auroc_ci"][0] < r["test_auroc_mean"] < r["test_auroc_ci"][1] and r["train_images"] == 55
+    line = reading(rows["transfer"])
+    d = rows["transfer"]["paired_vs_scratch"]
+    assert line == (f"at 10% of the labels (55 training images, 3 seeds), transfer is {d['difference']:+.3f} AUROC "
+                    f"over scratch (95% CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}): transfer helped")
+    assert d["ci"][0] > 0
+    assert reading(rows["same"]).endswith("no significant difference between same and scratch")
+    assert reading(rows["scratch"]) is None  # the baseline is not compared with itself
+    assert plot_png(list(rows.values()), "t")[:4] == b"\x89PNG"
+    # Trials without test scores (older results) still plot, with the spread over seeds.
+    bare = [{k: v for k, v in t.items() if k not in ("test_scores", "test_labels")} for t in trials]
+    rows = summarize(bare)
+    assert all(r["test_auroc_ci"] is None and r["paired_vs_scratch"] is None for r in rows)
+    assert plot_png(rows, "t")[:4] == b"\x89PNG" and reading(rows[0]) is None

@@ -128,7 +128,8 @@ def test_retrain_promotes_better_refuses_worse(ray_cluster, store, test_data, tm
     manifest = breast_manifest(test_data, tmp_path / "breast")
     reg = Registry(store, "breast")
     weak = str(tmp_path / "weak")
-    tiny_bundle(weak, classes=("0", "1"), size=28, seed=0, positive_class="0")  # an untrained network as champion
+    tiny_bundle(weak, classes=("malignant", "normal_or_benign"), size=28, seed=0,
+                positive_class="malignant")  # an untrained network as champion
     weak_v = reg.register(weak, None, note="untrained")
     assert reg.try_promote(weak_v, PromotionSection(), force=True)["promoted"]
 

@@ -88,7 +88,7 @@ def test_source_resume_then_finetune_on_s3(data_root, tmp_path, capsys):
     assert yaml.safe_load(storage.read_text(storage.join(run, "config.yaml")))["name"] == "src"
 
     src = load_bundle(out["bundle"])
-    assert src.card["task"] == "multiclass" and src.classes == ["0", "1"] and src.card["in_chans"] == 1
+    assert src.card["task"] == "multiclass" and src.classes == ["normal", "pneumonia"] and src.card["in_chans"] == 1
     assert src.card["data_fingerprint"] == out["data_fingerprint"] and src.spec.size == 28
     assert src.card["metrics"]["epoch"] == out["best"]["epoch"]
     # Validation was gathered from both workers: the reported AUROC is the whole val set's.

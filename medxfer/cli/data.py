@@ -20,6 +20,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--name", help="MedMNIST dataset name, e.g. pneumoniamnist, breastmnist.")
     c.add_argument("--size", type=int, default=28, choices=[28, 64, 128, 224], help="Image size to download.")
     c.add_argument("--out", required=True, help="Output folder URI (local or s3://).")
+    c.add_argument("--label-names", choices=["names", "index"], default="names",
+                   help="Label the images with the set's published class names (malignant, normal_or_benign; "
+                   "the default) or with MedMNIST's class indices (0, 1). Either way the classes keep MedMNIST's "
+                   "index order, and a binary set's finding (malignant, pneumonia) is its positive class.")
     c.set_defaults(handler=cmd_import_medmnist)
     c = isub.add_parser("folder", help="Build a manifest from a folder-per-class layout.")
     c.add_argument("--root", required=True, help="Folder URI whose subfolders are classes.")
@@ -50,12 +54,17 @@ def cmd_import_medmnist(args) -> int:
             raise DataError("give --npz FILE, or --name NAME (e.g. pneumoniamnist) to download the official file")
         npz = str(medmnist.download(args.name, args.size))
         name = args.name if args.size == 28 else f"{args.name}_{args.size}"
-    s = import_medmnist(npz, args.out, name)
+    s = import_medmnist(npz, args.out, name, label_names=args.label_names)
     print(
         f"imported {s['images']} images ({', '.join(f'{k} {v}' for k, v in s['splits'].items())}) "
         f"from {name} to {storage.normalize(args.out)} in {s['seconds']} s; manifest: "
         f"{storage.join(storage.normalize(args.out), 'manifest.csv')}"
     )
+    print(f"classes ({'published names' if s['label_names'] == 'names' else 'class indices'}, MedMNIST's order): "
+          f"{', '.join(s['classes'])}")
+    if s["positive_class"] is not None:
+        print(f"positive class: {s['positive_class']} (the finding; in import.json, where training finds it unless "
+              "data.positive_class says otherwise)")
     return 0
 
 

@@ -28,7 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--stage", default=None, help="Stage the job runs (default from the config file name).")
     c.set_defaults(handler=cmd_k8s_render)
 
-    c = sub.add_parser("demo", help="End to end on MedMNIST: source-train, fine-tune, compare, promote.")
+    c = sub.add_parser("demo", help="End to end on MedMNIST: source-train, fine-tune from it and from scratch "
+                       "with 10%% and 100%% of the labels, compare, plot, promote.")
     c.add_argument("--data-dir", default=os.environ.get("MEDXFER_DATA_DIR"), help="Folder with MedMNIST .npz files.")
     c.add_argument("--root", default="./medxfer-demo", help="Storage root for the demo.")
     c.add_argument("--fast", action="store_true", help="A cut-down run (for tests).")

@@ -83,6 +83,7 @@ def cmd_label_efficiency(args) -> int:
     from medxfer.experiments import run_label_efficiency
 
     res = run_label_efficiency(load_config(args.config, args.set), args.out)
+    print(res["table"])
     print(f"label efficiency: {len(res['trials'])} trials in {res['wall_time_s']:.0f}s; {res['out']}")
     json.dumps(res["summary"])  # fail here, not later, if anything is not serialisable
     return 0

@@ -34,8 +34,9 @@ class DataConfig(_Section):
     )
     classes: list[str] | None = Field(
         None,
-        description="Class (or finding) names in output order. Default: sorted labels found in the "
-        "manifest. For ordinal tasks, the grades in order.",
+        description="Class (or finding) names in output order. Default: the labels found in the manifest, "
+        "in the order its import recorded (import.json beside it: `medxfer import medmnist` keeps MedMNIST's "
+        "class order), the rest sorted. For ordinal tasks, the grades in order.",
     )
     split_fractions: tuple[float, float, float] = Field(
         (0.7, 0.1, 0.2),
@@ -55,8 +56,8 @@ class DataConfig(_Section):
         None,
         description="multiclass: the class whose probability is the score of binary metrics, operating "
         "points and decisions (e.g. melanoma). Stored in the model card, so evaluate and predict agree. "
-        "Default: the class named by `medxfer import folder --positive-class` (import.json beside the "
-        "manifest), else the last class.",
+        "Default: the class the import named (import.json beside the manifest: `medxfer import folder "
+        "--positive-class`, or the finding of a binary MedMNIST set), else the last class.",
     )
     bad_files: Literal["fail", "skip"] = Field(
         "skip",

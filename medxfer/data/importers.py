@@ -42,24 +42,48 @@ def _safe_dir(label: str) -> str:
     return label.replace("|", "+").replace("/", "_") or "none"
 
 
-def import_medmnist(npz: str | Path, out: str, name: str | None = None) -> dict:
-    """Write every image of a MedMNIST .npz as PNG under ``out`` plus ``manifest.csv``; return a summary."""
+LABEL_FORMS = ("names", "index")
+
+
+def import_medmnist(npz: str | Path, out: str, name: str | None = None, label_names: str = "names") -> dict:
+    """Write every image of a MedMNIST .npz as PNG under ``out`` plus ``manifest.csv``; return a summary.
+
+    ``label_names``: ``names`` labels each image with its set's published class name (``malignant``;
+    a set without published names is refused, naming the fix), ``index`` with MedMNIST's class index
+    (``0``), as medxfer did before names. ``import.json`` records the classes in MedMNIST's index
+    order, which training keeps (so output *i* is MedMNIST's class *i* in either form), and a binary
+    set's finding as its positive class.
+
+    Image paths hold the class index in either form (``images/train/0/12.png``): splits, label
+    subsets and ``channels: auto`` follow the images' names, so a set imported with names trains
+    and tests on the same images, at every label fraction, as one imported with indices.
+    """
     t0 = time.time()
     out = storage.normalize(out)
     name = name or Path(str(npz)).stem
+    if label_names not in LABEL_FORMS:
+        raise DataError(f"--label-names {label_names!r}: expected one of {', '.join(LABEL_FORMS)}")
     arrays = medmnist.load_npz(npz)
+    published = medmnist.class_names(name)
+    if label_names == "names" and published is None:
+        raise DataError(f"{npz}: {name!r} is not a MedMNIST set with published label names (known: "
+                        f"{', '.join(sorted(medmnist.PUBLISHED_LABELS))}); name the set with --name, or keep the "
+                        "class indices with --label-names index")
+    names = published if label_names == "names" else None
     rows: list[tuple[str, str, str]] = []
     items: list[tuple[str, bytes]] = []
     for split, (images, labels) in arrays.items():
-        for i, (img, lab) in enumerate(zip(images, medmnist.label_strings(labels), strict=True)):
-            rel = f"images/{split}/{_safe_dir(lab)}/{i}.png"
+        indices = medmnist.label_strings(labels)
+        labs = medmnist.label_strings(labels, names, f"{npz}: {split}_labels") if names else indices
+        for i, (img, index, lab) in enumerate(zip(images, indices, labs, strict=True)):
+            rel = f"images/{split}/{_safe_dir(index)}/{i}.png"
             items.append((storage.join(out, rel), _encode_png(img)))
             rows.append((rel, lab, split))
     storage.makedirs(out)
     write_many(items)
     manifest = pd.DataFrame(rows, columns=["path", "label", "split"])
     counts = {s: int((manifest["split"] == s).sum()) for s in arrays}
-    expected = medmnist.SPLIT_SIZES.get(name.split("_")[0])
+    expected = medmnist.SPLIT_SIZES.get(medmnist.dataset_of(name))
     if expected and tuple(counts.get(s, 0) for s in ("train", "val", "test")) != expected:
         log.warning("%s: split sizes %s differ from the official %s", name, counts, expected)
     summary = {
@@ -67,13 +91,24 @@ def import_medmnist(npz: str | Path, out: str, name: str | None = None) -> dict:
         "source": str(npz),
         "images": len(rows),
         "splits": counts,
-        "classes": sorted(manifest["label"].unique().tolist(), key=lambda v: (len(v), v)),
+        "label_names": "names" if names else "index",
+        "classes": names or _index_classes(arrays, published),
+        "positive_class": medmnist.finding(name, names),
         "license": "MedMNIST v2, CC BY 4.0 (Yang et al., Scientific Data 2023) unless the set says otherwise",
         "seconds": round(time.time() - t0, 2),
     }
     storage.write_text(storage.join(out, "import.json"), json.dumps(summary, indent=2) + "\n")
     storage.write_text(storage.join(out, "manifest.csv"), manifest.to_csv(index=False))
     return summary
+
+
+def _index_classes(arrays: dict, published: list[str] | None) -> list[str]:
+    """``'0'``..``'K-1'``: K the set's published classes, else the columns or largest index in the file."""
+    if published:
+        return [str(i) for i in range(len(published))]
+    labels = [lab for _, lab in arrays.values()]
+    k = labels[0].shape[1] if labels[0].ndim == 2 else int(max(int(lab.max(initial=0)) for lab in labels)) + 1
+    return [str(i) for i in range(k)]
 
 
 # ----------------------------------------------------------------------------- folders

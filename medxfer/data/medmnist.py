@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,38 @@ OFFICIAL_MD5: dict[str, dict[int, str | None]] = {
     "organsmnist": {28: "9ab87b696fb54e2a387ebe992d6ed5f1", 64: "53a6d115339d874c25e309a994ff46d3",
                     128: "ded0c5fa01a95dc4978b956f613e9b8e", 224: "b354719e553fbbb2513d5533f52a4cb1"},
 }
+
+# The published label names of each 2D MedMNIST v2 set, in class-index order, exactly as MedMNIST's
+# own ``INFO[name]["label"]`` (medmnist/info.py) prints them. The 3D sets are left out: ``load_npz``
+# refuses their volumes. ``class_name`` turns each into the name a manifest carries.
+_ORGANS = ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
+           "lung-right", "pancreas", "spleen")
+PUBLISHED_LABELS: dict[str, tuple[str, ...]] = {
+    "pathmnist": ("adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+                  "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"),
+    "chestmnist": ("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
+                   "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia"),
+    "dermamnist": ("actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+                   "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi",
+                   "vascular lesions"),
+    "octmnist": ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
+    "pneumoniamnist": ("normal", "pneumonia"),
+    "retinamnist": ("0", "1", "2", "3", "4"),  # diabetic retinopathy grades, published as numbers
+    "breastmnist": ("malignant", "normal, benign"),
+    "bloodmnist": ("basophil", "eosinophil", "erythroblast",
+                   "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte",
+                   "monocyte", "neutrophil", "platelet"),
+    "tissuemnist": ("Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule",
+                    "Glomerular endothelial cells", "Interstitial endothelial cells", "Leukocytes", "Podocytes",
+                    "Proximal Tubule Segments", "Thick Ascending Limb"),
+    "organamnist": _ORGANS,
+    "organcmnist": _ORGANS,
+    "organsmnist": _ORGANS,
+}
+
+# Binary sets: the class that is the finding, so that sensitivity, operating points and decisions are
+# about it (BreastMNIST's finding is class 0, not "the last class").
+FINDING = {"pneumoniamnist": "pneumonia", "breastmnist": "malignant"}
 
 # Official split sizes (for a sanity message, not enforced on --npz files).
 SPLIT_SIZES = {
@@ -150,8 +183,50 @@ def load_npz(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def label_strings(labels: np.ndarray) -> list[str]:
-    """Class index -> '0'; multi-label rows (N,K) 0/1 -> '2|5' or 'none' (medxfer's multilabel form)."""
+def class_name(published: str) -> str:
+    """A published label as a manifest's class name: ``normal, benign`` -> ``normal_or_benign``.
+
+    Lower case, a parenthesised aside dropped, ", " read as "or", and any other run of characters
+    outside ``[a-z0-9-]`` joined into one ``_``. Why not the text as published: a class name is
+    typed in ``--set data.positive_class=...`` and YAML, where spaces and commas need quoting, and
+    ``|`` separates findings in a multilabel manifest.
+    """
+    text = re.sub(r"\(.*?\)", "", published).lower().replace(", ", " or ")
+    return re.sub(r"[^a-z0-9-]+", "_", text).strip("_")
+
+
+def dataset_of(name: str) -> str:
+    """The MedMNIST set a file or dataset name refers to: ``breastmnist_64`` -> ``breastmnist``."""
+    return name.lower().strip().split("_")[0]
+
+
+def class_names(name: str) -> list[str] | None:
+    """The class names of MedMNIST set ``name`` in index order (None for a set without published names)."""
+    published = PUBLISHED_LABELS.get(dataset_of(name))
+    return [class_name(p) for p in published] if published else None
+
+
+def finding(name: str, names: list[str] | None) -> str | None:
+    """The positive class of a binary set (its finding) in the form the manifest uses, else None."""
+    positive = FINDING.get(dataset_of(name))
+    if positive is None:
+        return None
+    index = (class_names(name) or []).index(positive)
+    return names[index] if names else str(index)
+
+
+def label_strings(labels: np.ndarray, names: list[str] | None = None, what: str = "labels") -> list[str]:
+    """Class index -> its name (``names[i]``), or ``'0'`` without names; multi-label rows (N,K) of 0/1 ->
+    ``'effusion|mass'`` (``'2|4'``), or ``'none'`` (medxfer's multilabel form)."""
+    label = (lambda i: names[i]) if names else str
     if labels.ndim == 1:
-        return [str(int(v)) for v in labels]
-    return ["|".join(str(i) for i in np.flatnonzero(row)) or "none" for row in labels]
+        index = labels.astype(np.int64)
+        if names and len(index) and (index.min() < 0 or index.max() >= len(names)):
+            raise DataError(f"{what}: class index {int(index.max())} is outside this set's {len(names)} classes "
+                            f"({', '.join(names)}); is this the file of the set it is named after? Import it with "
+                            "--label-names index to keep the indices")
+        return [label(int(v)) for v in index]
+    if names and labels.shape[1] != len(names):
+        raise DataError(f"{what}: {labels.shape[1]} label columns, but this set has {len(names)} findings "
+                        f"({', '.join(names)}); import it with --label-names index to keep the indices")
+    return ["|".join(label(int(i)) for i in np.flatnonzero(row)) or "none" for row in labels]

@@ -19,6 +19,7 @@ import pandas as pd
 
 from medxfer import storage
 from medxfer.config import DataConfig
+from medxfer.data.manifest.imported import recorded_order
 from medxfer.data.manifest.labels import (
     check_class_count,
     check_every_class_trains,
@@ -108,7 +109,7 @@ def load_manifest(
     parts, made = [p for p, _ in loaded], [m for _, m in loaded]
     df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
 
-    classes = infer_classes(df, data_cfg)
+    classes = infer_classes(df, data_cfg, recorded_order(uris[0]))
     check_labels(df, classes, data_cfg, what)
     check_no_duplicates(df, what, several=len(uris) > 1)
     check_no_leakage(df, what)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from medxfer.config import DataConfig
+from medxfer.data.manifest.imported import in_recorded_order
 from medxfer.data.manifest.table import MAX_LISTED
 from medxfer.errors import DataError
 
@@ -58,13 +59,14 @@ def _findings_of(labels: pd.Series, classes: Sequence[str] | None = None) -> pd.
     return toks
 
 
-def infer_classes(df: pd.DataFrame, data_cfg: DataConfig) -> list[str]:
-    """``data.classes`` if given, else the sorted labels (numerically sorted when all are numbers)."""
+def infer_classes(df: pd.DataFrame, data_cfg: DataConfig, order: Sequence[str] | None = None) -> list[str]:
+    """``data.classes`` if given, else the labels found: in ``order`` (the class order an import
+    recorded, :mod:`medxfer.data.manifest.imported`), the rest sorted (numerically when all are numbers)."""
     if data_cfg.classes:
         return [str(c) for c in data_cfg.classes]
     if data_cfg.task == "multilabel":
-        return _natural_sorted(_findings_of(df["label"]).unique())
-    return _natural_sorted(df["label"].unique())
+        return in_recorded_order(_natural_sorted(_findings_of(df["label"]).unique()), order)
+    return in_recorded_order(_natural_sorted(df["label"].unique()), order)
 
 
 def encode_labels(labels: Sequence[str], classes: Sequence[str], task: str) -> np.ndarray:
@@ -110,9 +112,13 @@ def check_labels(df: pd.DataFrame, classes: list[str], data_cfg: DataConfig, wha
             hint = f" (did you mean {(ci or close)[0]!r}?)" if (ci or close) else ""
             parts.append(f"{lab!r} x{n}{hint}")
         more = f" and {len(counts) - MAX_LISTED} more" if len(counts) > MAX_LISTED else ""
+        # A model (or config) with MedMNIST's class indices meeting a manifest imported with class names.
+        indices = all(_is_int(c) for c in classes) and not any(_is_int(str(lab)) for lab in counts.index)
+        hint = (" (classes given as indices: for MedMNIST data, import it again with `medxfer import medmnist "
+                "--label-names index`)") if indices else ""
         raise DataError(
             f"{what}: label(s) not in data.classes {classes}: {', '.join(parts)}{more}; fix the manifest "
-            "or add them to data.classes"
+            f"or add them to data.classes{hint}"
         )
     if data_cfg.task == "ordinal" and not data_cfg.classes:
         bad = [c for c in classes if not _is_int(c)]
