@@ -35,6 +35,20 @@ DATA_CPUS = 0.25  # per Ray Data task: leaves room next to Ray Train workers
 TASK_RETRIES = 2
 
 
+def map_batches_bounded(ds, fn, **kwargs):
+    """``ds.map_batches(fn, **kwargs)`` where kwargs may hold Ray's retry options (``max_retries``,
+    ``max_restarts``, ``max_task_retries``). Ray 2.60 takes them only as extra remote arguments, which
+    it marks deprecated for 2.64 without a named replacement; medxfer needs them, since Ray Data's
+    defaults retry without limit, so the warning is silenced here, in the one place that passes them."""
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RayDeprecationWarning, message=".*ray_remote_args.*")
+        return ds.map_batches(fn, **kwargs)
+
+
 class ImageFacts(NamedTuple):
     """What the cache card records of one stored image; all a block keeps once it is preprocessed."""
 

@@ -32,7 +32,7 @@ import pandas as pd
 
 from medxfer import storage
 from medxfer.config import DataConfig, JobConfig
-from medxfer.data.cache.blocks import DATA_CPUS, TASK_RETRIES, process_block
+from medxfer.data.cache.blocks import DATA_CPUS, TASK_RETRIES, map_batches_bounded, process_block
 from medxfer.data.cache.card import make_card
 from medxfer.data.cache.key import cache_key, resolve_channels
 from medxfer.data.cache.reader import PreparedData
@@ -86,7 +86,8 @@ def _run_pipeline(df: pd.DataFrame, cfg: JobConfig, shards: str) -> pd.DataFrame
     cpus = cluster_cpus()
     blocks = _blocks(df[_COLUMNS], cpus)
     ds = ray.data.from_pandas(blocks)
-    ds = ds.map_batches(
+    ds = map_batches_bounded(
+        ds,
         process_block,
         batch_size=None,
         batch_format="pandas",
