@@ -39,7 +39,13 @@ import pandas as pd
 from medxfer import storage
 from medxfer.data.cache.blocks import TASK_RETRIES, map_batches_bounded
 from medxfer.data.decode import DEFAULT_MAX_IMAGE_BYTES
-from medxfer.data.decode.sandbox import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_DECODE_BYTES
+from medxfer.data.decode.sandbox import (
+    DEFAULT_DECODE_TIMEOUT_S,
+    DEFAULT_MAX_DECODE_BYTES,
+    DecodeLimits,
+    oversized_reason,
+    preprocess_files,
+)
 from medxfer.errors import DataError, StorageError
 
 log = logging.getLogger("medxfer.predict")
@@ -98,7 +104,6 @@ def decode_batch(
     fails the run.
     """
     from medxfer.config import PreprocessConfig
-    from medxfer.data.decode.sandbox import DecodeLimits, oversized_reason, preprocess_files
     from medxfer.data.preprocess import output_shape
 
     sp = PreprocessConfig.model_validate(spec)
@@ -425,7 +430,7 @@ def predict(
         "decode_timeout_s": float(decode_timeout_s or defaults.decode_timeout_s),
         "fail_on_bad": fail_on_bad,
     }
-    log.info("predicting %d images with the %s engine", n, engine)
+    log.info("predicting %d image%s with the %s engine", n, "" if n == 1 else "s", engine)
     if engine == "local":
         rows = _predict_local(bundle, paths, batch_size, decode_kwargs)
     else:

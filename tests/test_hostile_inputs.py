@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import hostile
@@ -29,62 +30,17 @@ import pandas as pd
 import pytest
 import yaml
 from evalutil import tiny_bundle
+from hostile import CRASH, LIMITS, MIB, OVER
 from memtree import run_measured
 
 from medxfer.data.decode.sandbox import CRASH_MARKER_ENV
 
-CRASH = "ZZ-DECODER-CRASH-7731"
-MIB = 1 << 20
-LIMITS = {"max_pixels": 2_097_152, "max_image_bytes": 64 * MIB, "max_decode_bytes": 512 * MIB, "decode_timeout_s": 8}
 # Peak memory of the whole process tree, page cache included. The in-process engines: the command
 # (~0.5 GB with torch for predict), the decode workers' fork server, two workers of at most
 # max_decode_bytes over their start size each. With Ray: a local Ray (GCS, raylet, dashboard agent,
 # several worker processes, the object store) around the same decode workers.
 LOCAL_BUDGET = 2560 * MIB
 RAY_BUDGET = 5120 * MIB
-OVER = "above the limit of 2,097,152; refused from its header"
-BUDGET = "exceeds the decode memory budget of 536,870,912 bytes (data.max_decode_bytes)"
-
-
-def _corpus(test_data) -> tuple[dict[str, bytes | None], dict[str, str | None]]:
-    """name -> bytes (None: made on disk), and name -> the reason expected (None: a good file)."""
-    files: dict[str, bytes | None] = {}
-    want: dict[str, str | None] = {}
-
-    def add(name, data, reason=None):
-        files[name], want[name] = data, reason
-
-    for fmt in ("png", "jpeg", "jpeg2000", "webp", "bmp", "pnm", "gif", "tiff"):
-        # Formats whose suffix import and predict do not list go without one, as PACS exports do: the
-        # decoder tells formats by their bytes.
-        ext = {"png": ".png", "jpeg": ".jpg", "bmp": ".bmp", "tiff": ".tif"}.get(fmt, "")
-        add(f"near_{fmt}{ext}", hostile.raster(fmt, hostile.gradient(1400, 1400, colour=fmt in ("png", "webp"))))
-        add(f"over_{fmt}{ext}", hostile.raster(fmt, hostile.gradient(1500, 1500)), OVER)
-    for rel in ("cxr/nih_00000001_000_cardiomegaly.png", "cxr/tbx11k_tb_tb0005.png", "cxr/siim_monochrome1.dcm",
-                "dicom/CT_small.dcm", "dicom/examples_palette.dcm", "dicom/examples_rgb_color.dcm"):
-        add(Path(rel).name, (test_data / "images" / rel).read_bytes())
-    add("frame_ok.dcm", hostile.jpeg_frame_dicom())
-    add("frame_j2k_ok.dcm", hostile.j2k_frame_dicom())
-    add("palette_segmented_ok.dcm", hostile.palette_dicom(hostile.segmented_lut(7)))
-    add("frame_jpeg_20000.dcm", hostile.jpeg_frame_dicom((20000, 20000)), "compressed frame declares 20000x20000")
-    add("frame_j2k_20000.dcm", hostile.j2k_frame_dicom((20000, 20000)), "compressed frame declares 20000x20000")
-    add("palette_segmented_bomb.dcm", hostile.palette_dicom(hostile.segmented_lut(25)),
-        "segmented red palette lookup table would expand past 65,536 entries")
-    add("palette_long_lut.dcm", hostile.palette_dicom(lut_bytes=100_000), "palette lookup table holds 100,000 bytes")
-    add("deflate_memory_bomb.dcm", hostile.deflate_bomb_dicom(1 << 30), BUDGET)
-    add("deflate_time_bomb.dcm", hostile.deflate_bomb_dicom(128 * MIB),
-        "took longer than data.decode_timeout_s (8 s) to decode")
-    add("tiff_huge_tile.tif", hostile.tiff_one_tile(64, 64, 16000), "TIFF tiles of 16000x16000")
-    add("tiff_bogus_strips.tif", hostile.tiff_bogus_strips(), "corrupt or truncated TIFF file")
-    add("sparse_8gib.png", None, "file is 8,589,934,592 bytes, above the limit of 67,108,864; not read")
-    add("crash.png", b"\x89PNG\r\n\x1a\n" + CRASH.encode(), "the decoder crashed (SIGSEGV) while decoding it, twice")
-    planted_reasons = {"frames.dcm": "NumberOfFrames is not a whole number", "rows.dcm": "Rows is not a whole number",
-                       "slope.dcm": "value and display transforms", "intercept.dcm": "value and display transforms",
-                       "bits.dcm": "could not decode DICOM pixel data", "photometric.dcm": "could not decode DICOM",
-                       "syntax.dcm": "DICOM transfer syntax is not one pydicom knows"}
-    for name, data in hostile.planted_dicoms(test_data).items():
-        add(f"planted_{name}", data, planted_reasons.get(name))
-    return files, want
 
 
 # The Ray runs take a part of it: each kind of failure a worker process can meet (its decoder crashing,
@@ -98,17 +54,11 @@ RAY_PART = ("nih_00000001_000_cardiomegaly.png", "CT_small.dcm", "frame_ok.dcm",
 def _imported(test_data, base: Path, names=None):
     """The corpus (or the ``names`` of it) as a folder of two classes, imported with ``medxfer import
     folder``; the folders and the expectations."""
-    files, want = _corpus(test_data)
+    files, want = hostile.corpus(test_data)
     if names is not None:
         files, want = {n: files[n] for n in names}, {n: want[n] for n in names}
     folder = base / "images"
-    for i, (name, data) in enumerate(sorted(files.items())):
-        target = folder / ("normal" if i % 2 else "abnormal") / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if data is None:
-            hostile.sparse(target, 8 << 30)
-        else:
-            target.write_bytes(data)
+    hostile.write_corpus(folder, files)
     r = _cli(["import", "folder", "--root", str(folder), "--out", str(base / "dataset"), "--split-fractions",
               "0.6,0.2,0.2"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -125,9 +75,25 @@ def ray_corpus(test_data, tmp_path_factory):
     return _imported(test_data, tmp_path_factory.mktemp("hostile-ray"), RAY_PART)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _own_ray_folder():
+    """Ray's temp folder for the commands here: without it, ``ray.init()`` joins any cluster someone
+    started on this host with ``ray start`` (/tmp/ray/ray_current_cluster), whose memory is not ours."""
+    folder = tempfile.mkdtemp(prefix="mxr-", dir="/tmp")  # short: Ray's sockets live below it
+    _RAY_TMP.append(folder)
+    yield
+    _RAY_TMP.remove(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+_RAY_TMP: list[str] = []
+
+
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env[CRASH_MARKER_ENV] = CRASH
+    if _RAY_TMP:
+        env["RAY_TMPDIR"] = _RAY_TMP[-1]
     return env
 
 

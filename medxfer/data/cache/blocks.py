@@ -66,7 +66,8 @@ def write_parquet(table, uri: str) -> None:
     pq.write_table(table, path, filesystem=fs, compression="zstd")
 
 
-READ_AHEAD = 32  # files a block holds the bytes of at once: work for storage's read threads (8 on S3)
+READ_AHEAD = 32  # files read at once: work for storage's read threads (8 on S3)
+CALL_FILES, CALL_BYTES = 256, 16 << 20  # small files go to the decode worker in calls of up to this many
 
 
 def _preprocess_all(paths: list[str], spec_json: str, limits: DecodeLimits):
@@ -76,38 +77,40 @@ def _preprocess_all(paths: list[str], spec_json: str, limits: DecodeLimits):
     Files are read :data:`READ_AHEAD` at a time (at most ``data.max_image_bytes`` each: a larger
     file is a bad file, never read) and decoded in a budgeted decode worker
     (:mod:`medxfer.data.decode.sandbox`), which sends back only the small tensors and the images'
-    facts, so a block of large photos never holds their decoded pixels."""
-    out = []
+    facts, so a block of large photos never holds their decoded pixels. Small files go to the worker
+    several read-aheads at a time (:data:`CALL_FILES`, :data:`CALL_BYTES`): a call costs a round trip."""
+    out: list = [None] * len(paths)
+    waiting: list[tuple[int, str, bytes]] = []
+
+    def decode_waiting() -> None:
+        prepared = preprocess_files([(p, b) for _, p, b in waiting], spec_json, limits)
+        for (i, _, _), r in zip(waiting, prepared, strict=True):
+            out[i] = ((None, r.reason, None) if r.reason is not None else
+                      (r.array.tobytes(), None, ImageFacts(r.height, r.width, r.fmt, r.color)))
+        waiting.clear()
+
     try:
         for start in range(0, len(paths), READ_AHEAD):
-            out.extend(_preprocess_chunk(paths[start : start + READ_AHEAD], spec_json, limits))
+            chunk = paths[start : start + READ_AHEAD]
+            blobs = storage.read_many(chunk, limits.max_image_bytes)
+            for i, (p, blob) in enumerate(zip(chunk, blobs, strict=True), start):
+                if isinstance(blob, storage.TooLarge):
+                    out[i] = (None, oversized_reason(blob), None)
+                elif isinstance(blob, StorageError):
+                    # Not a bad image but storage failing after its retries: skipping would quietly
+                    # shrink the dataset under an unchanged cache key. Stop; nothing is cached.
+                    raise StorageError(f"{blob}; nothing was cached, re-run when the storage is reachable")
+                else:
+                    waiting.append((i, p, blob))
+            if len(waiting) >= CALL_FILES or sum(len(b) for _, _, b in waiting) >= CALL_BYTES:
+                decode_waiting()
+        decode_waiting()
     except MemoryError:
         raise MedxferError(
             f"{paths[0]}...: this process ran out of memory while preprocessing (not a file's fault: files are "
             "decoded in budgeted workers); nothing was cached. Give the preprocessing tasks more memory"
         ) from None
     return out
-
-
-def _preprocess_chunk(chunk: list[str], spec_json: str, limits: DecodeLimits) -> list:
-    done: list = [None] * len(chunk)
-    items, where = [], []
-    for i, (p, blob) in enumerate(zip(chunk, storage.read_many(chunk, limits.max_image_bytes), strict=True)):
-        if isinstance(blob, storage.TooLarge):
-            done[i] = (None, oversized_reason(blob), None)
-        elif isinstance(blob, StorageError):
-            # Not a bad image but storage failing after its retries: skipping would quietly
-            # shrink the dataset under an unchanged cache key. Stop; nothing is cached.
-            raise StorageError(f"{blob}; nothing was cached, re-run when the storage is reachable")
-        else:
-            items.append((p, blob))
-            where.append(i)
-    prepared = preprocess_files(items, spec_json, limits)
-    del items
-    for i, r in zip(where, prepared, strict=True):
-        done[i] = ((None, r.reason, None) if r.reason is not None else
-                   (r.array.tobytes(), None, ImageFacts(r.height, r.width, r.fmt, r.color)))
-    return done
 
 
 def process_block(

@@ -6,6 +6,8 @@ it). Importing this module is all it does; see :mod:`medxfer.data.decode.sandbox
 
 from __future__ import annotations
 
+import gc
+
 import cv2
 import pydicom  # noqa: F401
 import pydicom.encaps  # noqa: F401
@@ -24,3 +26,4 @@ try:  # pydicom finds its plug-ins on first use; do it here, once, for every wor
         get_decoder(_uid).is_available  # noqa: B018
 except Exception:  # noqa: BLE001, S110 - a missing plug-in is reported where a file needs it
     pass
+gc.freeze()  # the imports' objects: never scanned by the workers' collector, never written by it

@@ -57,7 +57,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from medxfer.data.decode import read_header
 from medxfer.data.decode.common import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_PIXELS
+from medxfer.data.preprocess import preprocess_image
+from medxfer.errors import ImageDecodeError
 
 log = logging.getLogger("medxfer.data")
 
@@ -189,12 +192,8 @@ def _beyond_budget(data, path: str, limits: DecodeLimits) -> bool:
     return nothing; Pillow's says "broken data stream"); so a failed decode is put down to the budget
     when the file's bytes and twice its decoded size (the decoder's buffer and the array it becomes)
     would not fit in what is left of it."""
-    from medxfer.data.decode import read_header
-    from medxfer.errors import ImageDecodeError
-
     try:
-        h = read_header(bytes(data[: 1 << 20]) if len(data) > 1 << 20 and not path.lower().endswith(
-            (".tif", ".tiff")) else bytes(data), path)
+        h = read_header(data, path)
     except (ImageDecodeError, MemoryError):
         return False
     need = len(data) + 2 * (h.nbytes // max(1, h.frames))
@@ -204,11 +203,7 @@ def _beyond_budget(data, path: str, limits: DecodeLimits) -> bool:
 def _one(data, path: str, job, limits: DecodeLimits, crash: bytes | None) -> tuple:
     """One file in the worker: ``("ok", array or None, h, w, fmt, colour)``, ``("bad", reason)`` or
     ``("bug", text)``. ``job``: a PreprocessConfig (decode and preprocess), or None (read the header only)."""
-    from medxfer.data.decode import read_header
-    from medxfer.data.preprocess import preprocess_image
-    from medxfer.errors import ImageDecodeError
-
-    if crash and crash in data:
+    if crash and crash in bytes(data):
         os.kill(os.getpid(), signal.SIGSEGV)
     try:
         if job is None:
@@ -227,7 +222,8 @@ def _one(data, path: str, job, limits: DecodeLimits, crash: bytes | None) -> tup
 
 
 def _serve(conn, progress, budget: int, crash: bytes | None) -> None:
-    """The worker's loop: a batch's paths, then each file's bytes; the results once the batch is done."""
+    """The worker's loop: a call's paths and sizes, then all its files' bytes in one message (one
+    read, not one per file); the results once the call is done."""
     from medxfer.config import PreprocessConfig
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's to handle
@@ -237,27 +233,31 @@ def _serve(conn, progress, budget: int, crash: bytes | None) -> None:
     specs: dict[str, PreprocessConfig] = {}
     while True:
         try:
-            spec_json, limits, paths = conn.recv()
+            spec_json, limits, paths, sizes = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone
         spec = None
         if spec_json is not None:
             spec = specs.get(spec_json) or specs.setdefault(spec_json, PreprocessConfig.model_validate_json(spec_json))
-        out = []
-        for k, path in enumerate(paths):
+        try:
+            blob = memoryview(conn.recv_bytes())
+        except MemoryError:
+            os._exit(EXIT_OVER_BUDGET)  # the files' bytes alone exceed the budget; the pipe is mid-message
+        out, arrays, at = [], [], 0
+        for k, (path, size) in enumerate(zip(paths, sizes, strict=True)):
             progress[0] = k
-            try:
-                data = conn.recv_bytes()
-            except MemoryError:
-                os._exit(EXIT_OVER_BUDGET)  # the file's bytes alone exceed the budget; the pipe is mid-message
-            signal.setitimer(signal.ITIMER_REAL, limits.timeout_s)
-            try:
-                out.append(_one(data, path, spec, limits, crash))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            del data
+            signal.setitimer(signal.ITIMER_REAL, limits.timeout_s)  # each file's own time (re-armed, not stopped)
+            r = _one(blob[at : at + size], path, spec, limits, crash)
+            if r[0] == "ok" and r[1] is not None:
+                arrays.append(r[1])
+                r = ("ok", None, *r[2:])
+            out.append(r)
+            at += size
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        del blob
         progress[0] = len(paths)
-        conn.send((out, _vm_data() - base))
+        # The tensors travel as one array (one buffer to pickle, not one object per file).
+        conn.send((out, np.stack(arrays) if arrays else None, _vm_data() - base))
 
 
 class _Died(Exception):
@@ -331,13 +331,15 @@ class Worker:
         """The worker's result for each item, in order; raises :class:`_Died` naming the item it died on."""
         self.progress[0] = -1
         try:
-            self.conn.send((spec_json, limits, [p for p, _ in items]))
-            for _, data in items:
-                self.conn.send_bytes(data)
+            self.conn.send((spec_json, limits, [p for p, _ in items], [len(d) for _, d in items]))
+            self.conn.send_bytes(items[0][1] if len(items) == 1 else b"".join(d for _, d in items))
             if not self.conn.poll(len(items) * limits.timeout_s + _GRACE_S):
                 self.proc.kill()  # silent past every file's time: its timer could not end it
                 raise _Died(max(0, int(self.progress[0])), None, timed_out=True)
-            out, self.retained = self.conn.recv()
+            out, stack, self.retained = self.conn.recv()
+            if stack is not None:
+                arrays = iter(stack)
+                out = [("ok", next(arrays), *r[2:]) if r[0] == "ok" else r for r in out]
             return out
         except (EOFError, OSError):
             self.proc.join(5)
@@ -417,6 +419,19 @@ def read_headers(items: Sequence[tuple[str, bytes]], limits: DecodeLimits) -> li
     return _run(items, None, limits)
 
 
+def _call(pending: list[int], items: Sequence[tuple[str, bytes]], most: int, share: int) -> list[int]:
+    """The next items for one call: at most ``most`` of them, and files of at most ``share`` bytes in all
+    (or the one file that is larger): a call's input and its results each take a share of the budget."""
+    part, size = [], 0
+    for i in pending[:most]:
+        n = len(items[i][1])
+        if part and size + n > share:
+            break
+        part.append(i)
+        size += n
+    return part
+
+
 def _result_bytes(spec_json: str | None) -> int:
     """The bytes of one file's result: its tensor (a header's facts are a few bytes)."""
     if spec_json is None:
@@ -435,23 +450,25 @@ def _run(items: Sequence[tuple[str, bytes]], spec_json: str | None, limits: Deco
     results: list[Prepared | None] = [None] * len(items)
     pending = list(range(len(items)))
     fruitless = 0
-    per_call = max(1, limits.max_decode_bytes // RESULT_SHARE // _result_bytes(spec_json))
+    share = limits.max_decode_bytes // RESULT_SHARE
+    per_call = max(1, share // _result_bytes(spec_json))
     with _lease(limits.max_decode_bytes) as box:
         while pending:
-            part = pending[:per_call]
+            part = _call(pending, items, per_call, share)
             try:
                 out = box[0].run(spec_json, limits, [items[i] for i in part])
             except _Died as died:
                 box[0].close()
                 box[0] = Worker(limits.max_decode_bytes)
-                if not 0 <= died.index < len(part):
+                alone_over = died.exitcode == EXIT_OVER_BUDGET and len(part) == 1  # its bytes did not fit
+                if not (0 <= died.index < len(part) or alone_over):
                     fruitless += 1
                     if fruitless > _RESTARTS_WITHOUT_PROGRESS:
                         raise RuntimeError(f"decode workers died {fruitless} times before decoding a file (exit "
                                            f"status {died.exitcode}); the machine is short of memory or processes") from None
                     continue
                 fruitless = 0
-                culprit = pending.pop(died.index)
+                culprit = pending.pop(max(0, died.index))
                 # Out of time or memory: the budget is spent, a second try would spend it again.
                 # Died: retried alone, since a death can come from outside (memory pressure).
                 if died.timed_out:
