@@ -18,6 +18,17 @@ per-round ratios to that round's baseline. Reported: median images/s, those rati
 round's numbers, and scaling from 1 to N CPUs.
 
     .venv/bin/python benchmarks/bench_preprocess.py [--images 600] [--repeats 3]
+
+``--against REV`` measures instead what the code of this checkout costs against another revision's
+(the decode workers' cost against main's in-process decoding, for one): both engines of each, every
+run a fresh process running ``prepare`` on a cold cache after a warm-up, REV's ``medxfer`` package
+exported with ``git archive`` and put first on ``PYTHONPATH``; interleaved rounds, each ratio
+this checkout / REV within its round, the median reported. ``--image-size``, ``--size`` and
+``--no-clahe`` make the small-image variant, where a fixed cost per image shows most:
+
+    .venv/bin/python benchmarks/bench_preprocess.py --against ea66ad2 --images 600 --repeats 3
+    .venv/bin/python benchmarks/bench_preprocess.py --against ea66ad2 --images 3000 --image-size 64 \
+        --size 28 --no-clahe --repeats 3 --tag _small
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import record, test_data_dir  # noqa: E402
+from benchmarks.common import own_ray_env, record, test_data_dir  # noqa: E402
 from medxfer.allocator import glibc_tunables, tune_this_process  # noqa: E402
 from medxfer.config import JobConfig  # noqa: E402
 
@@ -65,11 +76,14 @@ def make_images(folder: Path, n: int, size: int = 1024) -> list[Path]:
     return paths
 
 
+SPEC = {"channels": 1, "size": 224, "clahe": True}  # --size and --no-clahe change it
+
+
 def job(folder: Path, root: Path, manifest: Path | None = None, engine: str = "ray") -> JobConfig:
     return JobConfig.model_validate({
         "name": "bench-preprocess",
         "data": {"manifest": str(manifest or folder / "manifest.csv"), "engine": engine},
-        "preprocess": {"channels": 1, "size": 224, "clahe": True},
+        "preprocess": SPEC,
         "storage": {"root": str(root)},
     })
 
@@ -92,7 +106,8 @@ def baseline(folder: Path, tunables: str | None = None) -> float:
     env = dict(os.environ, MEDXFER_ALLOCATOR="system")
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
-    out = subprocess.run([sys.executable, __file__, "--loop", str(folder)], env=env, check=True,
+    spec = ["--size", str(SPEC["size"])] + ([] if SPEC["clahe"] else ["--no-clahe"])
+    out = subprocess.run([sys.executable, __file__, "--loop", str(folder), *spec], env=env, check=True,
                          capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 
@@ -122,8 +137,135 @@ def ray_pipeline(folder: Path, cfg_root: Path, cpus: int, engine: str = "ray") -
         ray.shutdown()
 
 
-def _median(rounds: list[dict], key: str) -> float:
-    return round(statistics.median(r[key] for r in rounds), 2)
+# One run of prepare() in a fresh process, importing whichever medxfer PYTHONPATH puts first: the warm-up
+# manifest (other key) starts Ray's workers and the decode workers, then the timed run on a cold cache.
+_PIPELINE = """
+import json, sys, time
+import pandas as pd
+args = json.loads(sys.argv[1])
+from medxfer.allocator import tune_this_process
+tune_this_process()
+from medxfer.config import JobConfig
+from medxfer.data.cache import prepare
+import medxfer
+def job(manifest, root):
+    return JobConfig.model_validate({"name": "bench-preprocess", "data": {"manifest": manifest, "engine": args["engine"]},
+                                     "preprocess": args["spec"], "storage": {"root": root}})
+if args["engine"] == "ray":
+    from medxfer.runtime import init_ray
+    init_ray(num_cpus=args["cpus"])
+prepare(job(args["warmup"], args["root"]))
+usage = args["cpuacct"] and (lambda: int(open(args["cpuacct"] + "/cpuacct.usage").read()) / 1e9)
+c0 = usage() if usage else 0.0
+t0 = time.perf_counter()
+p = prepare(job(args["manifest"], args["root"]))
+wall = time.perf_counter() - t0
+cpu = usage() - c0 if usage else None
+assert not p.hit
+n = p.card["total"]
+print(json.dumps({"pipeline": n / p.card["timing"]["decode_seconds"], "end_to_end": n / wall,
+                  "cpu_ms_per_image": cpu * 1000 / n if cpu is not None else None, "code": medxfer.__file__}))
+"""
+
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+
+
+def fresh_pipeline(folder: Path, root: Path, engine: str, cpus: int, code: Path | None) -> tuple[float, float, float]:
+    """:data:`_PIPELINE` in a fresh process: this checkout's medxfer, or ``code``'s (a folder holding one).
+    ``(pipeline images/s, end-to-end images/s, CPU ms per image or nan)``: the CPU time of the whole
+    process tree (decode workers, Ray's processes) during the timed run, from a cpuacct cgroup of its own
+    where the machine lets one be made. Other jobs on the machine slow a run's wall time, not its CPU time."""
+    import json
+    import uuid
+
+    warm = folder / "warmup.csv"
+    if not warm.exists():
+        pd.read_csv(folder / "manifest.csv").head(32 * cpus).to_csv(warm, index=False)
+    env = own_ray_env(root.parent / "ray")  # the run's temp folder: a short path
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
+    group = CPUACCT / f"medxfer-bench-{uuid.uuid4().hex[:10]}" if os.access(CPUACCT, os.W_OK) else None
+    spec = {"manifest": str(folder / "manifest.csv"), "warmup": str(warm), "root": str(root), "engine": engine,
+            "cpus": cpus, "spec": SPEC, "cpuacct": str(group) if group else None}
+    cmd = [sys.executable, "-c", _PIPELINE, json.dumps(spec)]
+    if group:
+        group.mkdir()
+        cmd = ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", *cmd]
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=folder)
+    finally:
+        if group:
+            _remove_cgroup(group)
+    if r.returncode:
+        raise SystemExit(f"prepare failed ({code or 'this checkout'}, {engine}):\n{r.stderr[-3000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    want = str(code) if code is not None else str(Path(__file__).resolve().parents[1])
+    assert out["code"].startswith(want), (out["code"], want)  # the code meant, not the other
+    return out["pipeline"], out["end_to_end"], out["cpu_ms_per_image"] or float("nan")
+
+
+def _remove_cgroup(group: Path) -> None:
+    """Once the run's processes are gone (Ray's stop a moment after the driver)."""
+    for _ in range(300):
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+def export(rev: str, into: Path) -> Path:
+    """``rev``'s medxfer package, exported with git archive into ``into``; the folder holding it."""
+    repo = Path(__file__).resolve().parents[1]
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "medxfer"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def against(args) -> None:
+    """This checkout's preprocessing against ``args.against``'s, side by side in the same rounds."""
+    cpus = os.cpu_count() or 1
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "data"
+        make_images(folder, args.images, args.image_size)
+        ref = export(args.against, Path(tmp) / "ref")
+        for i in range(args.repeats):
+            r = {}
+            for engine in ("local", "ray"):
+                for side, code in (("ref", ref), ("this", None)):
+                    r[f"{engine}_{side}"], r[f"{engine}_{side}_end_to_end"], r[f"{engine}_{side}_cpu_ms"] = (
+                        round(x, 3) for x in fresh_pipeline(folder, Path(tmp) / f"root-{engine}-{side}-{i}", engine,
+                                                            cpus, code))
+                r[f"{engine}_ratio"] = round(r[f"{engine}_this"] / r[f"{engine}_ref"], 3)
+                r[f"{engine}_cpu_ratio"] = round(r[f"{engine}_this_cpu_ms"] / r[f"{engine}_ref_cpu_ms"], 3)
+            rounds.append(r)
+            print(f"round {i + 1}/{args.repeats}: {r}", flush=True)
+    rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short", args.against],
+                         capture_output=True, text=True).stdout.strip() or args.against
+    record(f"preprocess_against{args.tag}", {
+        "what": f"{args.images} PNG {args.image_size}x{args.image_size} gray -> "
+                + ("CLAHE -> " if SPEC["clahe"] else "") + f"letterbox {SPEC['size']} -> normalise -> Parquet cache; "
+                f"this checkout against {rev}, median of {args.repeats} interleaved rounds",
+        "against": rev,
+        "engines": {e: {"ref_images_per_s": _median(rounds, f"{e}_ref"), "images_per_s": _median(rounds, f"{e}_this"),
+                        "ratio": round(statistics.median(r[f"{e}_ratio"] for r in rounds), 3),
+                        "ref_cpu_ms_per_image": _median(rounds, f"{e}_ref_cpu_ms", 3),
+                        "cpu_ms_per_image": _median(rounds, f"{e}_this_cpu_ms", 3),
+                        "cpu_ratio": round(statistics.median(r[f"{e}_cpu_ratio"] for r in rounds), 3),
+                        "cpus": cpus} for e in ("local", "ray")},
+        "rounds": rounds,
+        "notes": "images/s of the pipeline stage (decode_seconds of the card) after a warm-up run in the same process; "
+                 "ratio: this checkout / the other revision within each round, median over rounds. cpu_ms_per_image: "
+                 "CPU time of the run's whole process tree (its own cpuacct cgroup) during the timed prepare(), per "
+                 "image; cpu_ratio: this checkout's / the other revision's (above 1: this code uses more). Every run "
+                 "is a fresh process, both sides alike.",
+    })
+
+
+def _median(rounds: list[dict], key: str, digits: int = 2) -> float:
+    return round(statistics.median(r[key] for r in rounds), digits)
 
 
 def main() -> None:
@@ -132,9 +274,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="Interleaved rounds of every pipeline (medians reported).")
     ap.add_argument("--tag", default="", help="Suffix of the result file (e.g. _2400: preprocess_throughput_2400.json).")
     ap.add_argument("--loop", type=Path, help=argparse.SUPPRESS)  # internal: one baseline loop, in a fresh process
+    ap.add_argument("--against", metavar="REV", help="Compare this checkout with REV's code instead (see the top).")
+    ap.add_argument("--image-size", type=int, default=1024, help="Side of the generated PNGs.")
+    ap.add_argument("--size", type=int, default=224, help="preprocess.size.")
+    ap.add_argument("--no-clahe", action="store_true", help="preprocess.clahe: false.")
     args = ap.parse_args()
+    SPEC.update(size=args.size, clahe=not args.no_clahe)
     if args.loop:
         print(loop(args.loop))
+        return
+    if args.against:
+        against(args)
         return
     cpus = os.cpu_count() or 1
     # The setting every medxfer process runs with: the command's own (the local engine below),
@@ -145,7 +295,7 @@ def main() -> None:
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "data"
-        make_images(folder, args.images)
+        make_images(folder, args.images, args.image_size)
         for i in range(args.repeats):
             base = baseline(folder)  # glibc's allocator defaults: the plain loop a person would write
             r = {"baseline": round(base, 1)}
@@ -168,8 +318,8 @@ def main() -> None:
 
     ray_data = {str(c): pipeline(f"ray_data_{c}") for c in sorted({1, cpus})}
     record(f"preprocess_throughput{args.tag}", {
-        "what": f"{args.images} PNG 1024x1024 gray -> CLAHE -> letterbox 224 -> normalise -> Parquet cache; "
-                f"median of {args.repeats} interleaved rounds",
+        "what": f"{args.images} PNG {args.image_size}x{args.image_size} gray -> " + ("CLAHE -> " if SPEC["clahe"] else "")
+                + f"letterbox {SPEC['size']} -> normalise -> Parquet cache; median of {args.repeats} interleaved rounds",
         "baseline": {"kind": "single-process loop in a fresh process, preprocess_bytes, cv2 1 thread",
                      "images_per_s": _median(rounds, "baseline")},
         "baseline_with_medxfer_allocator": {

@@ -21,6 +21,17 @@ def test_data_dir() -> Path:
     return Path(os.environ.get("MEDXFER_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
+def own_ray_env(folder: Path, env: dict | None = None) -> dict:
+    """``env`` (default: this process's) for a command that must start a Ray of its own: no RAY_ADDRESS,
+    and Ray's temp folder under ``folder``. Without it, ``ray.init()`` joins whatever cluster someone
+    started on this host with ``ray start`` (it reads /tmp/ray/ray_current_cluster), and timings and
+    memory would be that cluster's. ``folder`` should have a short path: Ray's sockets live below it."""
+    env = dict(os.environ if env is None else env)
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_TMPDIR"] = str(folder)
+    return env
+
+
 def finished(result: dict) -> dict:
     """A training run's result, once it ran all its epochs (or stopped early on validation).
 

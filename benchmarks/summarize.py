@@ -55,6 +55,45 @@ def preprocess() -> str:
     return "\n".join(out)
 
 
+def against() -> str:
+    """The decode workers' cost: this code's preprocessing against the revision before them, side by side."""
+    out = []
+    for tag in ("", "_small"):
+        r = _load(f"preprocess_against{tag}")
+        if not r:
+            continue
+        rows = [f"| {'in-process engine' if e == 'local' else 'Ray Data'}, {v['cpus']} CPUs | {v['ref_images_per_s']:.0f} | "
+                f"{v['images_per_s']:.0f} | {v['ratio']:.2f} | {v.get('ref_cpu_ms_per_image', float('nan')):.3f} | "
+                f"{v.get('cpu_ms_per_image', float('nan')):.3f} | {v.get('cpu_ratio', float('nan')):.2f} |"
+                for e, v in r["engines"].items()]
+        per_round = "; ".join(f"{e} " + ", ".join(f"{x[f'{e}_ratio']:.2f}" for x in r["rounds"]) for e in r["engines"])
+        out += ([] if out else ["#### 1b. The cost of decoding in budgeted workers", ""]) + [
+            r["what"] + ".", "", f"| engine | {r['against']} images/s | this code images/s | ratio | {r['against']} CPU ms "
+            "per image | this code CPU ms per image | CPU ratio |", "|---|---|---|---|---|---|---|",
+            *rows, "", f"Images/s ratios round by round: {per_round}.", machine_line(r), ""]
+    return "\n".join(out)
+
+
+def hostile() -> str:
+    r = _load("hostile_memory")
+    if not r:
+        return ""
+    rows = []
+    for engine, v in r["engines"].items():
+        rows.append(f"| {'in-process' if engine == 'local' else 'Ray'} | {v['clean']['peak_mib']:,} | "
+                    f"{v['hostile']['peak_mib']:,} | {v['peak_ratio']:.2f} | {v['clean']['seconds']:.0f} | "
+                    f"{v['hostile']['seconds']:.0f} |")
+    budget = r["limits"]["max_decode_bytes"] // 2**20
+    return "\n".join(["### 9. Hostile input: peak memory", "", r["what"] + ".", "",
+                      "| engine | clean peak MiB | hostile peak MiB | ratio | clean s | hostile s |",
+                      "|---|---|---|---|---|---|", *rows, "",
+                      f"Peak: the whole process tree of the command (a memory cgroup: the command, the decode workers "
+                      f"and, with Ray, every Ray process; page cache included), the highest of the rounds; seconds: the "
+                      f"median. Each decode worker may use {budget} MiB above its own size (`data.max_decode_bytes`); "
+                      f"the hostile run's seconds include the {r['limits']['decode_timeout_s']} s the time-bomb file "
+                      f"is given.", machine_line(r), ""])
+
+
 def overhead() -> str:
     r = _load("train_overhead")
     if not r:
@@ -220,5 +259,5 @@ def bootstrap() -> str:
 
 
 if __name__ == "__main__":
-    print("\n".join(x for x in (parity(), preprocess(), overhead(), cache(), accuracy(), label_efficiency(), bootstrap())
-                    if x))
+    print("\n".join(x for x in (parity(), preprocess(), against(), overhead(), cache(), accuracy(), label_efficiency(),
+                                 bootstrap(), hostile()) if x))

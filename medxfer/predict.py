@@ -1,9 +1,15 @@
-"""Batch prediction with Ray Data: decode on CPU tasks, model replicas in an actor pool.
+"""Batch prediction: decode on CPU tasks, model replicas in an actor pool (Ray Data), or both in
+this process for small inputs.
 
 Why two stages: decoding a 2000x2000 DICOM costs far more CPU than a forward pass of a
 small network on a GPU, so decoding runs as plain Ray tasks that scale over every CPU of
 the cluster, while the model lives in a pool of long-lived actors (one GPU each when the
-cluster has GPUs) that load the bundle once and see only ready tensors.
+cluster has GPUs) that load the bundle once and see only ready tensors. Starting Ray costs
+20 seconds or more, which dominates a handful of images: the local engine (``--engine``, auto
+below ``data.local_max_images`` inputs) runs the same two functions, :func:`decode_batch` and
+:func:`score_batch`, on this process's threads and model, so both engines give the same rows.
+Every file is decoded in a budgeted decode worker (:mod:`medxfer.data.decode.sandbox`): a file
+that needs more memory or time than its budget, or crashes its decoder, is one error row.
 
 The decision (``positive`` / ``not positive``) needs an operating point, and the user names
 where it comes from: an evaluation report of this bundle (``--report``) or a registry version
@@ -31,8 +37,16 @@ import numpy as np
 import pandas as pd
 
 from medxfer import storage
+from medxfer.data.cache.blocks import TASK_RETRIES, map_batches_bounded
 from medxfer.data.decode import DEFAULT_MAX_IMAGE_BYTES
-from medxfer.errors import DataError, ImageDecodeError, StorageError
+from medxfer.data.decode.sandbox import (
+    DEFAULT_DECODE_TIMEOUT_S,
+    DEFAULT_MAX_DECODE_BYTES,
+    DecodeLimits,
+    oversized_reason,
+    preprocess_files,
+)
+from medxfer.errors import DataError, StorageError
 
 log = logging.getLogger("medxfer.predict")
 
@@ -78,36 +92,62 @@ def list_inputs(input_uri: str) -> tuple[list[str], list[str]]:
 
 
 def decode_batch(
-    batch: dict, spec: dict, max_pixels: int, fail_on_bad: bool, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    batch: dict, spec: dict, max_pixels: int, fail_on_bad: bool, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES, decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
 ) -> dict:
-    """Ray Data task: read (``storage.read_many``) and preprocess each path; bad files get a zero
-    image and an error.
+    """Read (``storage.read_many``, at most ``max_image_bytes`` per file) and preprocess each path in a
+    budgeted decode worker (:mod:`medxfer.data.decode.sandbox`); bad files get a zero image and an error.
+    A Ray Data task of the Ray engine, a plain call in the local one.
 
     An error names the kind of problem only, never text from inside the file (the decoder's
-    reasons are written that way); running out of memory is not the file's fault and fails the run.
+    reasons are written that way); this process running out of memory is not the file's fault and
+    fails the run.
     """
     from medxfer.config import PreprocessConfig
-    from medxfer.data.preprocess import output_shape, preprocess_bytes
+    from medxfer.data.preprocess import output_shape
 
     sp = PreprocessConfig.model_validate(spec)
-    shape = output_shape(sp)
+    limits = DecodeLimits(int(max_pixels), int(max_image_bytes), int(max_decode_bytes), float(decode_timeout_s))
     paths = [str(p) for p in batch["path"]]
-    images = np.zeros((len(paths), *shape), dtype=np.float32)
-    errors = []
-    for i, (p, blob) in enumerate(zip(paths, storage.read_many(paths), strict=True)):
-        err = str(blob) if isinstance(blob, StorageError) else ""  # missing or unreadable: a bad file's row
-        if not err:
-            try:
-                images[i] = preprocess_bytes(blob, sp, path=p, max_pixels=max_pixels,
-                                             max_image_bytes=max_image_bytes)
-            except ImageDecodeError as e:
-                err = e.reason
-        if err and fail_on_bad:
+    images = np.zeros((len(paths), *output_shape(sp)), dtype=np.float32)
+    errors = [""] * len(paths)
+    items, where = [], []
+    for i, (p, blob) in enumerate(zip(paths, storage.read_many(paths, limits.max_image_bytes), strict=True)):
+        if isinstance(blob, storage.TooLarge):
+            errors[i] = oversized_reason(blob)
+        elif isinstance(blob, StorageError):
+            errors[i] = str(blob)  # missing or unreadable: a bad file's row
+        else:
+            items.append((p, blob))
+            where.append(i)
+    for i, r in zip(where, preprocess_files(items, sp, limits), strict=True):
+        if r.reason is not None:
+            errors[i] = r.reason
+        else:
+            images[i] = r.array
+    if fail_on_bad:
+        bad = next((i for i, e in enumerate(errors) if e), None)
+        if bad is not None:
             # DataError (one-argument) pickles cleanly across Ray; the CLI prints it.
-            raise DataError(f"{p}: {err} (stopped because of --fail-on-bad)")
-        errors.append(err)
+            raise DataError(f"{paths[bad]}: {errors[bad]} (stopped because of --fail-on-bad)")
     return {"index": np.asarray(batch["index"]), "path": np.asarray(paths, dtype=object),
             "image": images, "error": np.asarray(errors, dtype=object)}
+
+
+def score_batch(model, task: str, width: int, batch: dict, batch_size: int, device: str) -> dict:
+    """``batch`` (decode_batch's columns) with its ``image`` column replaced by ``scores``: NaN rows for
+    the files with an error. The one scoring step of both engines."""
+    from medxfer.inference import predict_arrays
+
+    images = batch.pop("image")
+    n = len(images)
+    ok = np.array([not e for e in batch["error"]], dtype=bool) if "error" in batch else np.ones(n, dtype=bool)
+    scores = np.full((n, width), np.nan, dtype=np.float32)
+    if ok.any():
+        s = predict_arrays(model, images[ok], task, batch_size, device)
+        scores[ok] = s.reshape(int(ok.sum()), width)
+    batch["scores"] = scores
+    return batch
 
 
 class BundlePredictor:
@@ -127,25 +167,20 @@ class BundlePredictor:
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         b = load_bundle(bundle_uri)
         self.task = b.task
-        self.k = len(b.classes)
+        self.width = 1 if b.task == "ordinal" else len(b.classes)
         self.model = b.build_model(self.device)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:
-        from medxfer.inference import predict_arrays
+        return score_batch(self.model, self.task, self.width, batch, self.batch_size, self.device)
 
-        images = batch.pop("image")
-        n = len(images)
-        ok = np.ones(n, dtype=bool)
-        if "error" in batch:
-            ok = np.array([not e for e in batch["error"]], dtype=bool)
-        width = 1 if self.task == "ordinal" else self.k
-        scores = np.full((n, width), np.nan, dtype=np.float32)
-        if ok.any():
-            s = predict_arrays(self.model, images[ok], self.task, self.batch_size, self.device)
-            scores[ok] = s.reshape(int(ok.sum()), width)
-        batch["scores"] = scores
-        return batch
+
+# Model replicas are not restarted: Ray Data's default restarts them without limit, and Ray 2.60 cannot
+# restart an actor whose constructor arguments live in the object store, as Ray Data's do
+# (ray-project/ray#53727; it says so on the command's output for every replica when restarts are
+# allowed). Decoding runs in budgeted workers, so no file can kill a replica; a lost node fails the
+# prediction, which the same command reruns. Tasks: TASK_RETRIES (medxfer.data.cache.blocks).
+ACTOR_RESTARTS = 0
 
 
 def actor_pool(max_size: int | None = None):
@@ -165,13 +200,16 @@ def actor_pool(max_size: int | None = None):
 def map_bundle(ds, bundle_uri: str, batch_size: int):
     """``ds`` (rows with an ``image`` column) scored by the bundle in an actor pool: adds ``scores``."""
     compute, num_gpus = actor_pool()
-    return ds.map_batches(
+    return map_batches_bounded(
+        ds,
         BundlePredictor,
         fn_constructor_kwargs={"bundle_uri": bundle_uri, "batch_size": batch_size},
         batch_size=batch_size,
         batch_format="numpy",
         compute=compute,
         num_gpus=num_gpus,
+        max_restarts=ACTOR_RESTARTS,
+        max_task_retries=0,
     )
 
 
@@ -306,6 +344,57 @@ NO_DECISION = ("no operating point named (--report or --registry-version): score
                "is empty and predicted_class is the most probable class, not a decision")
 
 
+def choose_engine(engine: str, n_inputs: int) -> str:
+    """'local' or 'ray' for ``--engine``: 'auto' is local for at most ``data.local_max_images`` inputs
+    (the rule, and the number, preprocessing uses), where starting Ray costs more than the work."""
+    from medxfer.config import DataConfig
+
+    if engine not in ("auto", "local", "ray"):
+        raise DataError(f"--engine {engine!r}: give auto, local or ray")
+    if engine != "auto":
+        return engine
+    return "local" if n_inputs <= DataConfig().local_max_images else "ray"
+
+
+LOCAL_DECODE_BATCH = 16  # files per decode call of the local engine (as the Ray engine's decode tasks)
+
+
+def _predict_local(bundle, paths: list[str], batch_size: int, decode_kwargs: dict) -> pd.DataFrame:
+    """The Ray engine's two stages in this process: decode_batch on threads (one budgeted decode worker
+    each), score_batch on the bundle's model as the batches arrive, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = bundle.build_model(device)
+    width = 1 if bundle.task == "ordinal" else len(bundle.classes)
+    chunks = [{"index": np.arange(i, min(i + LOCAL_DECODE_BATCH, len(paths))),
+               "path": np.asarray(paths[i : i + LOCAL_DECODE_BATCH], dtype=object)}
+              for i in range(0, len(paths), LOCAL_DECODE_BATCH)]
+    parts = []
+    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, len(chunks)))) as pool:
+        for decoded in pool.map(lambda c: decode_batch(c, **decode_kwargs), chunks):
+            scored = score_batch(model, bundle.task, width, decoded, batch_size, device)
+            parts.append(pd.DataFrame({"index": scored["index"], "path": scored["path"], "error": scored["error"],
+                                       "scores": list(scored["scores"])}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _predict_ray(bundle_uri: str, paths: list[str], batch_size: int, decode_kwargs: dict) -> pd.DataFrame:
+    import ray
+
+    from medxfer.runtime import init_ray
+
+    init_ray()
+    n = len(paths)
+    items = [{"index": i, "path": p} for i, p in enumerate(paths)]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(n // 8, 512)))
+    ds = map_batches_bounded(ds, decode_batch, fn_kwargs=decode_kwargs, batch_size=LOCAL_DECODE_BATCH,
+                             batch_format="numpy", max_retries=TASK_RETRIES)
+    return map_bundle(ds, bundle_uri, batch_size).to_pandas()
+
+
 def predict(
     bundle_uri: str | None,
     input_uri: str,
@@ -317,15 +406,17 @@ def predict(
     report: str | None = None,
     registry_version: str | None = None,
     root: str | None = None,
+    engine: str = "auto",
+    max_decode_bytes: int | None = None,
+    decode_timeout_s: float | None = None,
 ) -> dict:
     """Predict every image of a folder or manifest; write predictions.parquet/.csv + summary.json.
 
     ``report`` / ``registry_version``: where the operating point comes from (see the module docstring).
+    ``engine``: 'local' (this process, no Ray), 'ray' (Ray Data tasks and an actor pool), or 'auto'
+    (:func:`choose_engine`); both give the same rows. The limits default to :class:`DataConfig`'s.
     """
-    import ray
-
     from medxfer.config import DataConfig
-    from medxfer.runtime import init_ray
 
     bundle, bundle_uri, decision = _bundle_and_decision(bundle_uri, report, registry_version, root)
     paths, skipped = list_inputs(input_uri)
@@ -333,22 +424,23 @@ def predict(
         raise DataError(f"{input_uri}: no image files (suffixes {sorted(IMAGE_SUFFIXES)} or none)")
     if skipped:
         log.warning("skipping %d non-image files (e.g. %s)", len(skipped), storage.basename(skipped[0]))
-    init_ray()
     n = len(paths)
-    items = [{"index": i, "path": p} for i, p in enumerate(paths)]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(n // 8, 512)))
-    ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs={
-            "spec": bundle.card["preprocess"],
-            "max_pixels": int(max_pixels or DataConfig().max_pixels),
-            "max_image_bytes": int(max_image_bytes or DataConfig().max_image_bytes),
-            "fail_on_bad": fail_on_bad,
-        },
-        batch_size=16,
-        batch_format="numpy",
-    )
-    rows = map_bundle(ds, bundle_uri, batch_size).to_pandas().sort_values("index").reset_index(drop=True)
+    engine = choose_engine(engine, n)
+    defaults = DataConfig()
+    decode_kwargs = {
+        "spec": bundle.card["preprocess"],
+        "max_pixels": int(max_pixels or defaults.max_pixels),
+        "max_image_bytes": int(max_image_bytes or defaults.max_image_bytes),
+        "max_decode_bytes": int(max_decode_bytes or defaults.max_decode_bytes),
+        "decode_timeout_s": float(decode_timeout_s or defaults.decode_timeout_s),
+        "fail_on_bad": fail_on_bad,
+    }
+    log.info("predicting %d image%s with the %s engine", n, "" if n == 1 else "s", engine)
+    if engine == "local":
+        rows = _predict_local(bundle, paths, batch_size, decode_kwargs)
+    else:
+        rows = _predict_ray(bundle_uri, paths, batch_size, decode_kwargs)
+    rows = rows.sort_values("index").reset_index(drop=True)
     if len(rows) != n:  # an invariant: one row per input, whatever happened to the file
         raise DataError(f"prediction returned {len(rows)} rows for {n} inputs")
     out = predictions_table(rows, bundle.card, decision)
@@ -358,6 +450,7 @@ def predict(
         "bundle": bundle_uri,
         "bundle_id": bundle.id,
         "input": input_uri,
+        "engine": engine,
         "n_inputs": n,
         "n_predicted": int(n - len(bad)),
         "n_errors": int(len(bad)),

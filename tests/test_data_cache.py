@@ -53,7 +53,7 @@ def test_s3_pipeline_matches_pure_function_and_second_run_hits(test_data, s3_roo
     assert _objects(cache_root) == before
     assert p.card["counts"]["train"]["total"] == 546 and p.card["bad_files"]["count"] == 0
     assert p.classes == ["malignant", "normal_or_benign"] and p.num_outputs == 2 and p.spec.channels == 1  # 'auto': gray images
-    assert p.spec == cfg.preprocess.model_copy(update={"channels": 1}) and p.card["version"] == CACHE_VERSION == 2
+    assert p.spec == cfg.preprocess.model_copy(update={"channels": 1}) and p.card["version"] == CACHE_VERSION == 3
     assert p.uri.startswith("s3://") and p.card["image_stats"]["height"]["max"] == 28
     assert main(["preprocess", "--config", str(job)]) == 0
     assert "cache hit" in capsys.readouterr().out

@@ -1,9 +1,10 @@
-"""One block's work (``medxfer.data.cache.blocks``): running out of memory fails the job, never
-records the image as bad. No Ray: the block function runs in a subprocess."""
+"""One block's work (``medxfer.data.cache.blocks``): the block's process running out of memory fails
+the job, never records the image as bad. No Ray: the block function runs in a subprocess."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,8 +32,10 @@ except BaseException as e:
 
 
 def test_running_out_of_memory_fails_the_job_instead_of_skipping_the_image(test_data, tmp_path):
-    """A real MemoryError (the process's address space capped just above what it uses, then a
-    2373x2373 JPEG preprocessed to 2048 px): not a bad file, but a failed job with nothing cached."""
+    """A real MemoryError in the block's own process (its address space capped just above what it
+    uses, then a 2373x2373 JPEG preprocessed to 2048 px: the decode worker, which has its own budget,
+    decodes it, and the 48 MB tensor it sends back does not fit): not a bad file, but a failed job
+    with nothing cached."""
     big = test_data / "images" / "cxr" / "cxr_rgb_2373x2373.jpg"
     small = test_data / "images" / "cxr" / "nih_00000001_000_cardiomegaly.png"
     shards = tmp_path / "shards"
@@ -41,32 +44,34 @@ def test_running_out_of_memory_fails_the_job_instead_of_skipping_the_image(test_
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["raised"] == MedxferError.__name__, out
-    assert "ran out of memory while decoding; nothing was cached" in out["message"]
-    assert str(big) in out["message"] and "data.max_image_bytes" in out["message"]
+    assert "this process ran out of memory while preprocessing" in out["message"]
+    assert "nothing was cached" in out["message"] and str(big) in out["message"]
     assert not shards.exists()
 
 
-def test_a_block_holds_one_decoded_image_at_a_time_not_all_of_them(test_data):
-    """Each image's full-resolution pixels are dropped once its small tensor is made: the block's
-    peak memory does not grow with the number of images in it. (Keeping them cost 12-27 %
-    more CPU per image, and a block of large photos would not fit a task's memory.)"""
+def test_a_block_holds_no_decoded_image_only_the_small_tensors(test_data):
+    """Decoding happens in the decode worker: the block's own process never holds an image's
+    full-resolution pixels, only file bytes (twice while they are sent) and the small tensors. (Keeping decoded pixels cost 12-27 % more CPU per image, and a block
+    of large photos would not fit a task's memory.)"""
     import tracemalloc
 
     from medxfer.config import PreprocessConfig
     from medxfer.data.cache.blocks import _preprocess_all
+    from medxfer.data.decode.sandbox import DecodeLimits
 
     png = str(test_data / "images" / "cxr" / "nih_00000001_000_cardiomegaly.png")
-    spec = PreprocessConfig(size=64, channels=1, clahe=True)  # CLAHE: decoded at full size
+    spec = PreprocessConfig(size=64, channels=1, clahe=True).model_dump_json()  # CLAHE: decoded at full size
 
     def peak(n: int) -> int:
+        _preprocess_all([png], spec, DecodeLimits())  # the worker started outside the measurement
         tracemalloc.start()
         try:
-            done = _preprocess_all([png] * n, spec, 10**9, 10**9)
+            done = _preprocess_all([png] * n, spec, DecodeLimits())
             top = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
         assert len(done) == n and all(err is None for _, err, _ in done)
         return top
 
-    one_image = 512 * 512 * 4  # the float32 pixels of this 512x512 X-ray
-    assert peak(8) < peak(2) + 2 * one_image, "decoded pixels are kept until the block ends"
+    held = 2 * os.path.getsize(png) + 64 * 64 * 4  # per image: its file's bytes (and in the call's message), its tensor
+    assert peak(8) < 8 * held + 256 * 1024 < 512 * 512 * 4 * 8, "decoded pixels reached the block's process"

@@ -3,6 +3,8 @@ the job, and the local engine against Ray Data."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,3 +110,39 @@ def test_ray_data_starts_promptly_when_the_caller_connected_ray_itself(ray_clust
         assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == DATA_LIMITS_REFRESH_S
     finally:
         ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = before
+
+
+@pytest.mark.ray
+def test_a_task_or_replica_whose_process_dies_is_retried_a_bounded_number_of_times(ray_cluster, tmp_path):
+    """Ray Data's defaults run a task whose process died again without limit and restart an actor
+    without limit; medxfer's preprocessing and prediction tasks run at most TASK_RETRIES more times, its
+    model replicas not again, and then the job fails instead of running for ever."""
+    import ray
+
+    from medxfer.data.cache.blocks import TASK_RETRIES, map_batches_bounded
+    from medxfer.predict import ACTOR_RESTARTS
+
+    class DiesWhenCalled:  # defined here: Ray's workers get it by value, not from this test module
+        def __init__(self, marker: str):
+            self.marker = marker
+
+        def __call__(self, batch):
+            with open(self.marker, "a") as f:
+                f.write("x")
+            os._exit(1)  # the process dies, as a machine fault (or, before, a decoder) would end it
+
+    def dies(batch, marker: str):
+        DiesWhenCalled(marker)(batch)
+
+    tasks, actors = tmp_path / "task-attempts", tmp_path / "actor-attempts"
+    ds = map_batches_bounded(ray.data.from_items([{"a": 1}]), dies, fn_kwargs={"marker": str(tasks)},
+                             batch_size=None, max_retries=TASK_RETRIES)
+    with pytest.raises(ray.exceptions.RayError):
+        ds.materialize()
+    assert len(tasks.read_text()) == TASK_RETRIES + 1 == 3
+    ds = map_batches_bounded(ray.data.from_items([{"a": 1}]), DiesWhenCalled, fn_constructor_kwargs={
+        "marker": str(actors)}, compute=ray.data.ActorPoolStrategy(size=1), max_restarts=ACTOR_RESTARTS,
+        max_task_retries=0)
+    with pytest.raises(ray.exceptions.RayError):
+        ds.materialize()
+    assert len(actors.read_text()) == ACTOR_RESTARTS + 1 == 1

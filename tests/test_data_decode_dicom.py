@@ -8,6 +8,7 @@ import copy
 import io
 import logging
 import os
+import time
 
 import hostile
 import numpy as np
@@ -132,3 +133,76 @@ def test_malformed_dicom_values_reach_no_message_and_no_log(test_data, caplog):
         assert img.min() == 0.0 and img.max() == 1.0
     for text in [str(e.value), caplog.text]:
         assert hostile.PLANTED not in text and "55501234" not in text and "DOE" not in text
+
+
+# ----------------------------------------------------------------------------- checks before decoding
+
+
+def test_a_compressed_frame_larger_than_rows_and_columns_is_refused_before_decoding():
+    """The frame's own JPEG (SOF) or JPEG 2000 (SIZ) header is what its decoder allocates: a frame
+    declaring 20000x20000 in a 64x64 DICOM is refused from those headers, in milliseconds."""
+    assert decode(hostile.jpeg_frame_dicom(), "ok.dcm").pixels.shape == (64, 64)
+    assert decode(hostile.j2k_frame_dicom(), "ok.dcm").pixels.shape == (64, 64)
+    for name, data, family in (("jpeg.dcm", hostile.jpeg_frame_dicom((20000, 20000)), "JPEG"),
+                               ("j2k.dcm", hostile.j2k_frame_dicom((20000, 20000)), "JPEG 2000"),
+                               ("smaller.dcm", hostile.jpeg_frame_dicom((32, 64)), "JPEG")):
+        with pytest.raises(ImageDecodeError) as e:
+            decode(data, name)
+        assert f"compressed frame declares {'32x64' if name == 'smaller.dcm' else '20000x20000'} with 1 component(s) " \
+               f"in its {family} header, but Rows/Columns/SamplesPerPixel say 64x64 with 1" in e.value.reason
+
+
+def test_palette_lookup_tables_are_checked_before_they_are_expanded():
+    """A segmented LUT whose indirect segments double it 25 times (2 KB of data, 2**26 entries: pydicom
+    would expand it for minutes) is refused from its segments; a plain LUT longer than its descriptor
+    too. Sound palettes, plain and segmented, come out as pydicom's own colour LUT gives them."""
+    from pydicom.pixels import apply_color_lut
+
+    t0 = time.monotonic()
+    with pytest.raises(ImageDecodeError, match="segmented red palette lookup table would expand past 65,536 entries"):
+        decode(hostile.palette_dicom(hostile.segmented_lut(25)), "bomb.dcm")
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(ImageDecodeError, match="red palette lookup table holds 100,000 bytes, not the 256 entries"):
+        decode(hostile.palette_dicom(lut_bytes=100_000), "long.dcm")
+    for data in (hostile.palette_dicom(), hostile.palette_dicom(hostile.segmented_lut(7))):
+        ds = pydicom.dcmread(io.BytesIO(data))
+        want = apply_color_lut(ds.pixel_array, ds)[..., :3].astype(np.float64) / 65535
+        np.testing.assert_allclose(decode(data, "p.dcm").pixels, want, atol=1e-6)
+
+
+def test_grey_display_through_a_table_equals_the_transforms_on_the_whole_image(test_data):
+    """The display transforms applied as a table of the stored values that occur give what pydicom's
+    functions give on the whole image, rounded to 1/65535: with a window, the file's own window, a
+    VOI LUT and the full-range fallback, MONOCHROME1 inverted."""
+    from medxfer.data.decode.dicom import _gray_unit
+
+    for rel, window in (("dicom/CT_small.dcm", (40.0, 400.0)), ("dicom/CT_small.dcm", None),
+                        ("dicom/MR_small.dcm", None), ("cxr/siim_monochrome1.dcm", None),
+                        ("dicom/examples_overlay.dcm", (300.0, 600.0))):
+        data = read_image(test_data, rel)
+        ds = pydicom.dcmread(io.BytesIO(data))
+        whole = np.clip(_gray_unit(ds, ds.pixel_array, window, None), 0, 1)
+        if str(ds.PhotometricInterpretation) == "MONOCHROME1":
+            whole = 1 - whole
+        got = decode(data, rel, window=window)
+        assert got.stored.dtype == np.uint16
+        assert np.abs(got.pixels - whole).max() <= 0.5 / 65535 + 1e-7, rel
+
+
+def test_every_message_names_the_problem_never_a_planted_value(test_data, caplog):
+    """Patient-looking text in each string element a decoder message could quote (the transfer syntax
+    UID, photometric interpretation, VOI LUT function, modality, the numeric strings): no reason and no
+    log line carries it, and the syntax is named as unknown, not quoted."""
+    files = hostile.planted_dicoms(test_data)
+    with caplog.at_level(logging.DEBUG):
+        reasons = {}
+        for name, data in files.items():
+            try:
+                decode(data, name)
+                reasons[name] = ""
+            except ImageDecodeError as e:
+                reasons[name] = str(e)
+    assert reasons["syntax.dcm"].startswith("syntax.dcm: DICOM transfer syntax is not one pydicom knows")
+    assert sum(bool(r) for r in reasons.values()) >= 6
+    for text in [*reasons.values(), caplog.text]:
+        assert hostile.PLANTED not in text and "55501234" not in text and "DOE" not in text, text

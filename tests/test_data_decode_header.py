@@ -123,3 +123,31 @@ def test_decoded_bytes_are_counted_not_only_pixels(test_data):
     cine = read_image(test_data, "dicom/examples_ybr_color.dcm")  # 30 frames of 240x320x3 bytes
     with pytest.raises(ImageDecodeError, match="6,912,000 bytes decoded in all its frames"):
         decode(cine, "cine.dcm", max_image_bytes=6_000_000)
+
+
+def test_a_tiff_tile_far_larger_than_its_image_is_refused_from_the_header():
+    """The tile is what libtiff allocates whole (a 64x64 TIFF with one 16000x16000 deflated tile took
+    1 GB): a tile overhanging its image as encoders make them is decoded, one far beyond it refused."""
+    assert decode(hostile.tiff_one_tile(64, 64, 256), "ok.tif").pixels.shape == (64, 64)
+    with pytest.raises(ImageDecodeError, match=r"TIFF tiles of 16000x16000 \(256,000,000 bytes each, which its "
+                                               r"decoder allocates whole\) do not fit the 64x64 image"):
+        decode(hostile.tiff_one_tile(64, 64, 16000), "tile.tif")
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated TIFF file"):
+        decode(hostile.tiff_bogus_strips(), "strips.tif")  # one strip claiming 4e9 rows and bytes
+
+
+def test_webp_sizes_come_from_its_chunks_as_pillow_reads_them():
+    """Pillow's WebP reader decodes the whole image to open it; medxfer reads the size from the RIFF
+    chunks instead (lossy VP8, lossless VP8L, extended VP8X with alpha) and agrees with Pillow."""
+    from PIL import Image
+
+    g = (np.arange(37 * 53).reshape(37, 53) % 251).astype(np.uint8)
+    bgra = np.dstack([g, 255 - g, g // 2, np.full_like(g, 200)])
+    for name, data in (("lossy", encoded(".webp", bgra[:, :, :3])),
+                       ("lossless", cv2.imencode(".webp", bgra[:, :, :3], [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()),
+                       ("alpha", encoded(".webp", bgra))):
+        h = read_header(data, f"{name}.webp")
+        with Image.open(io.BytesIO(data)) as im:
+            assert (h.width, h.height) == im.size == (53, 37), name
+            assert h.samples == len(im.getbands()), name
+        assert decode(data, f"{name}.webp").pixels.shape == (37, 53, 3), name

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from datautil import png, read_image
+from hostile import gradient
 
 from medxfer.config import PreprocessConfig
 from medxfer.data.cache import CACHE_VERSION
@@ -59,6 +61,57 @@ def test_preprocess_is_deterministic_on_real_files(test_data):
     for rel in ("cxr/tbx11k_tb_tb0005.png", "cxr/siim_monochrome2.dcm", "cxr/cxr_rgb_1036x885.jpg"):
         data = read_image(test_data, rel)
         assert np.array_equal(preprocess_bytes(data, spec, rel), preprocess_bytes(data, spec, rel))
+
+
+# ----------------------------------------------------------------------------- memory
+
+_PEAK = """
+import sys
+from medxfer.config import PreprocessConfig
+from medxfer.data.preprocess import preprocess_bytes
+
+def status(key):
+    return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith(key))
+
+data, tiny = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
+spec = PreprocessConfig(size=64, channels=int(sys.argv[3]), clahe=sys.argv[4] == "1")
+preprocess_bytes(tiny, spec, "tiny.png")  # every library loaded
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from the present resident size
+before = status("VmRSS:")
+preprocess_bytes(data, spec, "big.png")
+print(status("VmHWM:") - before)
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_is_the_decoded_image_plus_small_arrays_not_float_copies(tmp_path):
+    """A 5000x5000 8-bit image (25 MB gray, 75 MB colour) to a 64 px tensor: the peak is the file's
+    bytes, the decoded array and at most two gray planes its size (a gray or CLAHE copy), and for
+    colour CLAHE one colour copy (its Lab image). Before, a full-size float32 copy came first (4x the
+    decoded array) and, for 3 channels, the gray image repeated to 3 channels before resizing (12x):
+    measured on the gray image to 3 channels, 382 MB then, 48 MB now."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    side = 5000
+    gray = gradient(side, side)
+    tiny = tmp_path / "tiny.png"
+    tiny.write_bytes(png(gray[:16, :16]))
+    for name, img in (("gray", gray), ("colour", np.dstack([gray, gray[:, ::-1], gray.T]))):
+        big = tmp_path / f"{name}.png"
+        big.write_bytes(cv2.imencode(".png", img)[1].tobytes())
+        decoded = img.nbytes
+        for channels, clahe in ((3, "0"), (1, "1")) if name == "gray" else ((1, "0"), (3, "1")):
+            r = subprocess.run([sys.executable, "-c", _PEAK, str(big), str(tiny), str(channels), clahe],
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr[-2000:]
+            grew = int(r.stdout.split()[-1])
+            # the file, the decoded array, one copy of its size (colour: Lab) and two gray planes
+            allowed = big.stat().st_size + (decoded if name == "gray" else 2 * decoded) + 2 * side * side + (24 << 20)
+            assert grew < allowed, (name, channels, clahe, grew / 2**20, allowed / 2**20)
 
 
 # ----------------------------------------------------------------------------- golden arrays

@@ -39,7 +39,8 @@ def test_predict_folder_every_file_gets_a_row(ray_cluster, bundle_and_report, te
     assert any(p.endswith(".dcm") for p in inputs) and any(p.endswith(".jpg") for p in inputs)
     assert any("Apache-2.0" in p for p in skipped)  # a licence text, not an image
     out_uri = f"{s3_root}/predictions"
-    s = predict(bundle, str(folder), out_uri, batch_size=8, report=report)
+    s = predict(bundle, str(folder), out_uri, batch_size=8, report=report, engine="ray")
+    assert s["engine"] == "ray"
     df = pd.read_parquet(io.BytesIO(storage.read_bytes(f"{out_uri}/predictions.parquet")))
     csv = pd.read_csv(io.BytesIO(storage.read_bytes(f"{out_uri}/predictions.csv")), keep_default_na=False)
     assert len(df) == len(inputs) == len(csv) == s["n_inputs"]
@@ -263,3 +264,33 @@ def test_every_file_name_is_data_and_predictions_csv_is_safe_to_open(ray_cluster
     assert f'"{str(folder)}/\rcr.png"' in raw and ',"\'@sum",0.' in raw
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_inputs"] == 6 and list(summary["errors"]) == [str(folder / "broken.png")]
+
+
+@pytest.mark.ray
+def test_the_in_process_and_ray_engines_write_the_same_rows(ray_cluster, bundle_and_report, test_data, tmp_path):
+    """Real X-rays and DICOMs (PNG, JPEG, JPEG 2000, palette, multi-frame), a file no decoder reads and one
+    whose compressed frame lies about its size: the same rows, the same errors and the same scores (to
+    float tolerance: torch's thread count differs between the engines) from either engine."""
+    import shutil
+
+    import hostile
+
+    bundle, report = bundle_and_report
+    folder = tmp_path / "worklist"
+    shutil.copytree(test_data / "images", folder)
+    (folder / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    (folder / "lying.dcm").write_bytes(hostile.jpeg_frame_dicom((20000, 20000)))
+    out = {}
+    for engine in ("local", "ray"):
+        s = predict(bundle, str(folder), str(tmp_path / engine), batch_size=8, report=report, engine=engine)
+        assert s["engine"] == engine
+        out[engine] = pd.read_parquet(tmp_path / engine / "predictions.parquet")
+    local, ray_rows = out["local"], out["ray"]
+    assert list(local["path"]) == list(ray_rows["path"]) and list(local["error"]) == list(ray_rows["error"])
+    bad = local[local["error"] != ""]
+    assert {p.rsplit("/", 1)[1] for p in bad["path"]} >= {"junk.png", "lying.dcm"}
+    assert len(local) - len(bad) >= 15
+    for col in ("prob_normal", "prob_abnormal", "score"):
+        np.testing.assert_allclose(local[col].to_numpy(), ray_rows[col].to_numpy(), atol=1e-5, equal_nan=True)
+    assert list(local["decision"].fillna("")) == list(ray_rows["decision"].fillna(""))
+    assert list(local["predicted_class"].fillna("")) == list(ray_rows["predicted_class"].fillna(""))

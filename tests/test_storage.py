@@ -95,6 +95,29 @@ def test_read_many_keeps_order_and_returns_each_files_error(root, tmp_path):
     assert storage.read_head(uris[3], 5) == b"image"
 
 
+def test_reads_are_bounded_by_the_size_first(root, tmp_path):
+    """With a limit, a file is read only when it holds at most that many bytes: its size is learnt
+    first (stat, S3 HEAD), so a sparse 8 GiB file costs nothing; the others are read whole, in order."""
+    uris = [storage.join(root, f"b/{n}.png") for n in ("small", "exact", "over")]
+    storage.write_many([(uris[0], b"x" * 10), (uris[1], b"y" * 100), (uris[2], b"z" * 101)])
+    got = storage.read_many(uris, max_bytes=100)
+    assert got[:2] == [b"x" * 10, b"y" * 100]
+    assert isinstance(got[2], storage.TooLarge) and str(got[2]) == (
+        f"{uris[2]}: file is 101 bytes, above the limit of 100; not read")
+    assert storage.read_bytes(uris[1], max_bytes=100) == b"y" * 100
+    with pytest.raises(storage.TooLarge, match="file is 101 bytes"):
+        storage.read_bytes(uris[2], max_bytes=100)
+    sparse = tmp_path / "sparse.png"
+    with open(sparse, "wb") as f:
+        f.truncate(8 << 30)
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    got = storage.read_many([str(sparse), str(tmp_path / "none.png")], max_bytes=64 << 20)
+    assert got[0].size == 8 << 30 and "not read" in str(got[0]) and isinstance(got[1], storage.NotFound)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KiB: nothing was read
+
+
 def test_an_unknown_scheme_is_named_with_the_ones_there_are():
     with pytest.raises(StorageError, match=r"gs://b/k: no storage backend for gs:// URIs; use a local path or s3://"):
         storage.read_bytes("gs://b/k")

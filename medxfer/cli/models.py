@@ -20,7 +20,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_set(c)
     c.set_defaults(handler=cmd_evaluate)
 
-    c = sub.add_parser("predict", help="Batch inference over a folder or manifest (Ray Data).")
+    c = sub.add_parser("predict", help="Batch inference over a folder or manifest (in-process, or Ray Data).")
     c.add_argument("--bundle", help="Model bundle URI (optional with --registry-version).")
     c.add_argument("--report", help="Evaluation report.json of this bundle: its operating point decides.")
     c.add_argument("--registry-version", metavar="MODEL:VERSION",
@@ -31,6 +31,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--output", required=True, help="Output folder for predictions.parquet/.csv.")
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--fail-on-bad", action="store_true", help="Stop on the first undecodable file.")
+    c.add_argument("--engine", choices=("auto", "local", "ray"), default="auto",
+                   help="local: this process, no Ray; ray: Ray Data tasks and model replicas over the cluster; "
+                   "auto (default): local up to data.local_max_images inputs (2000). Both give the same rows.")
+    c.add_argument("--max-decode-bytes", type=int, default=None, metavar="BYTES",
+                   help="Memory one image's decode may use (data.max_decode_bytes; default 1.5 GiB).")
+    c.add_argument("--decode-timeout-s", type=float, default=None, metavar="SECONDS",
+                   help="Time one image's decode may take (data.decode_timeout_s; default 60).")
     c.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("bundle", help="Inspect model bundles.")
@@ -78,8 +85,12 @@ def cmd_predict(args) -> int:
     """``medxfer predict --bundle URI [--report R | --registry-version M:V] --input FOLDER_OR_MANIFEST --output F``."""
     from medxfer.predict import predict
 
+    for flag, value in (("--max-decode-bytes", args.max_decode_bytes), ("--decode-timeout-s", args.decode_timeout_s)):
+        if value is not None and value <= 0:
+            raise ConfigError([f"predict {flag}: must be positive, got {value}"])
     s = predict(args.bundle, args.input, args.output, batch_size=args.batch_size, fail_on_bad=args.fail_on_bad,
-                report=args.report, registry_version=args.registry_version, root=args.root)
+                report=args.report, registry_version=args.registry_version, root=args.root, engine=args.engine,
+                max_decode_bytes=args.max_decode_bytes, decode_timeout_s=args.decode_timeout_s)
     print(f"predicted {s['n_predicted']} of {s['n_inputs']} images -> {s['outputs']['parquet']}")
     d = s["decision"]
     if d and d.get("source"):

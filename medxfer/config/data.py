@@ -82,6 +82,24 @@ class DataConfig(_Section):
         "height x channels x bytes per sample (x frames for DICOM), read from the header before "
         "decoding. A 16-bit image needs twice the memory of an 8-bit one with the same pixels.",
     )
+    max_decode_bytes: int = Field(
+        1536 * 1024**2,
+        ge=64 * 1024**2,
+        description="Memory one image's decode and preprocessing may use, enforced around every decoder "
+        "(OpenCV, Pillow, pydicom and its plug-ins): each file is decoded in a worker process whose data "
+        "segment the operating system caps at this much above its size after imports; a file that needs more "
+        "is a bad file, whatever its header said. The default, 1.5 GiB, is sized for a 2-core / 8 GB worker: "
+        "two decodes at once (one per core) take at most 3 GB, leaving the rest to Ray's object store and "
+        "worker processes; it holds the largest image data.max_image_bytes lets through (256 MiB decoded: "
+        "its bytes, the decoded array and up to two copies of it). Raise it with max_image_bytes.",
+    )
+    decode_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Wall-clock seconds one image's decode and preprocessing may take (a file that takes "
+        "longer is stopped and is a bad file). The largest images data.max_image_bytes allows take a few "
+        "seconds on one core; the default leaves room for a loaded machine.",
+    )
     engine: Literal["auto", "ray", "local"] = Field(
         "auto",
         description="Where preprocessing runs on a cache miss: 'ray' (Ray Data tasks over the cluster's CPUs), "

@@ -20,7 +20,7 @@ from typing import Any
 from medxfer.errors import StorageError
 from medxfer.storage import local as _local  # noqa: F401 - registers local paths
 from medxfer.storage import s3 as _s3  # noqa: F401 - registers s3://
-from medxfer.storage.backend import Backend, NotFound, backend_for, register, schemes
+from medxfer.storage.backend import Backend, NotFound, TooLarge, backend_for, register, schemes
 from medxfer.storage.layout import Layout
 from medxfer.storage.local import local_error
 from medxfer.storage.s3 import s3_client  # for tools and tests that create buckets
@@ -41,9 +41,10 @@ from medxfer.storage.uri import (
 __all__ = [
     "Backend", "Layout", "NotFound", "Resolved", "StorageError", "backend_for", "basename", "copy_tree", "delete",
     "exists", "is_dir", "is_text", "join", "links_leaving", "list_dir", "list_files", "local_file", "local_path",
-    "makedirs", "missing", "node_local", "normalize", "os_error", "parent", "put_if_absent", "pyarrow_fs", "ray_storage",
-    "read_bytes", "read_head", "read_json", "read_many", "read_text", "register", "relative_name", "resolve_names",
-    "s3_client", "schemes", "supported", "text_path", "write_bytes", "write_json", "write_many", "write_text",
+    "makedirs", "missing", "node_local", "normalize", "os_error", "parent", "put_if_absent", "pyarrow_fs",
+    "ray_storage", "read_bytes", "read_head", "read_json", "read_many", "read_text", "register", "relative_name",
+    "resolve_names", "s3_client", "schemes", "supported", "text_path", "TooLarge", "write_bytes", "write_json",
+    "write_many", "write_text",
 ]
 
 #: Retries of transient errors by remote backends (S3: boto3's standard mode and pyarrow's strategy).
@@ -73,8 +74,11 @@ def supported(uri: str) -> bool:
 # ----------------------------------------------------------------------------- one object
 
 
-def read_bytes(uri: str) -> bytes:
-    return backend_for(uri).read(uri)
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The file's bytes; with ``max_bytes``, a larger file raises :class:`TooLarge` without being read."""
+    if max_bytes is None:
+        return backend_for(uri).read(uri)
+    return backend_for(uri).read_at_most(uri, max_bytes)
 
 
 def read_head(uri: str, nbytes: int) -> bytes:
@@ -163,16 +167,20 @@ def _by_backend(uris: Sequence[str]) -> tuple[dict[Backend, list[int]], dict[int
     return groups, errors
 
 
-def read_many(uris: Sequence[str]) -> list[bytes | StorageError]:
+def read_many(uris: Sequence[str], max_bytes: int | None = None) -> list[bytes | StorageError]:
     """Each file's bytes in order, or the StorageError reading it gave (returned, not raised).
 
     The one reader of image bytes: the preprocessing cache and prediction both use it. Backends
-    whose requests are latency-bound read on a few threads.
+    whose requests are latency-bound read on a few threads. With ``max_bytes`` (an image's
+    ``data.max_image_bytes``), a larger file is a :class:`TooLarge` in its place: its size is
+    learnt first (a stat, a HEAD), so a sparse multi-GB file is never read into memory.
     """
     groups, errors = _by_backend(uris)
     out: list[Any] = [errors.get(i) for i in range(len(uris))]
     for backend, idx in groups.items():
-        for i, r in zip(idx, backend.read_many([uris[i] for i in idx]), strict=True):
+        some = [uris[i] for i in idx]
+        got = backend.read_many(some) if max_bytes is None else backend.read_many(some, max_bytes)
+        for i, r in zip(idx, got, strict=True):
             out[i] = r
     return out
 

@@ -27,6 +27,21 @@ class NotFound(StorageError):
     """The object (or file) does not exist."""
 
 
+class TooLarge(StorageError):
+    """The object is larger than the caller's limit; it was not read (a property of the file, not
+    a storage failure: an image's caller records it as a bad file)."""
+
+    def __init__(self, uri: str, size: int | None, limit: int):
+        self.uri, self.size, self.limit = uri, size, limit
+        super().__init__(f"{uri}: {self.reason}")
+
+    @property
+    def reason(self) -> str:
+        """What is wrong, without the URI: ``size`` is None when only "more than the limit" is known."""
+        size = f"{self.size:,} bytes" if self.size is not None else f"more than {self.limit:,} bytes"
+        return f"file is {size}, above the limit of {self.limit:,}; not read"
+
+
 class Backend:
     """One kind of storage. URIs passed in are full (``s3://b/k``, ``/abs/path``, ``file:///p``)."""
 
@@ -44,9 +59,22 @@ class Backend:
         """The first ``nbytes`` (all of it when smaller): enough for an image header."""
         return self.read(uri)[:nbytes]
 
-    def read_many(self, uris_: Sequence[str]) -> list[bytes | StorageError]:
-        """Each file's bytes, or the StorageError reading it gave: one bad file fails no other."""
-        return self.each(self.read, uris_)
+    def read_at_most(self, uri: str, max_bytes: int) -> bytes:
+        """The whole file when it holds at most ``max_bytes``, else :class:`TooLarge`.
+
+        Backends that can learn the size first (a stat, a HEAD) override this so that an oversized
+        file (a sparse multi-GB file named ``.png``) is never read; this fallback reads, then checks."""
+        data = self.read(uri)
+        if len(data) > max_bytes:
+            raise TooLarge(uri, len(data), max_bytes)
+        return data
+
+    def read_many(self, uris_: Sequence[str], max_bytes: int | None = None) -> list[bytes | StorageError]:
+        """Each file's bytes, or the StorageError reading it gave: one bad file fails no other.
+        With ``max_bytes``, a larger file is a :class:`TooLarge` in its place, unread."""
+        if max_bytes is None:
+            return self.each(self.read, uris_)
+        return self.each(lambda u: self.read_at_most(u, max_bytes), uris_)
 
     # -- writing
     def write(self, uri: str, data: bytes) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medxfer.errors import StorageError
-from medxfer.storage.backend import Backend, NotFound, register
+from medxfer.storage.backend import Backend, NotFound, TooLarge, register
 from medxfer.storage.uri import LOCAL, local_path, scheme, text_path
 
 
@@ -90,6 +90,32 @@ class LocalBackend(Backend):
                 return f.read(nbytes)
         except OSError as e:
             raise local_error(uri, e, "read") from None
+
+    def read_at_most(self, uri: str, max_bytes: int) -> bytes:
+        """``fstat`` first, then reads of what the file holds, never past ``max_bytes + 1``: a sparse
+        or growing file, or a device that never ends, costs no more than the limit (and a small file
+        no buffer of the limit's size)."""
+        try:
+            with open(local_path(uri), "rb", buffering=0) as f:
+                st = os.fstat(f.fileno())
+                if stat.S_ISREG(st.st_mode) and st.st_size > max_bytes:
+                    raise TooLarge(uri, st.st_size, max_bytes)
+                regular = stat.S_ISREG(st.st_mode)
+                parts, got = [], 0
+                want = st.st_size + 1 if regular and st.st_size else 1 << 20
+                while got <= max_bytes:
+                    ask = min(want, max_bytes + 1 - got)
+                    part = f.read(ask)
+                    parts.append(part)
+                    got += len(part)
+                    if not part or (regular and len(part) < ask):
+                        break  # end of file (a short read of a regular file is its end)
+                    want = 1 << 20
+        except OSError as e:
+            raise local_error(uri, e, "read") from None
+        if got > max_bytes:
+            raise TooLarge(uri, None, max_bytes)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def write(self, uri: str, data: bytes) -> None:
         path = Path(local_path(uri))

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from medxfer.errors import StorageError
-from medxfer.storage.backend import Backend, NotFound, register
+from medxfer.storage.backend import Backend, NotFound, TooLarge, register
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -155,15 +155,28 @@ class S3Backend(Backend):
         except Exception as e:  # noqa: BLE001
             raise s3_error(uri, e, "read") from None
 
-    def read_many(self, uris_: Sequence[str]) -> list[bytes | StorageError]:
-        """Through one pyarrow filesystem, whose reads release the GIL, on ``io_threads`` threads."""
+    def read_at_most(self, uri: str, max_bytes: int) -> bytes:
+        got = self.read_many([uri], max_bytes)[0]
+        if isinstance(got, StorageError):
+            raise got
+        return got
+
+    def read_many(self, uris_: Sequence[str], max_bytes: int | None = None) -> list[bytes | StorageError]:
+        """Through one pyarrow filesystem, whose reads release the GIL, on ``io_threads`` threads.
+
+        With ``max_bytes``, the object's size (pyarrow's HEAD on open, a request it makes anyway) is
+        checked first and a larger object is a :class:`TooLarge` in its place, never downloaded."""
         fs = pyarrow_s3fs()
 
         def one(uri: str) -> bytes:
             bucket, key = split_s3(uri)
             try:
-                with fs.open_input_stream(f"{bucket}/{key}") as f:
+                with fs.open_input_file(f"{bucket}/{key}") as f:
+                    if max_bytes is not None and f.size() > max_bytes:
+                        raise TooLarge(uri, f.size(), max_bytes)
                     return f.read()
+            except StorageError:
+                raise
             except Exception as e:  # noqa: BLE001 - becomes this file's error
                 raise _pyarrow_error(uri, e) from None
 

@@ -1,9 +1,10 @@
 """The work of one Ray Data task (or one local thread): a block of manifest rows -> Parquet shards,
 and, when reading, Parquet rows -> training tensors.
 
-Only an image the decoder refuses (:class:`ImageDecodeError`) is a bad file, skipped and listed.
-Anything else — a read that failed after its retries, running out of memory, a bug — fails the
-job and caches nothing: skipping would quietly shrink the dataset under an unchanged key.
+Only an image the decoder refuses (:class:`ImageDecodeError`, a file over ``data.max_image_bytes``,
+a decode over its memory or time budget) is a bad file, skipped and listed. Anything else — a read
+that failed after its retries, this process running out of memory, a bug — fails the job and
+caches nothing: skipping would quietly shrink the dataset under an unchanged key.
 """
 
 from __future__ import annotations
@@ -16,10 +17,36 @@ import pandas as pd
 from medxfer import storage
 from medxfer.config import PreprocessConfig
 from medxfer.data.decode import DEFAULT_MAX_IMAGE_BYTES
+from medxfer.data.decode.sandbox import (
+    DEFAULT_DECODE_TIMEOUT_S,
+    DEFAULT_MAX_DECODE_BYTES,
+    DecodeLimits,
+    oversized_reason,
+    preprocess_files,
+)
 from medxfer.data.manifest import encode_labels
-from medxfer.errors import ImageDecodeError, MedxferError, StorageError
+from medxfer.errors import MedxferError, StorageError
 
 DATA_CPUS = 0.25  # per Ray Data task: leaves room next to Ray Train workers
+# How often Ray runs a preprocessing (or prediction) task again after its process died. Ray Data's
+# default is without limit: a file that killed its worker process (before files were decoded in
+# budgeted workers) was retried for ever and the job never ended. A file can no longer kill a
+# task's process; what is left is the machine (a node lost, this process out of memory).
+TASK_RETRIES = 2
+
+
+def map_batches_bounded(ds, fn, **kwargs):
+    """``ds.map_batches(fn, **kwargs)`` where kwargs may hold Ray's retry options (``max_retries``,
+    ``max_restarts``, ``max_task_retries``). Ray 2.60 takes them only as extra remote arguments, which
+    it marks deprecated for 2.64 without a named replacement; medxfer needs them, since Ray Data's
+    defaults retry without limit, so the warning is silenced here, in the one place that passes them."""
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RayDeprecationWarning, message=".*ray_remote_args.*")
+        return ds.map_batches(fn, **kwargs)
 
 
 class ImageFacts(NamedTuple):
@@ -44,62 +71,63 @@ def write_parquet(table, uri: str) -> None:
         raise storage.os_error(uri, e, "write") from None
 
 
-READ_AHEAD = 32  # files a block holds the bytes of at once: work for storage's read threads (8 on S3)
+READ_AHEAD = 32  # files read at once: work for storage's read threads (8 on S3)
+CALL_FILES, CALL_BYTES = 256, 16 << 20  # small files go to the decode worker in calls of up to this many
 
 
-def _read_ahead(paths: list[str]):
-    """``(path, bytes or StorageError)`` in order, read :data:`READ_AHEAD` at a time, so a block of
-    512 fundus photos (a few MB each) does not hold all of their bytes at once."""
-    for start in range(0, len(paths), READ_AHEAD):
-        chunk = paths[start : start + READ_AHEAD]
-        yield from zip(chunk, storage.read_many(chunk), strict=True)
-
-
-def _preprocess_all(paths: list[str], spec: PreprocessConfig, max_pixels: int, max_image_bytes: int):
+def _preprocess_all(paths: list[str], spec_json: str, limits: DecodeLimits):
     """``(array bytes or None, error or None, ImageFacts or None)`` per path; raises on what is not the
     image's fault.
 
-    Only the small tensor and the image's facts outlive each iteration, not the decoded
-    full-resolution pixels. Holding a block's worth of them (float32: 4 MB per 1024x1024 X-ray,
-    190 MB per 4928x3264 colour fundus photo decoded in full) made every image pay for fresh
-    memory, 12-27 % more CPU per image, and would put a block of large photos over a task's
-    memory."""
-    from medxfer.data.decode import out_of_memory
-    from medxfer.data.preprocess import preprocess_image
+    Files are read :data:`READ_AHEAD` at a time (at most ``data.max_image_bytes`` each: a larger
+    file is a bad file, never read) and decoded in a budgeted decode worker
+    (:mod:`medxfer.data.decode.sandbox`), which sends back only the small tensors and the images'
+    facts, so a block of large photos never holds their decoded pixels. Small files go to the worker
+    several read-aheads at a time (:data:`CALL_FILES`, :data:`CALL_BYTES`): a call costs a round trip."""
+    out: list = [None] * len(paths)
+    waiting: list[tuple[int, str, bytes]] = []
 
-    out = []
-    for p, blob in _read_ahead(paths):
-        if isinstance(blob, StorageError):
-            # Not a bad image but storage failing after its retries: skipping would quietly
-            # shrink the dataset under an unchanged cache key. Stop; nothing is cached.
-            raise StorageError(f"{blob}; nothing was cached, re-run when the storage is reachable")
-        try:
-            arr, d = preprocess_image(blob, spec, p, max_pixels, max_image_bytes)
-        except ImageDecodeError as e:
-            out.append((None, e.reason, None))
-            continue
-        except Exception as e:
-            if not out_of_memory(e):
-                raise  # a bug or a failing machine: not this image's fault, so not a bad file
-            raise MedxferError(
-                f"{p}: ran out of memory while decoding; nothing was cached. Give the preprocessing tasks "
-                "more memory, or lower data.max_image_bytes so that images this large are refused as bad files"
-            ) from None
-        out.append((arr.tobytes(), None, ImageFacts(d.header.height, d.header.width, d.fmt, d.pixels.ndim == 3)))
+    def decode_waiting() -> None:
+        prepared = preprocess_files([(p, b) for _, p, b in waiting], spec_json, limits)
+        for (i, _, _), r in zip(waiting, prepared, strict=True):
+            out[i] = ((None, r.reason, None) if r.reason is not None else
+                      (r.array.tobytes(), None, ImageFacts(r.height, r.width, r.fmt, r.color)))
+        waiting.clear()
+
+    try:
+        for start in range(0, len(paths), READ_AHEAD):
+            chunk = paths[start : start + READ_AHEAD]
+            blobs = storage.read_many(chunk, limits.max_image_bytes)
+            for i, (p, blob) in enumerate(zip(chunk, blobs, strict=True), start):
+                if isinstance(blob, storage.TooLarge):
+                    out[i] = (None, oversized_reason(blob), None)
+                elif isinstance(blob, StorageError):
+                    # Not a bad image but storage failing after its retries: skipping would quietly
+                    # shrink the dataset under an unchanged cache key. Stop; nothing is cached.
+                    raise StorageError(f"{blob}; nothing was cached, re-run when the storage is reachable")
+                else:
+                    waiting.append((i, p, blob))
+            if len(waiting) >= CALL_FILES or sum(len(b) for _, _, b in waiting) >= CALL_BYTES:
+                decode_waiting()
+        decode_waiting()
+    except MemoryError:
+        raise MedxferError(
+            f"{paths[0]}...: this process ran out of memory while preprocessing (not a file's fault: files are "
+            "decoded in budgeted workers); nothing was cached. Give the preprocessing tasks more memory"
+        ) from None
     return out
 
 
 def process_block(
-    batch: pd.DataFrame, spec_json: str, shards: str, max_pixels: int, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    batch: pd.DataFrame, spec_json: str, shards: str, max_pixels: int, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES, decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
 ) -> pd.DataFrame:
     """One block of manifest rows -> Parquet shard(s) per split + metadata rows for the card."""
-    import cv2
     import pyarrow as pa
 
-    cv2.setNumThreads(1)  # one core per task; Ray schedules the parallelism
-    spec = PreprocessConfig.model_validate_json(spec_json)
+    limits = DecodeLimits(max_pixels, max_image_bytes, max_decode_bytes, decode_timeout_s)
     paths = batch["path"].tolist()
-    done = _preprocess_all(paths, spec, max_pixels, max_image_bytes)
+    done = _preprocess_all(paths, PreprocessConfig.model_validate_json(spec_json).model_dump_json(), limits)
     ok = np.array([err is None for _, err, _ in done])
     rows, splits, labels = batch["row"].to_numpy(), batch["split"].to_numpy(), batch["label"].to_numpy()
     for sp in np.unique(splits[ok]) if ok.any() else []:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from medxfer import storage
 from medxfer.config import DataConfig, JobConfig
-from medxfer.data.cache.blocks import DATA_CPUS, process_block
+from medxfer.data.cache.blocks import DATA_CPUS, TASK_RETRIES, map_batches_bounded, process_block
 from medxfer.data.cache.card import make_card
 from medxfer.data.cache.key import cache_key, resolve_channels
 from medxfer.data.cache.reader import PreparedData
@@ -52,7 +52,8 @@ def _blocks(df: pd.DataFrame, cpus: float) -> list[pd.DataFrame]:
 
 def _block_kwargs(cfg: JobConfig, shards: str) -> dict:
     return {"spec_json": cfg.preprocess.model_dump_json(), "shards": shards, "max_pixels": cfg.data.max_pixels,
-            "max_image_bytes": cfg.data.max_image_bytes}
+            "max_image_bytes": cfg.data.max_image_bytes, "max_decode_bytes": cfg.data.max_decode_bytes,
+            "decode_timeout_s": cfg.data.decode_timeout_s}
 
 
 def choose_engine(data_cfg: DataConfig, n_images: int) -> str:
@@ -88,13 +89,15 @@ def _run_pipeline(df: pd.DataFrame, cfg: JobConfig, shards: str) -> pd.DataFrame
     cpus = cluster_cpus()
     blocks = _blocks(df[_COLUMNS], cpus)
     ds = ray.data.from_pandas(blocks)
-    ds = ds.map_batches(
+    ds = map_batches_bounded(
+        ds,
         process_block,
         batch_size=None,
         batch_format="pandas",
         fn_kwargs=_block_kwargs(cfg, shards),
         num_cpus=DATA_CPUS,
         compute=ray.data.TaskPoolStrategy(size=max(1, min(len(blocks), int(round(cpus))))),
+        max_retries=TASK_RETRIES,
     )
     try:
         meta = ds.to_pandas()

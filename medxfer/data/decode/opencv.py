@@ -1,5 +1,6 @@
-"""Raster pixels with OpenCV: 8/16-bit and float, gray and colour (BGR, BGRA, CMYK JPEG -> RGB),
-the EXIF orientation applied, and large JPEGs decoded at reduced scale.
+"""Raster pixels with OpenCV: 8/16-bit and float, gray and colour (BGR kept as decoded, swapped to
+RGB after resizing; BGRA and CMYK JPEG -> BGR), the EXIF orientation applied, and large JPEGs
+decoded at reduced scale.
 
 With a ``target`` size, a JPEG much larger than it is decoded at 1/2, 1/4 or 1/8 scale by
 libjpeg's DCT scaling (OpenCV's ``IMREAD_REDUCED_*``), keeping at least twice the target on its
@@ -13,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from medxfer.data.decode.common import NAMES, Decoded, Header, input_errors, to_unit
+from medxfer.data.decode.common import NAMES, Decoded, Header, display_range, input_errors
 from medxfer.data.decode.header import unreadable
 from medxfer.errors import ImageDecodeError
 
@@ -60,22 +61,18 @@ def decode_raster(data: bytes, path: str, h: Header, target: int | None) -> Deco
         raise unreadable(path, h.fmt)
     if img.shape[:2] != (-(-h.height // factor), -(-h.width // factor)):
         raise ImageDecodeError(path, f"the {NAMES[h.fmt]} file's header and its pixel data disagree on the size")
+    bgr = False
     if img.ndim == 3:
         c = img.shape[2]
-        if c == 1:
-            img = img[:, :, 0]
-        elif c == 2:  # gray + alpha
+        if c in (1, 2):  # gray (+ alpha)
             img = img[:, :, 0]
         elif c == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            bgr = True  # swapped on the resized array: no full-size copy for the channel order
         elif c == 4:  # BGRA; OpenCV already turned CMYK JPEGs into BGR
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+            img, bgr = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR), True
         else:
             raise ImageDecodeError(path, f"unsupported number of channels: {c}")
     elif img.ndim != 2:
         raise ImageDecodeError(path, f"unsupported image shape {img.shape}")
-    pixels, bits = to_unit(_orient(img, h.orientation), path)
-    return Decoded(np.ascontiguousarray(pixels), bits, h.fmt, h)
-
-
-# ----------------------------------------------------------------------------- DICOM
+    stored, scale, bits = display_range(_orient(img, h.orientation), path)
+    return Decoded(stored, scale, bits, h.fmt, h, bgr=bgr)
