@@ -64,7 +64,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     # Ray Train's preemption watcher would only be one more process polling on the cores that
     # training needs. On a cluster (RAY_ADDRESS set, above) it stays on.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    # "local": a Ray of this command's own, even when someone ran `ray start` on this host (ray.init()
+    # would join that cluster, and refuse num_cpus there): RAY_ADDRESS is how a cluster is chosen.
     ray.init(
+        address="local",
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
         runtime_env=runtime_env,

@@ -74,6 +74,13 @@ def test_local_storage_on_two_nodes_is_refused_unless_shared_and_s3_works(s3_roo
             assert "s3://" in p.stderr and "storage.shared: true" in p.stderr and "Traceback" not in p.stderr
             assert not (local / "cache").exists() and not (local / "runs").exists(), "refused before any work"
 
+        # Without RAY_ADDRESS a command starts a Ray of its own, although this cluster announced itself on
+        # the host (Ray's address file, which a bare ray.init() joins, num_cpus then refused).
+        own = subprocess.run([sys.executable, "-c", "import ray; from medxfer.runtime import init_ray; "
+                              "init_ray(num_cpus=1); print(len(ray.nodes()), ray.cluster_resources()['CPU'])"],
+                             env=env_without_ray(), capture_output=True, text=True, timeout=300)
+        assert own.returncode == 0 and own.stdout.split() == ["1", "1.0"], own.stdout + own.stderr
+
         shared = _run(["preprocess", "--config", str(job), "--set", "storage.shared=true"], address, tmp_path)
         assert shared.returncode == 0, shared.stdout + shared.stderr
         assert len(list((local / "cache").glob("*/dataset.json"))) == 1
