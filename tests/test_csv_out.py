@@ -37,9 +37,10 @@ def test_the_experiments_table_neutralises_arm_names_and_keeps_differences_numbe
     """Arm names may begin with '-' or '+' (their pattern allows it): the table.csv of an experiment."""
     from medxfer.experiments import _csv
 
-    text = _csv([{"arm": "-lr", "fraction": 0.1, "auroc": 0.81,
+    text = _csv([{"arm": "-lr", "fraction": 0.1, "auroc": 0.81, "test_auroc_ci": [0.7, 0.9],
                   "paired_vs_scratch": {"ci": [-0.12, 0.2], "p_value": 0.3}}])
     header, row = list(csv.reader(io.StringIO(text)))
-    assert header == ["arm", "fraction", "auroc", "diff_ci_low", "diff_ci_high", "diff_p_value"]
-    assert row == ["'-lr", "0.1", "0.81", "-0.12", "0.2", "0.3"]
-    assert text.splitlines()[1] == "\"'-lr\",0.1,0.81,-0.12,0.2,0.3"
+    assert header == ["arm", "fraction", "auroc", "test_auroc_ci_low", "test_auroc_ci_high", "diff_ci_low",
+                      "diff_ci_high", "diff_p_value"]
+    assert row == ["'-lr", "0.1", "0.81", "0.7", "0.9", "-0.12", "0.2", "0.3"]
+    assert text.splitlines()[1] == "\"'-lr\",0.1,0.81,0.7,0.9,-0.12,0.2,0.3"
