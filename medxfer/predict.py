@@ -381,12 +381,16 @@ def _predict_local(bundle, paths: list[str], batch_size: int, decode_kwargs: dic
     return pd.concat(parts, ignore_index=True)
 
 
-def _predict_ray(bundle_uri: str, paths: list[str], batch_size: int, decode_kwargs: dict) -> pd.DataFrame:
+def _predict_ray(bundle_uri: str, paths: list[str], batch_size: int, decode_kwargs: dict,
+                 shared: bool = False) -> pd.DataFrame:
     import ray
 
-    from medxfer.runtime import init_ray
+    from medxfer.runtime import init_ray, require_shared_storage
 
     init_ray()
+    # Tasks and replicas on any node read the images and the bundle.
+    require_shared_storage([bundle_uri, next((p for p in paths if storage.node_local(p)), None)], shared,
+                           declare="--storage-shared")
     n = len(paths)
     items = [{"index": i, "path": p} for i, p in enumerate(paths)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(n // 8, 512)))
@@ -409,8 +413,12 @@ def predict(
     engine: str = "auto",
     max_decode_bytes: int | None = None,
     decode_timeout_s: float | None = None,
+    shared: bool = False,
 ) -> dict:
     """Predict every image of a folder or manifest; write predictions.parquet/.csv + summary.json.
+
+    ``shared``: local inputs and bundle are mounted on every Ray node (a local folder on a cluster of
+    several nodes is refused without it, as ``storage.shared`` does for training).
 
     ``report`` / ``registry_version``: where the operating point comes from (see the module docstring).
     ``engine``: 'local' (this process, no Ray), 'ray' (Ray Data tasks and an actor pool), or 'auto'
@@ -439,7 +447,7 @@ def predict(
     if engine == "local":
         rows = _predict_local(bundle, paths, batch_size, decode_kwargs)
     else:
-        rows = _predict_ray(bundle_uri, paths, batch_size, decode_kwargs)
+        rows = _predict_ray(bundle_uri, paths, batch_size, decode_kwargs, shared)
     rows = rows.sort_values("index").reset_index(drop=True)
     if len(rows) != n:  # an invariant: one row per input, whatever happened to the file
         raise DataError(f"prediction returned {len(rows)} rows for {n} inputs")

@@ -235,7 +235,7 @@ def _attached_to_terminal() -> bool:
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-def require_shared_storage(uris: list[str | None], shared: bool) -> None:
+def require_shared_storage(uris: list[str | None], shared: bool, declare: str = "storage.shared: true") -> None:
     """Refuse local folders on a Ray cluster of more than one node, unless ``storage.shared`` says
     every node mounts them. Call once Ray is up.
 
@@ -260,7 +260,7 @@ def require_shared_storage(uris: list[str | None], shared: bool) -> None:
         f"{', '.join(local)}: a local folder, and the Ray cluster has {len(nodes)} nodes (on {', '.join(hosts)}): "
         "each node would read and write its own disk, so cache shards and checkpoints written on one are missing "
         "on the others. Use storage every node sees: storage.root: s3://<bucket>/<prefix> (and the data there), "
-        "or a folder mounted at the same path on every node, declared with storage.shared: true")
+        f"or a folder mounted at the same path on every node, declared with {declare}")
 
 
 def cluster_cpus() -> float:

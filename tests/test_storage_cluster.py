@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from evalutil import breast_job
+from evalutil import breast_job, tiny_bundle
 from raynodes import env_without_ray, ray_nodes
 
 from medxfer import storage
@@ -73,6 +73,16 @@ def test_local_storage_on_two_nodes_is_refused_unless_shared_and_s3_works(s3_roo
             assert "a local folder, and the Ray cluster has 2 nodes" in p.stderr, p.stderr
             assert "s3://" in p.stderr and "storage.shared: true" in p.stderr and "Traceback" not in p.stderr
             assert not (local / "cache").exists() and not (local / "runs").exists(), "refused before any work"
+
+        # predict: Ray tasks on any node would read the local images and bundle; in this process they are local.
+        bundle = tiny_bundle(str(tmp_path / "bundle"), classes=("malignant", "normal_or_benign"), size=28)
+        images = str(local / "datasets" / "breast" / "images")
+        ray_predict = _run(["predict", "--bundle", str(tmp_path / "bundle"), "--input", images, "--output",
+                            str(tmp_path / "p-ray"), "--engine", "ray"], address, tmp_path)
+        assert ray_predict.returncode == 2 and "--storage-shared" in ray_predict.stderr, ray_predict.stderr
+        here = _run(["predict", "--bundle", str(tmp_path / "bundle"), "--input", images, "--output",
+                     str(tmp_path / "p-local"), "--engine", "local"], address, tmp_path)
+        assert here.returncode == 0 and bundle["id"] and "predicted 120 of 120" in here.stdout, here.stderr
 
         # Without RAY_ADDRESS a command starts a Ray of its own, although this cluster announced itself on
         # the host (Ray's address file, which a bare ray.init() joins, num_cpus then refused).

@@ -38,6 +38,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="Memory one image's decode may use (data.max_decode_bytes; default 1.5 GiB).")
     c.add_argument("--decode-timeout-s", type=float, default=None, metavar="SECONDS",
                    help="Time one image's decode may take (data.decode_timeout_s; default 60).")
+    c.add_argument("--storage-shared", action="store_true",
+                   help="With the Ray engine on a cluster of several nodes: the local input folder and bundle are "
+                   "mounted at the same path on every node (storage.shared); without it, local folders are refused "
+                   "there.")
     c.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("bundle", help="Inspect model bundles.")
@@ -90,7 +94,8 @@ def cmd_predict(args) -> int:
             raise ConfigError([f"predict {flag}: must be positive, got {value}"])
     s = predict(args.bundle, args.input, args.output, batch_size=args.batch_size, fail_on_bad=args.fail_on_bad,
                 report=args.report, registry_version=args.registry_version, root=args.root, engine=args.engine,
-                max_decode_bytes=args.max_decode_bytes, decode_timeout_s=args.decode_timeout_s)
+                max_decode_bytes=args.max_decode_bytes, decode_timeout_s=args.decode_timeout_s,
+                shared=args.storage_shared)
     print(f"predicted {s['n_predicted']} of {s['n_inputs']} images -> {s['outputs']['parquet']}")
     d = s["decision"]
     if d and d.get("source"):
