@@ -38,7 +38,7 @@ import pandas as pd
 
 from medxfer import storage
 from medxfer.data.cache.blocks import TASK_RETRIES, map_batches_bounded
-from medxfer.data.decode import DEFAULT_MAX_IMAGE_BYTES
+from medxfer.data.decode import DEFAULT_MAX_IMAGE_BYTES, SUFFIXES
 from medxfer.data.decode.sandbox import (
     DEFAULT_DECODE_TIMEOUT_S,
     DEFAULT_MAX_DECODE_BYTES,
@@ -50,7 +50,7 @@ from medxfer.errors import DataError, StorageError
 
 log = logging.getLogger("medxfer.predict")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = SUFFIXES  # the decoder's formats, and files without a suffix
 MANIFEST_SUFFIXES = {".csv", ".jsonl", ".json", ".parquet"}
 
 

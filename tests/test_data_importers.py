@@ -12,6 +12,7 @@ import pytest
 
 from medxfer import storage
 from medxfer.cli import main
+from medxfer.config import PreprocessConfig
 from medxfer.data.importers import import_medmnist
 
 
@@ -175,3 +176,37 @@ def test_names_that_are_not_utf8_or_look_like_formulas_go_through_import_and_pre
     assert sorted(cached) == sorted([f"file://{base}/-neg/%FF.png", f"{base}/-neg/=SUM(1,2).png", f"{base}/-neg/-x.png",
                                      f"{base}/-neg/ok.png", f"{base}/Ωmega/+y.png", f"{base}/Ωmega/@z.png",
                                      f"file://{base}/Ωmega/M%FCller.png", f"{base}/Ωmega/2.png"])
+
+
+def test_every_format_the_decoder_reads_is_listed_by_import_folder_and_predict(tmp_path):
+    """WebP, JPEG 2000, GIF and PNM files were skipped by the listings though the decoder reads them:
+    the listings take their endings from the decoder's own list, and each file decodes."""
+    import io
+
+    from PIL import Image
+
+    from medxfer.data.decode import SUFFIXES
+    from medxfer.data.preprocess import preprocess_bytes
+    from medxfer.predict import list_inputs
+
+    gray = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) % 251).astype(np.uint8)
+    files = {f"img{ext}": cv2.imencode(ext, gray)[1].tobytes()
+             for ext in (".png", ".jpg", ".bmp", ".tif", ".webp", ".jp2", ".pgm", ".sr", ".avif")}
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, format="GIF")
+    files["img.gif"] = buf.getvalue()
+    assert {"." + n.rsplit(".", 1)[1] for n in files} <= SUFFIXES
+    for c in ("a", "b"):
+        (tmp_path / "root" / c).mkdir(parents=True)
+        for name, data in files.items():
+            (tmp_path / "root" / c / name).write_bytes(data)
+    (tmp_path / "root" / "a" / "notes.txt").write_text("not an image")
+    assert main(["import", "folder", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "root")]) == 0
+    m = pd.read_csv(tmp_path / "root" / "manifest.csv", dtype=str)
+    assert sorted(m["path"]) == sorted(f"{c}/{n}" for c in ("a", "b") for n in files)
+    images, skipped = list_inputs(str(tmp_path / "root"))
+    assert len(images) == 2 * len(files)
+    assert sorted(s.rsplit("/", 1)[1] for s in skipped) == ["import.json", "manifest.csv", "notes.txt"]
+    spec = PreprocessConfig(channels=1, size=16)
+    for name, data in files.items():
+        assert preprocess_bytes(data, spec, name).shape == (1, 16, 16), name

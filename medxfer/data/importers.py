@@ -20,13 +20,13 @@ import pandas as pd
 
 from medxfer import storage
 from medxfer.data import medmnist
+from medxfer.data.decode import SUFFIXES
 from medxfer.data.manifest import SPLIT_ALIASES, make_split
 from medxfer.errors import DataError
 from medxfer.storage import write_many  # bulk, concurrent where that pays; the manifest marks completion
 
 log = logging.getLogger("medxfer.data")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 
 def _encode_png(img: np.ndarray) -> bytes:
@@ -119,7 +119,7 @@ def _is_image(name: str) -> bool:
     if base.startswith("."):
         return False
     ext = os.path.splitext(base)[1].lower()
-    return ext in IMAGE_EXTENSIONS or ext == ""  # DICOM files often have no extension
+    return ext in SUFFIXES or ext == ""  # DICOM files often have no extension
 
 
 def _listed_images(root: str) -> list[str]:

@@ -33,6 +33,7 @@ import numpy as np
 from medxfer.data.decode.common import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_PIXELS,
+    SUFFIXES,
     Decoded,
     Header,
     out_of_memory,
@@ -42,7 +43,7 @@ from medxfer.data.decode.header import check_header, is_dicom, raster_header
 from medxfer.data.decode.opencv import decode_raster
 from medxfer.errors import ImageDecodeError
 
-__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DEFAULT_MAX_PIXELS", "Decoded", "Header", "decode", "decode_image",
+__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "DEFAULT_MAX_PIXELS", "SUFFIXES", "Decoded", "Header", "decode", "decode_image",
            "is_dicom", "out_of_memory", "read_header"]
 
 

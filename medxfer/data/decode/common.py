@@ -18,6 +18,13 @@ DEFAULT_MAX_IMAGE_BYTES = 256 * 1024**2  # DataConfig.max_image_bytes overrides 
 # medxfer's format name -> the name messages use.
 NAMES = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "tiff": "TIFF", "webp": "WebP", "jpeg2000": "JPEG 2000",
          "pnm": "PNM", "sun": "Sun raster", "gif": "GIF", "avif": "AVIF", "dicom": "DICOM"}
+#: File name endings of the formats above: what `import folder` and `predict` on a folder take as images
+#: (with files that have no ending, as DICOM files often do). One list, so a format the decoder reads is
+#: never skipped by a listing.
+SUFFIXES = frozenset({
+    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2", ".j2k", ".j2c",
+    ".jpf", ".jpx", ".pbm", ".pgm", ".ppm", ".pnm", ".pfm", ".sr", ".ras", ".gif", ".avif", ".dcm", ".dicom", ".dic",
+})
 
 
 @dataclass(frozen=True)
