@@ -53,3 +53,16 @@ def test_copy_tree_does_not_follow_symlinks_out_of_the_source(tmp_path):
     storage.copy_tree(str(src), str(dst))
     assert sorted(p.name for p in dst.iterdir()) == ["alias.json", "card.json", "model.safetensors"]
     assert not (dst / "alias.json").is_symlink() and (dst / "alias.json").read_text() == "{}"
+
+
+def test_a_name_that_is_not_utf8_is_named_as_such_and_nothing_is_copied(tmp_path):
+    import os
+
+    src = tmp_path / "bundle"
+    src.mkdir()
+    (src / "model.bin").write_bytes(b"w")
+    with open(os.fsencode(str(src)) + b"/notes-\xff.txt", "wb") as f:
+        f.write(b"x")
+    with pytest.raises(StorageError, match=r"1 file name\(s\) are not UTF-8 text.*Rename those files"):
+        storage.copy_tree(str(src), str(tmp_path / "copy"))
+    assert not (tmp_path / "copy").exists()

@@ -22,13 +22,21 @@ def relative_names(src: str, files: list[str]) -> list[tuple[str, str]]:
     """
     pairs: list[tuple[str, str]] = []
     bad: list[str] = []
+    not_text: list[str] = []
     for f in files:
         rel = uris.relative_name(f, src)
         if rel is not None and rel.endswith("/"):
             continue
-        if rel is None or any(part in ("", ".", "..") for part in rel.split("/")):
+        if rel is not None and rel.startswith("file://"):  # a local name that is not UTF-8, carried as file://...%XX
+            not_text.append(f)
+        elif rel is None or any(part in ("", ".", "..") for part in rel.split("/")):
             bad.append(f)
         pairs.append((f, rel))
+    if not_text:
+        raise StorageError(
+            f"{src}: {len(not_text)} file name(s) are not UTF-8 text, e.g. {not_text[0]}; nothing was copied "
+            "(object stores and the registry name files in UTF-8). Rename those files"
+        )
     if bad:
         raise StorageError(
             f"{src}: {len(bad)} name(s) would leave the destination when copied, e.g. {bad[0]!r}; "
