@@ -236,7 +236,7 @@ def test_every_file_name_is_data_and_predictions_csv_is_safe_to_open(ray_cluster
     folder = tmp_path / "in"
     folder.mkdir()
     names = {b"\xff-scan.png": png, b"=HYPERLINK(1).png": png, b"-1.png": png, b"\rcr.png": png, b"ok.png": png,
-             b"broken.png": b"not a png"}
+             b"broken.png": b"not a png", b"\x1b[2Jwiped.png": b"not a png either"}
     for name, data in names.items():
         with open(os.fsencode(str(folder)) + b"/" + name, "wb") as f:
             f.write(data)
@@ -244,7 +244,8 @@ def test_every_file_name_is_data_and_predictions_csv_is_safe_to_open(ray_cluster
     assert main(["predict", "--bundle", bundle, "--report", str(report), "--input", str(folder),
                  "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "predicted 5 of 6 images" in printed and "broken.png" in printed
+    assert "predicted 5 of 7 images" in printed and "broken.png" in printed
+    assert "\x1b" not in printed and "\\x1b[2Jwiped.png" in printed  # a name is shown, never obeyed
     df = pd.read_parquet(out / "predictions.parquet")
     undecodable = "file://" + str(folder) + "/%FF-scan.png"
     assert set(df["path"]) == {undecodable, *(str(folder / n.decode()) for n in names if n != b"\xff-scan.png")}
@@ -263,7 +264,8 @@ def test_every_file_name_is_data_and_predictions_csv_is_safe_to_open(ray_cluster
     assert raw.startswith('"path","predicted_class","prob_-1","prob__sum","positive_class","score"')
     assert f'"{str(folder)}/\rcr.png"' in raw and ',"\'@sum",0.' in raw
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    assert summary["n_inputs"] == 6 and list(summary["errors"]) == [str(folder / "broken.png")]
+    assert summary["n_inputs"] == 7 and sorted(summary["errors"]) == [str(folder / n) for n in
+                                                                       ("\x1b[2Jwiped.png", "broken.png")]
 
 
 @pytest.mark.ray

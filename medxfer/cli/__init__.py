@@ -18,6 +18,7 @@ import sys
 
 from medxfer import __version__
 from medxfer.allocator import tune_this_process
+from medxfer.cli.common import PrintableFormatter, printable
 from medxfer.errors import find_medxfer_error
 
 AREAS = ("config", "data", "train", "models", "registry", "deploy")  # medxfer/cli/<area>.py
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:  # names in log lines are data, not terminal commands
+        if not isinstance(handler.formatter, PrintableFormatter):
+            handler.setFormatter(PrintableFormatter(handler.formatter or logging.Formatter()))
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug", "filelock", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not getattr(args, "handler", None):
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         ours = find_medxfer_error(e)
         if ours is not None:
-            print(f"medxfer: error: {ours}", file=sys.stderr)
+            print(f"medxfer: error: {printable(str(ours))}", file=sys.stderr)
             return ours.exit_code
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from medxfer import storage
-from medxfer.cli.common import add_set
+from medxfer.cli.common import add_set, printable
 from medxfer.errors import ConfigError
 
 
@@ -106,7 +106,7 @@ def cmd_predict(args) -> int:
     if s["n_errors"]:
         print(f"{s['n_errors']} files could not be used (see the 'error' column):")
         for p, e in list(s["errors"].items())[:20]:
-            print(f"  {p}: {e}")
+            print(printable(f"  {p}: {e}"))
     return 0
 
 
