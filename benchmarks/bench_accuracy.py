@@ -42,7 +42,7 @@ POSITIVE = {"pneumoniamnist": "1", "breastmnist": "0"}
 
 def job(work: Path, manifest: str, name: str, dataset: str, size: int, epochs: int, seed: int,
         init: str = "scratch", extra: dict | None = None, workers: int = 1) -> JobConfig:
-    from medxfer.config_io import deep_merge, validate_dict
+    from medxfer.config.loading import deep_merge, validate_dict
 
     cpus = os.cpu_count() or 1
     base = {
@@ -62,9 +62,9 @@ def job(work: Path, manifest: str, name: str, dataset: str, size: int, epochs: i
 def test_scores(bundle_uri: str, cfg: JobConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Positive-class test scores of a bundle on its run's cached test split, in cache order: plain,
     and with the test-time flip (each image's score averaged with its mirror's); then the labels."""
-    from medxfer.bundle import load_bundle
     from medxfer.data.cache import prepare
-    from medxfer.inference import predict_arrays
+    from medxfer.lifecycle.bundle import load_bundle
+    from medxfer.lifecycle.inference import predict_arrays
 
     b = load_bundle(bundle_uri)
     X, y = prepare(cfg).numpy("test")
@@ -96,22 +96,22 @@ def main() -> None:
         # under a heading that names only the recipe.
         ap.error("--set and a non-default --source-epochs change two things at once; measure one per run")
 
-    from medxfer.allocator import tune_this_process
-    from medxfer.config_io import parse_overrides
+    from medxfer.config.loading import parse_overrides
     from medxfer.data.importers import import_medmnist
     from medxfer.evaluate import compare_bundles, evaluate_bundle
-    from medxfer.experiments import paired_difference_vs
+    from medxfer.experiments.label_efficiency import paired_difference_vs
     from medxfer.metrics import METRICS
     from medxfer.runtime import init_ray
+    from medxfer.runtime.allocator import tune_this_process
     from medxfer.train.jobs import run_training
 
     work = Path(args.work)
     # Runs trained in this process (--workers 0) get the allocator setting the medxfer command runs
-    # with (medxfer.allocator); set before Ray starts its threads.
+    # with (medxfer.runtime.allocator); set before Ray starts its threads.
     tune_this_process()
     init_ray()
     recipe = parse_overrides(args.overrides)
-    # A recipe's runs get their own names: a run name promises one set of settings (medxfer.runs),
+    # A recipe's runs get their own names: a run name promises one set of settings (medxfer.lifecycle.runs),
     # and the source model is shared between recipes. A longer or shorter source gets its own
     # source run and its own transfer runs; the scratch runs do not depend on it and are shared.
     default_source_epochs = ap.get_default("source_epochs")

@@ -113,7 +113,7 @@ def s3_numbers() -> dict:
 
 def alias_bomb_ms(folder: Path) -> float:
     """A job config holding a "billion laughs" alias bomb: milliseconds until it is refused."""
-    from medxfer.config_io import load_config
+    from medxfer.config.loading import load_config
     from medxfer.errors import ConfigError
 
     lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
@@ -136,10 +136,10 @@ def oversized_card_ms(folder: Path) -> float:
 
     import torch
 
-    from medxfer.bundle import CARD, load_bundle, save_bundle
-    from medxfer.card import card_digest
     from medxfer.config import PreprocessConfig
     from medxfer.errors import BundleError
+    from medxfer.lifecycle.bundle import CARD, load_bundle, save_bundle
+    from medxfer.lifecycle.card import card_digest
     from medxfer.models import create_model
 
     uri = folder / "bundle"

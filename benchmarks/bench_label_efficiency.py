@@ -47,7 +47,7 @@ def against_default_source(this: dict, default: dict) -> dict:
     of the table. The arms that do not start from the supervised source (scratch, ssl) are checked
     to be the same trials to the bit: then the difference is the source's alone.
     """
-    from medxfer.experiments import paired_difference_vs
+    from medxfer.experiments.label_efficiency import paired_difference_vs
 
     def cells(trials: list[dict]) -> dict:
         out: dict = {}
@@ -86,11 +86,11 @@ def main() -> None:
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work" / "label-efficiency"))
     args = ap.parse_args()
 
-    from medxfer.allocator import tune_this_process
     from medxfer.data.importers import import_medmnist
-    from medxfer.experiments import run_label_efficiency
+    from medxfer.experiments.label_efficiency import run_label_efficiency
     from medxfer.runtime import init_ray
-    from medxfer.ssl.jobs import run_pretrain
+    from medxfer.runtime.allocator import tune_this_process
+    from medxfer.ssl.pretrain import run_pretrain
     from medxfer.train.jobs import run_training
 
     work = Path(args.work)
@@ -102,7 +102,7 @@ def main() -> None:
     if args.tag is None:
         args.tag = "" if not source_suffix else f"_source{args.source_epochs}"
     # Runs trained in this process get the allocator setting the medxfer command runs
-    # with (medxfer.allocator); set before Ray starts its threads.
+    # with (medxfer.runtime.allocator); set before Ray starts its threads.
     tune_this_process()
     init_ray()
     manifests = {}

@@ -37,7 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, record, test_data_dir  # noqa: E402
-from medxfer.allocator import glibc_tunables  # noqa: E402
+from medxfer.runtime.allocator import glibc_tunables  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -120,7 +120,7 @@ def main() -> None:
                 "AdamW + warm-up/cosine; plain PyTorch script vs the medxfer finetune command (new process, "
                 "cold cache) with one Ray Train worker (medxfer) and in its own process (in_process), one after "
                 "the other per seed, the order reversed on odd seeds; medxfer with its allocator setting "
-                "(medxfer.allocator), the plain script with glibc's defaults",
+                "(medxfer.runtime.allocator), the plain script with glibc's defaults",
         "medxfer_allocator": glibc_tunables(),
         "wall_ratio": round(mean("medxfer", "wall_ratio"), 3),
         "auroc_difference": round(mean("medxfer", "auroc_difference"), 4),

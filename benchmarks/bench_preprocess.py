@@ -7,7 +7,7 @@ the one a CXR job uses: decode, CLAHE, letterbox to 224, normalise.
 Baseline (same run): a fresh Python process reading each file and calling the same pure function,
 ``medxfer.data.preprocess.preprocess_bytes``, with glibc's allocator defaults, as a person's
 script runs; then the same loop with the allocator setting medxfer's processes run with
-(``medxfer.allocator``), to show how much of the pipeline's lead is that setting rather than
+(``medxfer.runtime.allocator``), to show how much of the pipeline's lead is that setting rather than
 parallelism. Then ``medxfer.data.cache.prepare`` (the real Ray Data pipeline, writing the Parquet
 cache) on a local Ray limited to 1, then N CPUs, each on a cold cache, and the in-process engine.
 
@@ -48,8 +48,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import own_ray_env, record, test_data_dir  # noqa: E402
-from medxfer.allocator import glibc_tunables, tune_this_process  # noqa: E402
 from medxfer.config import JobConfig  # noqa: E402
+from medxfer.runtime.allocator import glibc_tunables, tune_this_process  # noqa: E402
 
 
 def make_images(folder: Path, n: int, size: int = 1024) -> list[Path]:
@@ -143,7 +143,7 @@ _PIPELINE = """
 import json, sys, time
 import pandas as pd
 args = json.loads(sys.argv[1])
-from medxfer.allocator import tune_this_process
+from medxfer.runtime.allocator import tune_this_process
 tune_this_process()
 from medxfer.config import JobConfig
 from medxfer.data.cache import prepare

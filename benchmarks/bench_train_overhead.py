@@ -4,7 +4,7 @@ Same model (ResNet-18, the default standard stem), same images (PneumoniaMNIST t
 28x28, from the preprocessed cache), same batch size, same optimiser, same number of steps.
 
 - baseline: a plain single-process loop over tensors in memory, torch using every core;
-- the same loop with the allocator setting medxfer's processes run with (``medxfer.allocator``);
+- the same loop with the allocator setting medxfer's processes run with (``medxfer.runtime.allocator``);
 - medxfer ``run_training`` in this process (``num_workers: 0``), with 1 Ray Train worker (every
   core), then 2 workers (a core each), with per-epoch validation and checkpoints.
 
@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import finished, record, test_data_dir  # noqa: E402
-from medxfer.allocator import glibc_tunables, tune_this_process  # noqa: E402
 from medxfer.config import JobConfig  # noqa: E402
+from medxfer.runtime.allocator import glibc_tunables, tune_this_process  # noqa: E402
 
 BATCH = 64
 

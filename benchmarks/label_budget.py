@@ -66,7 +66,7 @@ def choices_markdown(choices: dict) -> str:
 
 
 def main() -> None:
-    from medxfer.experiments import summarize, table_markdown
+    from medxfer.experiments.label_efficiency import summarize, table_markdown
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tags", nargs="+", required=True, help="the --tag of each budget's experiment")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from medxfer.bundle import save_bundle
 from medxfer.config import PreprocessConfig
+from medxfer.lifecycle.bundle import save_bundle
 from medxfer.models import create_model
 
 
@@ -72,7 +72,7 @@ def breast_manifest(test_data, folder, label_names: str = "names") -> str:
 
 def breast_job(root: str, manifest: str, name: str = "breast-eval", **sections):
     """A tiny, fast job config on BreastMNIST: 28 px, smallcnn, CPU, one worker."""
-    from medxfer.config_io import deep_merge, validate_dict
+    from medxfer.config.loading import deep_merge, validate_dict
 
     base = {
         "name": name,

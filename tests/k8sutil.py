@@ -23,7 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from medxfer.config_io import load_config
+from medxfer.config.loading import load_config
 from medxfer.k8s.render import KINDS, render
 from medxfer.k8s.stages import STAGES
 

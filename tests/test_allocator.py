@@ -1,4 +1,4 @@
-"""medxfer's allocator setting (medxfer.allocator): what it adds to a worker's environment, and
+"""medxfer's allocator setting (medxfer.runtime.allocator): what it adds to a worker's environment, and
 that it does what it is for in a real process — freed memory is reused, not faulted back in.
 
 The behaviour test starts fresh Python processes (the setting is process-wide and, for a
@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from medxfer.allocator import TUNABLES, glibc_tunables, user_configured
+from medxfer.runtime.allocator import TUNABLES, glibc_tunables, user_configured
 
 glibc_only = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
@@ -29,10 +29,10 @@ CHURN = """
 import json, os, sys, threading
 import numpy as np
 if sys.argv[1] == "mallopt":
-    from medxfer.allocator import tune_this_process
+    from medxfer.runtime.allocator import tune_this_process
     assert tune_this_process()
 if sys.argv[1] == "mallopt_if_allowed":
-    from medxfer.allocator import tune_this_process
+    from medxfer.runtime.allocator import tune_this_process
     assert not tune_this_process()
 SIZES = (48, 8, 8)  # MB: one above glibc's largest self-set threshold (32 MB), two below
 def rss():

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from medxfer import storage
-from medxfer.bundle import CARD, WEIGHTS, load_bundle, save_bundle
 from medxfer.cli import main
-from medxfer.cli.models import cmd_bundle_show
+from medxfer.cli.models_commands import cmd_bundle_show
 from medxfer.config import PreprocessConfig
 from medxfer.errors import BundleError
-from medxfer.inference import ordinal_to_grade, predict_arrays
+from medxfer.lifecycle.bundle import CARD, WEIGHTS, load_bundle, save_bundle
+from medxfer.lifecycle.inference import ordinal_to_grade, predict_arrays
 from medxfer.models import create_model
 
 
@@ -27,7 +27,7 @@ def _card(model):
 
 
 def _digest(card: dict) -> str:
-    from medxfer.card import card_digest
+    from medxfer.lifecycle.card import card_digest
 
     return card_digest(card)
 
@@ -172,7 +172,7 @@ def test_bundle_show_verifies_everything_without_importing_torch(tmp_path):
     import subprocess
     import sys
 
-    from medxfer.bundle import verify_bundle
+    from medxfer.lifecycle.bundle import verify_bundle
 
     uri = str(tmp_path / "bundle")
     _roundtrip(uri)
@@ -180,7 +180,7 @@ def test_bundle_show_verifies_everything_without_importing_torch(tmp_path):
     loaded = load_bundle(uri)
     assert card == loaded.card and tensors == len(loaded.state_dict)
     assert values == sum(t.numel() for t in loaded.state_dict.values())
-    code = f"import sys; from medxfer.bundle import verify_bundle; verify_bundle({uri!r}); print('torch' in sys.modules)"
+    code = f"import sys; from medxfer.lifecycle.bundle import verify_bundle; verify_bundle({uri!r}); print('torch' in sys.modules)"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr[-2000:]
 
@@ -192,7 +192,7 @@ def test_package_versions_name_torchvision_without_importing_it():
     import sys
 
     code = ("import sys\n"
-            "from medxfer.bundle import package_versions\n"
+            "from medxfer.lifecycle.bundle import package_versions\n"
             "v = package_versions()\n"
             "assert 'torchvision' not in sys.modules, 'package_versions imported torchvision'\n"
             "import torchvision, torch, ray\n"

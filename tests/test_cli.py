@@ -1,5 +1,5 @@
 """medxfer/cli: every command has help, is bound to a handler in its own area module, and the library
-never imports the CLI (a new command is one entry in ``medxfer/cli/<area>.py``)."""
+never imports the CLI (a new command is one entry in ``medxfer/cli/<area>_commands.py``)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_every_command_is_bound_to_a_handler_in_its_area_module():
     for path, sub in commands.items():
         handler = sub.get_default("handler")
         assert callable(handler), f"medxfer {path}: no handler"
-        assert handler.__module__ in {f"medxfer.cli.{a}" for a in AREAS}, (path, handler.__module__)
+        assert handler.__module__ in {f"medxfer.cli.{a}_commands" for a in AREAS}, (path, handler.__module__)
 
 
 def test_no_library_module_imports_the_cli():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from medxfer.config_io import load_config, parse_overrides
+from medxfer.config.loading import load_config, parse_overrides
 from medxfer.errors import ConfigError
 
 
@@ -153,7 +153,7 @@ def test_readme_config_example_is_valid():
     """The job config shown in the README is one users copy: it must stay valid."""
     from pathlib import Path
 
-    from medxfer.config_io import read_yaml_text, validate_dict
+    from medxfer.config.loading import read_yaml_text, validate_dict
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = text.split("## The job config", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
@@ -212,7 +212,7 @@ def test_every_float_field_refuses_infinity_and_nan(path, is_list):
     (which passes every '<' and '>' bound) are config errors, not a run that diverges or crashes."""
     from configutil import nest
 
-    from medxfer.config_io import validate_dict
+    from medxfer.config.loading import validate_dict
 
     assert len(FLOATS) >= 30  # the walk found the tree's float fields
     for bad in (float("inf"), float("-inf"), float("nan")):
@@ -228,7 +228,7 @@ def test_every_integer_field_refuses_numbers_beyond_64_bits(path, is_list):
     """numpy, torch and Ray take counts as 64-bit integers: 1e29 would pass pydantic and fail mid-run."""
     from configutil import nest
 
-    from medxfer.config_io import validate_dict
+    from medxfer.config.loading import validate_dict
 
     assert len(INTS) >= 25
     value = [10**29] if is_list else 10**29
@@ -276,7 +276,7 @@ def test_config_validate_rejects_what_the_run_would_reject(tmp_path):
 
 def test_deep_nesting_is_refused_in_one_line_naming_the_file(tmp_path):
     """100,000 nested brackets used to end in a RecursionError; now one line, before any recursion."""
-    from medxfer.config_io import MAX_YAML_DEPTH
+    from medxfer.config.loading import MAX_YAML_DEPTH
 
     f = _write(tmp_path, "data:\n  classes: " + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(ConfigError) as ei:

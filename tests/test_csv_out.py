@@ -1,4 +1,4 @@
-"""CSV files people open (``medxfer.csv_out``): no text cell runs as a spreadsheet formula, numbers stay
+"""CSV files people open (``medxfer.lifecycle.csv_out``): no text cell runs as a spreadsheet formula, numbers stay
 numbers, and a CR or LF inside a cell cannot start a row."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from medxfer.csv_out import frame_to_csv
+from medxfer.lifecycle.csv_out import frame_to_csv
 
 
 def test_text_cells_that_start_a_formula_are_neutralised_and_numbers_stay_numbers():
@@ -35,7 +35,7 @@ def test_text_cells_that_start_a_formula_are_neutralised_and_numbers_stay_number
 
 def test_the_experiments_table_neutralises_arm_names_and_keeps_differences_numbers():
     """Arm names may begin with '-' or '+' (their pattern allows it): the table.csv of an experiment."""
-    from medxfer.experiments import _csv
+    from medxfer.experiments.label_efficiency import _csv
 
     text = _csv([{"arm": "-lr", "fraction": 0.1, "auroc": 0.81, "test_auroc_ci": [0.7, 0.9],
                   "paired_vs_scratch": {"ci": [-0.12, 0.2], "p_value": 0.3}}])

@@ -8,7 +8,7 @@ import pytest
 
 from medxfer import storage
 from medxfer.cli import main
-from medxfer.config_io import load_config
+from medxfer.config.loading import load_config
 from medxfer.data.cache import CACHE_VERSION, prepare
 from medxfer.data.preprocess import preprocess_bytes
 from medxfer.storage.s3 import split_s3

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from datautil import mini_dataset
 
-from medxfer.config_io import load_config
+from medxfer.config.loading import load_config
 from medxfer.data.cache import prepare
 from medxfer.errors import DataError, StorageError
 
@@ -120,7 +120,7 @@ def test_a_task_or_replica_whose_process_dies_is_retried_a_bounded_number_of_tim
     import ray
 
     from medxfer.data.cache.blocks import TASK_RETRIES, map_batches_bounded
-    from medxfer.predict import ACTOR_RESTARTS
+    from medxfer.lifecycle.predict import ACTOR_RESTARTS
 
     class DiesWhenCalled:  # defined here: Ray's workers get it by value, not from this test module
         def __init__(self, marker: str):

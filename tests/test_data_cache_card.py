@@ -1,4 +1,4 @@
-"""The dataset card (``medxfer.data.cache.card``): bad files counted and listed under their policy,
+"""The dataset card (``medxfer.data.cache.dataset_card``): bad files counted and listed under their policy,
 an interrupted cache rebuilt."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from datautil import mini_dataset
 
 from medxfer import storage
 from medxfer.cli import main
-from medxfer.config_io import load_config
+from medxfer.config.loading import load_config
 from medxfer.data.cache import PreparedData, prepare
 from medxfer.errors import DataError
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from datautil import colour_and_gray
 
-from medxfer.config_io import load_config
+from medxfer.config.loading import load_config
 from medxfer.data.cache import prepare
 from medxfer.errors import ConfigError
 

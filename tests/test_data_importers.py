@@ -187,7 +187,7 @@ def test_every_format_the_decoder_reads_is_listed_by_import_folder_and_predict(t
 
     from medxfer.data.decode import SUFFIXES
     from medxfer.data.preprocess import preprocess_bytes
-    from medxfer.predict import list_inputs
+    from medxfer.lifecycle.predict import list_inputs
 
     gray = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) % 251).astype(np.uint8)
     files = {f"img{ext}": cv2.imencode(ext, gray)[1].tobytes()

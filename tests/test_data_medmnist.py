@@ -122,9 +122,9 @@ def test_every_2d_set_has_its_published_label_names_in_index_order():
 
 
 def test_import_names_classes_in_medmnist_order_and_records_the_finding(test_data, tmp_path, capsys):
-    from medxfer.card import resolve_positive_class
-    from medxfer.config_io import validate_dict
+    from medxfer.config.loading import validate_dict
     from medxfer.data.manifest import load_manifest
+    from medxfer.lifecycle.card import resolve_positive_class
 
     npz = test_data / "medmnist" / "breastmnist.npz"
     named, index = tmp_path / "named", tmp_path / "index"
@@ -182,10 +182,10 @@ def test_the_import_order_is_the_class_order_where_sorted_names_differ(tmp_path)
 def test_manifests_imported_before_class_names_keep_working(test_data, tmp_path):
     """An index manifest with the import.json medxfer wrote before names (no positive class), or none:
     the same classes and the same default positive class as then."""
-    from medxfer.card import resolve_positive_class
-    from medxfer.config_io import validate_dict
+    from medxfer.config.loading import validate_dict
     from medxfer.data.importers import import_medmnist
     from medxfer.data.manifest import load_manifest
+    from medxfer.lifecycle.card import resolve_positive_class
 
     import_medmnist(test_data / "medmnist" / "breastmnist.npz", str(tmp_path / "b"), label_names="index")
     old = {"name": "breastmnist", "source": "breastmnist.npz", "images": 780,

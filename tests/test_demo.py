@@ -22,8 +22,8 @@ def test_phantoms_are_medmnist_shaped(tmp_path):
 
 
 def test_demo_data_dir_missing_files_is_a_clear_error(tmp_path):
-    from medxfer.demo import find_data
     from medxfer.errors import DataError
+    from medxfer.experiments.demo import find_data
 
     with pytest.raises(DataError, match="pneumoniamnist.npz"):
         find_data(str(tmp_path), str(tmp_path / "root"))
@@ -32,7 +32,7 @@ def test_demo_data_dir_missing_files_is_a_clear_error(tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_demo_fast_end_to_end(ray_cluster, test_data, tmp_path, capsys):
-    from medxfer.demo import run_demo
+    from medxfer.experiments.demo import run_demo
 
     summary = run_demo(str(test_data / "medmnist"), str(tmp_path / "demo"), fast=True)
     out = capsys.readouterr().out

@@ -51,8 +51,8 @@ def test_storage_writes_name_the_file_and_keep_what_was_there(full_fs):
     named; an atomic write leaves the old file, a bundle without its card is no bundle."""
     from evalutil import tiny_bundle
 
-    from medxfer.bundle import load_bundle
     from medxfer.errors import BundleError
+    from medxfer.lifecycle.bundle import load_bundle
 
     run = str(full_fs / "runs" / "r1")
     storage.write_json(storage.join(run, "result.json"), {"status": "running"})

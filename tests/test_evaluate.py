@@ -11,12 +11,12 @@ import pytest
 from evalutil import breast_job, breast_manifest, file_hashes
 
 from medxfer import storage
-from medxfer.bundle import load_bundle
 from medxfer.cli import main
 from medxfer.evaluate import evaluate_bundle
 from medxfer.evaluate.inputs import prepare_for
 from medxfer.evaluate.report import default_out
 from medxfer.evaluate.scoring import score_splits_local
+from medxfer.lifecycle.bundle import load_bundle
 from medxfer.metrics.operating_point import choose_operating_point, rates_at
 
 

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from medxfer.bundle import load_bundle
 from medxfer.cli import main
 from medxfer.errors import ConfigError
+from medxfer.lifecycle.bundle import load_bundle
 
 
 def test_positive_class_named_at_import_reaches_the_card_and_the_report(test_data, tmp_path, capsys):
@@ -20,11 +20,11 @@ def test_positive_class_named_at_import_reaches_the_card_and_the_report(test_dat
 
     import cv2
 
-    from medxfer.bundle import save_bundle
-    from medxfer.card import build_card, resolve_positive_class
     from medxfer.config import EvaluateSection
-    from medxfer.config_io import validate_dict
+    from medxfer.config.loading import validate_dict
     from medxfer.evaluate import build_report
+    from medxfer.lifecycle.bundle import save_bundle
+    from medxfer.lifecycle.card import build_card, resolve_positive_class
     from medxfer.models import create_model
 
     z = np.load(test_data / "medmnist" / "breastmnist.npz")

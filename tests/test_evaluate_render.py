@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from medxfer.evaluate.render import compare_markdown, fmt, report_markdown
+from medxfer.evaluate.markdown import compare_markdown, fmt, report_markdown
 
 
 def _report() -> dict:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from evalutil import tiny_bundle
 
-from medxfer.bundle import load_bundle
 from medxfer.config import EvaluateSection
 from medxfer.evaluate.report import build_report, write_report
+from medxfer.lifecycle.bundle import load_bundle
 
 
 @pytest.mark.parametrize("task", ["multilabel", "ordinal", "multiclass"])

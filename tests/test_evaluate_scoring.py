@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from evalutil import breast_job, breast_manifest, tiny_bundle
 
-from medxfer.bundle import load_bundle
 from medxfer.config import EvaluateSection
 from medxfer.evaluate.inputs import prepare_for
 from medxfer.evaluate.scoring import choose_engine, score_splits, score_splits_local
+from medxfer.lifecycle.bundle import load_bundle
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from evalutil import breast_job, breast_manifest, tiny_bundle
 
 from medxfer.config import ExperimentArm
-from medxfer.experiments import (
+from medxfer.experiments.label_efficiency import (
     nest_dotted,
     run_label_efficiency,
     summarize,
@@ -106,7 +106,7 @@ def test_a_trial_key_changes_with_what_the_trial_measures(tmp_path):
     """Kept trials are matched by config, data, the labelled training rows and source weights: the
     source enters by its weights, so a source retrained under the same URI sends its trials to run
     again; another way of drawing the label subset sends them too."""
-    from medxfer.experiments import trial_key
+    from medxfer.experiments.label_efficiency import trial_key
 
     cfg = breast_job(str(tmp_path), "m.csv")
     arm = ExperimentArm(name="scratch", set={"model.init": "scratch"})
@@ -133,8 +133,8 @@ def test_a_trial_and_finetune_with_the_same_settings_end_with_the_same_weights(r
     command's run (a Ray Train worker group) take the same steps, so their best weights are equal."""
     import torch
 
-    from medxfer.bundle import load_bundle
     from medxfer.data.cache import prepare
+    from medxfer.lifecycle.bundle import load_bundle
     from medxfer.train.jobs import run_training
     from medxfer.train.launch import run_trial_weights, split_rows
     from medxfer.train.plan import plan_training
@@ -154,7 +154,7 @@ def test_a_trial_and_finetune_with_the_same_settings_end_with_the_same_weights(r
 
 
 def test_paired_difference_between_arms_uses_the_same_test_resamples():
-    from medxfer.experiments import paired_difference_vs
+    from medxfer.experiments.label_efficiency import paired_difference_vs
 
     rng = np.random.default_rng(0)
     y = (rng.random(150) < 0.3).astype(int)
@@ -170,7 +170,7 @@ def test_paired_difference_between_arms_uses_the_same_test_resamples():
 
 
 def test_summary_rows_carry_intervals_and_read_as_one_sentence():
-    from medxfer.experiments import plot_png, reading, summarize, test_auroc
+    from medxfer.experiments.label_efficiency import plot_png, reading, summarize, test_auroc
 
     rng = np.random.default_rng(1)
     y = (rng.random(156) < 0.3).astype(int)

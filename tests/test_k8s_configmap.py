@@ -5,7 +5,7 @@ from __future__ import annotations
 from k8sutil import JOBS, K8S, kustomized, load_all
 
 from medxfer.cli import main
-from medxfer.config_io import read_yaml_text, validate_dict
+from medxfer.config.loading import read_yaml_text, validate_dict
 from medxfer.k8s.names import CONFIGMAP
 
 

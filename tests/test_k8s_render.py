@@ -12,7 +12,7 @@ import yaml
 from k8sutil import JOBS, K8S, OVERLAY, REPO, load_all
 
 from medxfer.cli import main
-from medxfer.config_io import load_config
+from medxfer.config.loading import load_config
 from medxfer.errors import ConfigError
 from medxfer.k8s.render import KINDS, check_image, render
 

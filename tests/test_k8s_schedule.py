@@ -11,7 +11,7 @@ import pytest
 from k8sutil import JOBS, kustomized, parse_cron
 
 from medxfer.cli import build_parser, main
-from medxfer.config_io import load_config
+from medxfer.config.loading import load_config
 from medxfer.errors import ConfigError
 from medxfer.k8s.render import render
 from medxfer.k8s.schedule import JOB_NAME_ENV, SCHEDULE, tick_job_name
@@ -47,7 +47,7 @@ def _minute_name(scheduled: dt.datetime) -> str:
 def test_scheduled_retrains_take_their_tick_from_the_job_name_not_the_clock():
     """Both schedulers hand the pod its Job's name (downward API) and the retrain derives its
     tick from it, so a retry after an hour boundary resumes the same run."""
-    from medxfer import retrain
+    from medxfer.lifecycle import retrain
 
     scheduled = dt.datetime(2026, 1, 1, 2, 0, tzinfo=dt.timezone.utc)
     for scheduler in ("CronJob", "RayCronJob"):
@@ -67,8 +67,8 @@ def test_ticks_follow_the_schedule_not_the_hour():
     """Every tick a schedule fires is its own run (four an hour for ``*/15``), and a tick started by
     hand in the hour of the nightly one — the README's ``kubectl create job --from=cronjob/...``, named
     like the scheduler's — is a new run, not the night's decision printed again. A retry keeps its tick."""
-    from medxfer import retrain
     from medxfer.k8s.schedule import tick_job_name
+    from medxfer.lifecycle import retrain
 
     night = dt.datetime(2026, 1, 1, 2, 0, tzinfo=dt.timezone.utc)
     later = night + dt.timedelta(hours=3)
@@ -88,7 +88,7 @@ def test_ticks_follow_the_schedule_not_the_hour():
 
 
 def test_tick_from_job_name_refuses_names_without_a_scheduled_minute():
-    from medxfer.retrain import tick_from_job_name
+    from medxfer.lifecycle.retrain import tick_from_job_name
 
     now = dt.datetime(2026, 1, 1, 3, 0, tzinfo=dt.timezone.utc)
     late = _minute_name(dt.datetime(2025, 12, 16, 2, 17, tzinfo=dt.timezone.utc))  # a tick retried weeks later
@@ -107,7 +107,7 @@ def test_retrain_cli_refuses_a_job_name_without_a_tick(capsys):
 
 
 def test_a_retrain_rayjob_by_hand_is_named_like_a_tick():
-    from medxfer.retrain import tick_from_job_name
+    from medxfer.lifecycle.retrain import tick_from_job_name
 
     now = dt.datetime(2026, 3, 4, 5, 6, tzinfo=dt.timezone.utc)
     name = tick_job_name("retrain", now.timestamp())

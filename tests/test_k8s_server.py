@@ -275,7 +275,7 @@ def test_a_ticks_job_name_reaches_its_pod_and_gives_the_scheduled_tick(kube, app
     RayJob's submitter Job, which KubeRay names after the RayJob): the API server labels its
     pods with the Job's name, the pod's env reads that label, and the tick is 02:00 however
     late the pod starts."""
-    from medxfer.retrain import run_name_for, tick_from_job_name
+    from medxfer.lifecycle.retrain import run_name_for, tick_from_job_name
 
     cron = kube.get("cronjob", "medxfer-retrain")
     (ray_cron,) = _docs((REPO / "k8s-overlays" / "raycronjob" / "raycronjob-retrain.yaml").read_text())

@@ -7,7 +7,7 @@ import re
 import pytest
 from k8sutil import JOBS, all_objects, commands
 
-from medxfer.config_io import load_config, validate_dict
+from medxfer.config.loading import load_config, validate_dict
 from medxfer.errors import ConfigError
 from medxfer.k8s.names import CONFIG_DIR
 from medxfer.k8s.stages import entrypoint, stage_from_path

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medxfer import plots
+from medxfer.evaluate import plots
 from medxfer.metrics.calibration import reliability
 
 PNG = b"\x89PNG"

@@ -13,7 +13,7 @@ from evalutil import file_hashes, report_for, tiny_bundle
 from medxfer import storage
 from medxfer.cli import main
 from medxfer.errors import DataError, MedxferError
-from medxfer.predict import list_inputs, predict, predictions_table
+from medxfer.lifecycle.predict import list_inputs, predict, predictions_table
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_decode_errors_in_predictions_carry_no_header_values(test_data, tmp_path
     from hostile import PLANTED, malformed_dicoms
 
     from medxfer.config import PreprocessConfig
-    from medxfer.predict import decode_batch
+    from medxfer.lifecycle.predict import decode_batch
 
     paths = []
     for name, data in malformed_dicoms(test_data).items():
@@ -199,7 +199,7 @@ def test_inputs_on_s3_and_local_are_read_by_the_one_reader_and_a_missing_one_get
     files in one batch, a missing object named in its own row (no Ray: the stage is a plain function)."""
     from medxfer.config import PreprocessConfig
     from medxfer.data.preprocess import preprocess_bytes
-    from medxfer.predict import decode_batch
+    from medxfer.lifecycle.predict import decode_batch
 
     cxr = test_data / "images" / "cxr"
     on_s3 = storage.join(s3_root, "worklist", "a.png")

@@ -212,7 +212,7 @@ def test_cronjob_retry_resubmits_a_failed_tick_and_follows_a_finished_one(ray_he
     """The CronJob pod's script, run by bash against the head: the tick's job (id = the Job's name)
     failed, so the retried pod submits it again as <name>-2; a later retry finds that one
     SUCCEEDED and exits 0 without a third submission."""
-    from medxfer.config_io import load_config
+    from medxfer.config.loading import load_config
     from medxfer.k8s.cronjob import submit_script
     from medxfer.k8s.stages import entrypoint
 
@@ -278,7 +278,7 @@ def test_a_command_without_the_clusters_token_is_told_how_to_send_it(ray_head, t
     message naming the address and the fix, exit 2, in seconds, no Ray traceback or C++ warnings."""
     from evalutil import breast_job, breast_manifest
 
-    from medxfer.config_io import dump_yaml
+    from medxfer.config.loading import dump_yaml
 
     job = tmp_path / "job.yaml"
     job.write_text(dump_yaml(breast_job(str(tmp_path / "store"), breast_manifest(test_data, tmp_path / "breast"),

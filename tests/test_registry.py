@@ -13,7 +13,7 @@ from medxfer import storage
 from medxfer.cli import main
 from medxfer.config import PromotionSection
 from medxfer.errors import RegistryError
-from medxfer.registry import Registry, decide
+from medxfer.lifecycle.model_registry import Registry, decide
 
 RULE = PromotionSection(metric="auroc", margin=0.005, no_sensitivity_drop=True)
 
@@ -73,7 +73,7 @@ def test_first_champion_worse_refused_better_promoted(root, bundles):
     # Versions are immutable: the completion record cannot be written twice.
     assert not storage.put_if_absent(storage.join(reg.version_uri(v4), "version.json"), b"{}")
     # The registry's bundle copy verifies and names the source weights.
-    from medxfer.bundle import load_bundle
+    from medxfer.lifecycle.bundle import load_bundle
 
     assert load_bundle(reg.bundle_uri(v4)).card["weights_sha256"] == reg.get(v4)["weights_sha256"]
 
@@ -163,7 +163,7 @@ def _swap_classes(bundle_dir: str, rehash: bool) -> None:
     card = storage.read_json(uri)
     card["classes"] = card["classes"][::-1]
     if rehash:
-        from medxfer.card import card_digest
+        from medxfer.lifecycle.card import card_digest
 
         card["card_sha256"] = card_digest(card)
     storage.write_json(uri, card)
@@ -222,7 +222,7 @@ def test_version_and_model_names_are_checked_on_every_read(tmp_path, bundles, ca
 
 
 def test_model_name_in_the_config_has_the_run_name_pattern():
-    from medxfer.config_io import validate_dict
+    from medxfer.config.loading import validate_dict
     from medxfer.errors import ConfigError
 
     for bad in ("../x", "a/b", "", ".hidden", "x" * 129):

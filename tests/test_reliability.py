@@ -37,7 +37,7 @@ from fault_proxy import matcher
 
 from medxfer import storage
 from medxfer.config import JobConfig
-from medxfer.config_io import load_config, validate_dict
+from medxfer.config.loading import load_config, validate_dict
 from medxfer.errors import BundleError, ConfigError, MedxferError, StorageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,8 +240,8 @@ def test_pickle_disguised_as_weights_is_refused_and_never_run(tmp_path):
     import torch
     from evalutil import tiny_bundle
 
-    from medxfer.bundle import CARD, WEIGHTS, load_bundle
-    from medxfer.card import card_digest
+    from medxfer.lifecycle.bundle import CARD, WEIGHTS, load_bundle
+    from medxfer.lifecycle.card import card_digest
     from medxfer.train.checkpoint import load_checkpoint
 
     marker = tmp_path / "pwned"
@@ -285,8 +285,9 @@ def test_second_tick_while_one_runs_exits_cleanly_and_touches_nothing(tmp_path, 
 
     (A retry of the *same* tick waits for the earlier attempt's lease instead: test_retrain.)"""
     from medxfer.cli import main
-    from medxfer.config_io import dump_yaml
-    from medxfer.retrain import RunLock, run_retrain
+    from medxfer.config.loading import dump_yaml
+    from medxfer.lifecycle.lease import RunLock
+    from medxfer.lifecycle.retrain import run_retrain
 
     root = tmp_path / "store"
     cfg = validate_dict({"name": "nightly", "model": {"name": "breast"}, "storage": {"root": str(root)},
@@ -320,8 +321,9 @@ def test_damaged_retrain_lock_is_reported_and_taken_over_after_its_ttl(tmp_path,
     a hand edit) is named in the skip message, counts as held for one TTL from when it was first seen, and
     is then taken over, instead of failing every later tick."""
     from medxfer.cli import main
-    from medxfer.config_io import dump_yaml
-    from medxfer.retrain import RunLock, run_retrain
+    from medxfer.config.loading import dump_yaml
+    from medxfer.lifecycle.lease import RunLock
+    from medxfer.lifecycle.retrain import run_retrain
 
     root = tmp_path / "store"
     cfg = validate_dict({"name": "nightly", "model": {"name": "breast"}, "storage": {"root": str(root)},
@@ -393,7 +395,7 @@ def test_flaky_s3_import_registry_and_storage_complete_through_retries(flaky_s3,
     from medxfer.config import DataConfig, PromotionSection
     from medxfer.data.importers import import_medmnist
     from medxfer.data.manifest import load_manifest
-    from medxfer.registry import Registry
+    from medxfer.lifecycle.model_registry import Registry
 
     flaky_s3.configure(rate=0.15)
     # Import: 780 PNGs + import.json + manifest.csv, each PUT through the proxy.
@@ -444,7 +446,7 @@ def test_lost_reply_to_a_conditional_create_is_still_a_win(flaky_s3, s3_root):
     """A PUT If-None-Match that S3 applied but whose reply was lost (connection reset): the retry gets
     412. The caller did create the object; if it is told it lost, a retrain lock is held by nobody for
     promotion.lock_ttl_s (every tick skips), and a promotion that happened is reported as not made."""
-    from medxfer.retrain import RunLock
+    from medxfer.lifecycle.lease import RunLock
 
     flaky_s3.configure(rate=1.0, faults=("reset",), after=True, match=matcher({"PUT"}, r"/locks/"), limit=1)
     lock = RunLock(storage.join(s3_root, "locks", "retrain-m"), 3600, "tick-1")
@@ -546,7 +548,7 @@ def test_worker_killed_mid_run_then_unwritable_checkpoint(ray_cluster, small_bre
     the group from that checkpoint; at most the epoch in progress is redone; the bundle verifies.
     (2) The same run continued while its next checkpoint cannot be written: a clear failure, and the
     last good checkpoint and bundle stay loadable."""
-    from medxfer.bundle import load_bundle
+    from medxfer.lifecycle.bundle import load_bundle
     from medxfer.train.checkpoint import read_state, read_weights
     from medxfer.train.jobs import run_training
 
@@ -621,7 +623,7 @@ def test_driver_killed_rerun_resumes_and_no_credentials_are_written(ray_cluster,
     preprocessing, checkpoints, the bundle and result.json all go through the faults. The driver's
     environment holds a marker secret: it must appear in no object the job wrote, in none of its output,
     and never cross the wire."""
-    from medxfer.bundle import CARD, WEIGHTS, load_bundle
+    from medxfer.lifecycle.bundle import CARD, WEIGHTS, load_bundle
 
     secret = "MARKER-SECRET-8c1f9e0a"
     flaky_s3.record = secret.encode()

@@ -14,10 +14,11 @@ from evalutil import breast_job, breast_manifest, tiny_bundle
 from medxfer import storage
 from medxfer.cli import main
 from medxfer.config import PromotionSection
-from medxfer.config_io import dump_yaml
+from medxfer.config.loading import dump_yaml
 from medxfer.errors import ConfigError
-from medxfer.registry import Registry
-from medxfer.retrain import LockLost, RunLock, parse_tick, run_name_for, run_retrain, tick_of_run
+from medxfer.lifecycle.lease import LockLost, RunLock
+from medxfer.lifecycle.model_registry import Registry
+from medxfer.lifecycle.retrain import parse_tick, run_name_for, run_retrain, tick_of_run
 
 
 def test_tick_names_and_lock(tmp_path):
@@ -64,7 +65,7 @@ def test_lock_heartbeat_renews_the_lease_and_a_taken_over_holder_knows(tmp_path)
     the lock (here: after the lease was made to lapse), the old holder sees it and refuses to go on."""
     import time
 
-    from medxfer.retrain import LockLost
+    from medxfer.lifecycle.lease import LockLost
 
     uri = str(tmp_path / "locks")
     holder = RunLock(uri, 0.6, "long-run")

@@ -1,4 +1,4 @@
-"""medxfer.runs: a run name keeps the model it was trained as."""
+"""medxfer.lifecycle.runs: a run name keeps the model it was trained as."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from medxfer.config import TrainConfig
 
 def test_reused_run_name_with_other_model_is_refused(tmp_path):
     from medxfer.config import JobConfig
-    from medxfer.config_io import dump_yaml
+    from medxfer.config.loading import dump_yaml
     from medxfer.errors import ConfigError
-    from medxfer.runs import check_run
+    from medxfer.lifecycle.runs import check_run
     from medxfer.train.resume import SNAPSHOT
 
     cfg = JobConfig.model_validate({"name": "r", "model": {"backbone": "smallcnn"}})

@@ -11,9 +11,9 @@ import yaml
 
 from medxfer.config import JobConfig, PretrainConfig
 from medxfer.models import create_model, load_source_weights
-from medxfer.ssl.augment import ViewSpec, random_view, two_views
 from medxfer.ssl.methods import BYOL, METHODS, build_method, byol_momentum, nt_xent
 from medxfer.ssl.trainee import SSLSettings, build_ssl_model, export_backbone, optim_settings, ssl_epoch
+from medxfer.ssl.view_pairs import ViewSpec, random_view, two_views
 
 
 def _breast(test_data, n: int | None = None, split: str = "train") -> torch.Tensor:
@@ -144,7 +144,7 @@ def test_export_backbone_has_exactly_the_classifiers_backbone_names():
 
 def test_driver_plan_sources_and_errors():
     from medxfer.errors import ConfigError, DataError
-    from medxfer.ssl.jobs import data_fingerprint, manifests_of, source_config
+    from medxfer.ssl.pretrain import data_fingerprint, manifests_of, source_config
     from medxfer.train.plan import plan_pretraining
 
     def plan_pretrain(cfg, n, chans, size, use_gpu):
@@ -199,8 +199,8 @@ def _slice_dataset(test_data, tmp_path, name: str, n_train: int, n_held: int) ->
 @pytest.mark.slow
 @pytest.mark.ray
 def test_pretrain_on_ray_writes_a_bundle_finetune_loads(test_data, tmp_path, ray_cluster):
-    from medxfer.bundle import load_bundle
     from medxfer.cli import main
+    from medxfer.lifecycle.bundle import load_bundle
 
     breast, n_breast = _slice_dataset(test_data, tmp_path, "breastmnist", 48, 8)
     pneumo, n_pneumo = _slice_dataset(test_data, tmp_path, "pneumoniamnist", 32, 8)
@@ -245,8 +245,8 @@ def test_pretrain_on_ray_writes_a_bundle_finetune_loads(test_data, tmp_path, ray
     # naming the fields (exit 2), nothing in the run folder written. The same settings start nothing.
     from evalutil import file_hashes
 
-    from medxfer.config_io import load_config
-    from medxfer.ssl.jobs import run_pretrain
+    from medxfer.config.loading import load_config
+    from medxfer.ssl.pretrain import run_pretrain
 
     files = file_hashes(run)
     for change in ("pretrain.temperature=0.5", "train.epochs=1", "train.lr=0.01"):

@@ -16,7 +16,7 @@ from evalutil import breast_job, tiny_bundle
 from raynodes import env_without_ray, ray_nodes
 
 from medxfer import storage
-from medxfer.config_io import dump_yaml
+from medxfer.config.loading import dump_yaml
 from medxfer.errors import ConfigError
 from medxfer.storage.layout import check_root
 

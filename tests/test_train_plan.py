@@ -10,11 +10,11 @@ from medxfer.models import create_model
 def test_plan_and_source_checks(tmp_path, test_data):
     from evalutil import breast_job, breast_manifest
 
-    from medxfer.bundle import save_bundle
     from medxfer.config import JobConfig, PreprocessConfig
-    from medxfer.config_io import validate_dict
+    from medxfer.config.loading import validate_dict
     from medxfer.data.cache import prepare
     from medxfer.errors import ConfigError
+    from medxfer.lifecycle.bundle import save_bundle
     from medxfer.train.jobs import check_source
     from medxfer.train.plan import plan_training
 

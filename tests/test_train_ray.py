@@ -18,10 +18,10 @@ from evalutil import file_hashes
 from sklearn.metrics import roc_auc_score
 
 from medxfer import storage
-from medxfer.bundle import load_bundle
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
-from medxfer.inference import predict_arrays
+from medxfer.lifecycle.bundle import load_bundle
+from medxfer.lifecycle.inference import predict_arrays
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def _cfg(root, name, dataset, **train):
 def test_source_resume_then_finetune_on_s3(data_root, tmp_path, capsys):
     """Three trainer runs: source (stopped after 2 of 3 epochs), the same command again (resumes
     at epoch 2), then fine-tuning on BreastMNIST from the source bundle via ``finetune --source``."""
-    from medxfer.cli.train import cmd_finetune
+    from medxfer.cli.train_commands import cmd_finetune
     from medxfer.data.cache import prepare
     from medxfer.train.jobs import run_training
 

@@ -1,6 +1,6 @@
 """The ``medxfer`` command: the argument parser and the one place errors become messages.
 
-Thin on purpose: each area of commands is one module, ``medxfer/cli/<area>.py``, holding both its
+Thin on purpose: each area of commands is one module, ``medxfer/cli/<area>_commands.py``, holding both its
 sub-parsers (``add_parsers``) and their handlers, bound by reference; a handler calls one
 library function and prints its result, importing the library lazily so ``medxfer --help``
 stays fast. A new command is one entry in its area's module. No library module imports from here. Expected failures (:class:`medxfer.errors.MedxferError`)
@@ -17,11 +17,11 @@ import os
 import sys
 
 from medxfer import __version__
-from medxfer.allocator import tune_this_process
-from medxfer.cli.common import PrintableFormatter, printable
+from medxfer.cli.arguments import PrintableFormatter, printable
 from medxfer.errors import find_medxfer_error
+from medxfer.runtime.allocator import tune_this_process
 
-AREAS = ("config", "data", "train", "models", "registry", "deploy")  # medxfer/cli/<area>.py
+AREAS = ("config", "data", "train", "models", "registry", "deploy")  # medxfer/cli/<area>_commands.py
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="More log output.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for area in AREAS:
-        importlib.import_module(f"medxfer.cli.{area}").add_parsers(sub)
+        importlib.import_module(f"medxfer.cli.{area}_commands").add_parsers(sub)
     return parser
 
 
@@ -52,7 +52,7 @@ def _printable_streams() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_this_process()  # before any thread starts: see medxfer.allocator
+    tune_this_process()  # before any thread starts: see medxfer.runtime.allocator
     _printable_streams()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -3,7 +3,7 @@
 Why one tree: a run folder, a model bundle and a Kubernetes ConfigMap all carry the same
 YAML, so a result can always be traced back to exactly the settings that produced it.
 Every model forbids unknown keys, so a typo fails loudly instead of silently falling back
-to a default (see ``medxfer.config_io`` for the loader and the error messages).
+to a default (see ``medxfer.config.loading`` for the loader and the error messages).
 
 One module per group of sections (``data``, ``model``, ``train``, ``run``, ``evaluate``,
 ``experiment``), ``base`` for what they share and ``job`` for the whole tree and the rules that

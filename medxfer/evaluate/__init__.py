@@ -10,7 +10,7 @@ The order of work, and why:
    metrics come with seeded, paired bootstrap intervals (:mod:`~medxfer.evaluate.report`,
    built on :mod:`medxfer.metrics`).
 4. ``report.json``, ``report.md`` and PNG plots go to ``--out`` (default: the ``report/`` folder
-   beside the bundle; :mod:`~medxfer.evaluate.render`). The bundle is never written.
+   beside the bundle; :mod:`~medxfer.evaluate.markdown`). The bundle is never written.
 
 ``--compare A B`` scores both bundles on the same split and reports the paired-bootstrap
 difference of the headline metric (:mod:`~medxfer.evaluate.compare`).
@@ -18,7 +18,7 @@ difference of the headline metric (:mod:`~medxfer.evaluate.compare`).
 
 from medxfer.evaluate.compare import compare_bundles
 from medxfer.evaluate.inputs import resolve_config
-from medxfer.evaluate.render import fmt
+from medxfer.evaluate.markdown import fmt
 from medxfer.evaluate.report import build_report, evaluate_bundle, write_report
 
 __all__ = ["build_report", "compare_bundles", "evaluate_bundle", "fmt", "resolve_config", "write_report"]

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from medxfer import plots, storage
+from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError, DataError
+from medxfer.evaluate import plots
 from medxfer.evaluate.inputs import positive_class, prepare_for, scored_splits
-from medxfer.evaluate.render import compare_markdown
+from medxfer.evaluate.markdown import compare_markdown
 from medxfer.evaluate.report import build_report, default_out, resampling
 from medxfer.evaluate.scoring import score
+from medxfer.lifecycle.model_registry import json_safe
 from medxfer.metrics import METRICS
 from medxfer.metrics.bootstrap import paired_difference
 from medxfer.metrics.views import defined_columns, one_vs_rest
-from medxfer.registry import json_safe
 
 
 def _check_comparable(bundles, a_uri: str, b_uri: str, ecfg) -> None:
@@ -42,7 +43,7 @@ def _headline_inputs(task: str, y: np.ndarray, scores: np.ndarray, pos: int | No
 
 def compare_bundles(a_uri: str, b_uri: str, cfg: JobConfig, split: str = "test", out: str | None = None) -> dict:
     """Both bundles on the same images; AUROC (or MAE) difference A - B with a paired bootstrap CI."""
-    from medxfer.bundle import load_bundle
+    from medxfer.lifecycle.bundle import load_bundle
 
     ecfg = cfg.evaluate
     bundles = [load_bundle(a_uri), load_bundle(b_uri)]

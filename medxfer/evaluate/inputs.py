@@ -15,7 +15,7 @@ from medxfer.errors import ConfigError
 def resolve_config(data: str | None, overrides: list[str] | None, bundle_uri: str | None) -> JobConfig:
     """The job config for an evaluation from ``--data``: a job config (YAML), a manifest, or
     (no --data) the training config stored in the bundle's card."""
-    from medxfer.config_io import deep_merge, load_config, parse_overrides, validate_dict
+    from medxfer.config.loading import deep_merge, load_config, parse_overrides, validate_dict
 
     if data and data.lower().endswith((".yaml", ".yml")):
         return load_config(data, overrides)
@@ -25,7 +25,7 @@ def resolve_config(data: str | None, overrides: list[str] | None, bundle_uri: st
         return cfg
     if not bundle_uri:
         raise ConfigError(["evaluate: give --data (a manifest or job config) or a bundle whose card has a config"])
-    from medxfer.bundle import load_bundle
+    from medxfer.lifecycle.bundle import load_bundle
 
     card_cfg = load_bundle(bundle_uri).card.get("config")
     if not card_cfg:
@@ -53,7 +53,7 @@ def scored_splits(bundle, split: str) -> list[str]:
 
 def positive_class(bundle, ecfg) -> tuple[int, str]:
     """``(index, reason)`` of the positive class: ``evaluate.positive_class``, else the card's."""
-    from medxfer.card import POSITIVE_SOURCES
+    from medxfer.lifecycle.card import POSITIVE_SOURCES
 
     classes = list(bundle.classes)
     name = ecfg.positive_class

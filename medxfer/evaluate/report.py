@@ -22,12 +22,12 @@ from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
 from medxfer.evaluate.inputs import positive_class, prepare_for, scored_splits
-from medxfer.evaluate.render import fmt, report_markdown, write_plots
+from medxfer.evaluate.markdown import fmt, report_markdown, write_plots
 from medxfer.evaluate.scoring import score
+from medxfer.lifecycle.model_registry import json_safe
 from medxfer.metrics import reports
 from medxfer.metrics.bootstrap import Resampling
 from medxfer.metrics.operating_point import choose_operating_point, rates_at
-from medxfer.registry import json_safe
 
 log = logging.getLogger("medxfer.evaluate")
 
@@ -118,7 +118,7 @@ def write_report(rep: dict, scored: dict, out: str) -> str:
 
 def evaluate_bundle(bundle_uri: str, cfg: JobConfig, split: str = "test", out: str | None = None) -> dict:
     """Evaluate ``bundle_uri`` on ``split`` of ``cfg``'s data; write the report (never the bundle); return it."""
-    from medxfer.bundle import load_bundle
+    from medxfer.lifecycle.bundle import load_bundle
 
     if out is None and _in_registry(bundle_uri):
         raise ConfigError([f"{bundle_uri}: registry versions are immutable; give --out for the report"])

@@ -4,7 +4,7 @@ Why both: an actor pool pays process start-up, a torch import and a bundle load 
 (seconds, tens of seconds on a busy node) before the first image, which dominates a few thousand
 28-224 px images that one process scores in well under that; a large holdout or a GPU cluster is
 what the pool is for (``evaluate.engine``). Both paths call the same
-``medxfer.inference.predict_arrays`` on the same cached tensors, so the scores are identical (the
+``medxfer.lifecycle.inference.predict_arrays`` on the same cached tensors, so the scores are identical (the
 tests hold them equal). Rows come back sorted by path, so two bundles' scores line up.
 """
 
@@ -54,7 +54,7 @@ def score_splits_local(bundle, prepared, splits: list[str], batch_size: int = 25
     """In-process scoring from the cache (``prepared.numpy``); same output as :func:`score_splits`."""
     import torch
 
-    from medxfer.inference import predict_arrays
+    from medxfer.lifecycle.inference import predict_arrays
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = bundle.build_model(device)
@@ -76,7 +76,7 @@ def _tag(batch: dict, part: str) -> dict:
 
 def score_splits(bundle_uri: str, prepared, splits: list[str], batch_size: int = 256) -> dict[str, dict]:
     """Run the bundle over ``splits`` of ``prepared`` with a Ray Data actor pool (one pipeline for all splits)."""
-    from medxfer.predict import map_bundle
+    from medxfer.lifecycle.predict import map_bundle
     from medxfer.runtime import init_ray
 
     init_ray()

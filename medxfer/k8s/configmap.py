@@ -14,7 +14,7 @@ def configmap(jobs_dir: str) -> dict:
     Committed rendered (``k8s/04-configmap-jobs.yaml``) so ``kubectl apply -f k8s/`` creates
     it; a Ray head whose config volume names a missing ConfigMap never starts.
     """
-    from medxfer.config_io import load_config
+    from medxfer.config.loading import load_config
 
     files = sorted(Path(jobs_dir).glob("*.yaml"))
     if not files:

@@ -1,6 +1,6 @@
 """Backbones by name (``backbones``, torch-free), and building, adapting and loading them (``registry``).
 
-The names below are imported from :mod:`medxfer.models.registry` on first use, so importing
+The names below are imported from :mod:`medxfer.models.factory` on first use, so importing
 ``medxfer.models.backbones`` (as config validation does) does not import torch.
 """
 
@@ -26,5 +26,5 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in __all__:
-        return getattr(importlib.import_module("medxfer.models.registry"), name)
+        return getattr(importlib.import_module("medxfer.models.factory"), name)
     raise AttributeError(f"module 'medxfer.models' has no attribute {name!r}")

@@ -3,7 +3,7 @@
 Why a table of its own: ``medxfer config validate`` checks ``model.backbone`` against these names
 without importing torch, so this module imports nothing heavy (torchvision and the small CNN are
 imported by the builders, when a model is built). A new backbone is one :class:`BackboneSpec`
-here; :mod:`medxfer.models.registry` builds, adapts and loads any of them.
+here; :mod:`medxfer.models.factory` builds, adapts and loads any of them.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from torch import nn
 from medxfer.config import JobConfig
 from medxfer.errors import MedxferError
 from medxfer.models import BACKBONES, create_model, load_source_weights, unwrap
-from medxfer.ssl.augment import ViewSpec, two_views
 from medxfer.ssl.methods import build_method, byol_momentum
+from medxfer.ssl.view_pairs import ViewSpec, two_views
 from medxfer.train.loop import Stepper, pick_amp_dtype
 from medxfer.train.plan import RunPlan
 from medxfer.train.rankdata import RankData
@@ -50,7 +50,7 @@ def build_ssl_model(cfg: JobConfig, in_chans: int, stem: str) -> nn.Module:
     clf = create_model(cfg.model.backbone, 1, in_chans, pretrained="imagenet" if init == "imagenet" else None,
                        stem=stem)
     if init not in ("scratch", "imagenet"):
-        from medxfer.bundle import load_bundle
+        from medxfer.lifecycle.bundle import load_bundle
 
         load_source_weights(clf, load_bundle(init).state_dict)
     feat = BACKBONES[cfg.model.backbone].num_features

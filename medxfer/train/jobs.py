@@ -14,9 +14,9 @@ from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
 
 if TYPE_CHECKING:
-    from medxfer.bundle import Bundle
-    from medxfer.card import ModelCard
     from medxfer.data.cache import PreparedData
+    from medxfer.lifecycle.bundle import Bundle
+    from medxfer.lifecycle.card import ModelCard
     from medxfer.train.plan import RunPlan
 
 log = logging.getLogger("medxfer.train")
@@ -29,7 +29,7 @@ def check_source(cfg: JobConfig) -> Bundle | None:
     init = cfg.model.init
     if init in ("scratch", "imagenet"):
         return None
-    from medxfer.bundle import load_bundle
+    from medxfer.lifecycle.bundle import load_bundle
 
     b = load_bundle(init)
     if b.card["backbone"] != cfg.model.backbone:
@@ -42,8 +42,8 @@ def check_source(cfg: JobConfig) -> Bundle | None:
 
 def supervised_card(cfg: JobConfig, stage: str, prepared: PreparedData, plan: RunPlan, source: Bundle | None,
                     positive: tuple[str | None, str | None], best_metrics: dict) -> ModelCard:
-    """The bundle card of a source-train or finetune run (the one builder: ``medxfer.card.build_card``)."""
-    from medxfer.card import build_card
+    """The bundle card of a source-train or finetune run (the one builder: ``medxfer.lifecycle.card.build_card``)."""
+    from medxfer.lifecycle.card import build_card
 
     return build_card(cfg, stage, task=prepared.task, classes=list(prepared.classes), plan=plan, spec=prepared.spec,
                       data_fingerprint=prepared.key, source=source, positive=positive,

@@ -4,7 +4,7 @@ A run is: prepare its data (the content-keyed cache), plan it (:mod:`medxfer.tra
 ``train_func`` to Ray Train's ``TorchTrainer``, then turn the final checkpoint into a model
 bundle and ``result.json``. What differs between stages arrives as :class:`StageInputs` — the
 plan, the Ray Datasets when the data streams, how weights are exported, how the card is built —
-made by :func:`supervised_inputs` here and by ``medxfer.ssl.jobs.pretrain_inputs``.
+made by :func:`supervised_inputs` here and by ``medxfer.ssl.pretrain.pretrain_inputs``.
 
 With ``scaling.num_workers: 0`` the run trains in this process (Ray Train's local mode): no Ray
 cluster, worker group or control actor to start, which on one machine is most of a short
@@ -32,9 +32,9 @@ from medxfer.errors import DataError, MedxferError
 from medxfer.train.plan import RunPlan, plan_training
 
 if TYPE_CHECKING:
-    from medxfer.bundle import Bundle
-    from medxfer.card import ModelCard
     from medxfer.data.cache import PreparedData
+    from medxfer.lifecycle.bundle import Bundle
+    from medxfer.lifecycle.card import ModelCard
     from medxfer.train.checkpoint import TrainState
 
 log = logging.getLogger("medxfer.train")
@@ -61,7 +61,7 @@ def split_rows(prepared: PreparedData, split: str) -> int:
 def supervised_inputs(cfg: JobConfig, stage: str, prepared: PreparedData, use_gpu: bool,
                       source: Bundle | None = None) -> StageInputs:
     """Source training and fine-tuning on one prepared dataset."""
-    from medxfer.card import resolve_positive_class
+    from medxfer.lifecycle.card import resolve_positive_class
     from medxfer.train.jobs import supervised_card
 
     n_train, n_val = split_rows(prepared, "train"), split_rows(prepared, "val")
@@ -156,11 +156,11 @@ def _import_training() -> None:
 def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs]) -> dict:
     """Train (or resume) the run ``cfg.name``; write its bundle, config.yaml and result.json.
 
-    Before any work the run folder is checked (:func:`medxfer.runs.check_run`): a run made with
+    Before any work the run folder is checked (:func:`medxfer.lifecycle.runs.check_run`): a run made with
     other settings is refused, a finished one is reported and nothing is written again.
     ``make_inputs(use_gpu)`` prepares the data and plans the run (called once Ray is up).
     """
-    from medxfer.runs import check_run
+    from medxfer.lifecycle.runs import check_run
     from medxfer.runtime import init_ray, quiet_ray_logs, require_shared_storage
     from medxfer.train import resume
 
@@ -171,7 +171,7 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     if done is not None:
         return done
     if cfg.model.init == "imagenet":  # fetched, or refused with a clear message, before Ray starts
-        from medxfer.models.registry import check_imagenet
+        from medxfer.models.factory import check_imagenet
 
         check_imagenet(cfg)
     in_process = cfg.scaling.num_workers == 0
@@ -190,8 +190,8 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     from ray.train import DataConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from medxfer.bundle import save_bundle
-    from medxfer.config_io import dump_yaml
+    from medxfer.config.loading import dump_yaml
+    from medxfer.lifecycle.bundle import save_bundle
     from medxfer.train.checkpoint import read_best_weights, read_state
     from medxfer.train.control import Monitor
     from medxfer.train.worker import train_func

@@ -37,7 +37,7 @@ def init_model(cfg: JobConfig, plan: RunPlan) -> tuple[torch.nn.Module, dict | N
                          pretrained="imagenet" if init == "imagenet" else None, stem=plan.stem)
     report = None
     if init not in ("scratch", "imagenet"):
-        from medxfer.bundle import load_bundle
+        from medxfer.lifecycle.bundle import load_bundle
 
         report = load_source_weights(model, load_bundle(init).state_dict)
     if cfg.train.reinit_last_stage:

@@ -31,7 +31,7 @@ def epoch_metrics(task: str, scores: np.ndarray, labels: np.ndarray, num_grades:
 def validation_metrics(task: str, logits: np.ndarray, labels: np.ndarray, loss_fn, num_outputs: int,
                        num_grades: int | None = None) -> dict[str, float]:
     """val_loss, val_n and the epoch metrics (val_auroc, val_acc; val_mae for ordinal) from raw logits."""
-    from medxfer.inference import outputs_to_scores
+    from medxfer.lifecycle.inference import outputs_to_scores
 
     lt = torch.from_numpy(np.asarray(logits, dtype=np.float32))
     yt = torch.from_numpy(np.asarray(labels))

@@ -33,7 +33,7 @@ import pandas as pd
 from medxfer import storage
 from medxfer.config import DataConfig, JobConfig
 from medxfer.data.cache.blocks import DATA_CPUS, TASK_RETRIES, map_batches_bounded, process_block
-from medxfer.data.cache.card import make_card
+from medxfer.data.cache.dataset_card import make_card
 from medxfer.data.cache.key import cache_key, resolve_channels
 from medxfer.data.cache.reader import PreparedData
 from medxfer.data.manifest import load_manifest

@@ -1,6 +1,6 @@
 """What the decode workers' fork server imports once, so that each worker it forks starts decoding at
 once: the decoders (OpenCV, Pillow, pydicom with its pixel-data plug-ins), preprocessing, and the
-allocator setting every medxfer process runs with (:mod:`medxfer.allocator`; forked workers inherit
+allocator setting every medxfer process runs with (:mod:`medxfer.runtime.allocator`; forked workers inherit
 it). Importing this module is all it does; see :mod:`medxfer.data.decode.sandbox`.
 """
 
@@ -15,7 +15,7 @@ import pydicom.pixels  # noqa: F401
 
 import medxfer.data.decode.sandbox  # noqa: F401 - the workers' loop
 import medxfer.data.preprocess  # noqa: F401
-from medxfer.allocator import tune_this_process
+from medxfer.runtime.allocator import tune_this_process
 
 cv2.setNumThreads(1)  # one worker decodes one file on one core; the caller runs several workers
 tune_this_process()

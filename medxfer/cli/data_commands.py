@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from medxfer import storage
-from medxfer.cli.common import add_config_args
-from medxfer.config_io import load_config
+from medxfer.cli.arguments import add_config_args
+from medxfer.config.loading import load_config
 from medxfer.errors import DataError
 
 

@@ -31,8 +31,8 @@ from medxfer.ssl.trainee import export_backbone
 from medxfer.train.plan import SSL_TASK, RunPlan
 
 if TYPE_CHECKING:
-    from medxfer.bundle import Bundle
-    from medxfer.card import ModelCard
+    from medxfer.lifecycle.bundle import Bundle
+    from medxfer.lifecycle.card import ModelCard
     from medxfer.train.launch import StageInputs
 
 log = logging.getLogger("medxfer.ssl")
@@ -68,8 +68,8 @@ def data_fingerprint(keys: list[str]) -> str:
 
 def build_card(cfg: JobConfig, sources: list[dict], plan: RunPlan, final: dict,
                source: Bundle | None = None) -> ModelCard:
-    """The card (:func:`medxfer.card.build_card`) plus ``pretraining``: method, sources, counts, loss."""
-    from medxfer.card import build_card as card_for
+    """The card (:func:`medxfer.lifecycle.card.build_card`) plus ``pretraining``: method, sources, counts, loss."""
+    from medxfer.lifecycle.card import build_card as card_for
 
     keys = [s["cache_key"] for s in sources]
     return card_for(

@@ -2,7 +2,7 @@
 
 Why this shape: a bundle is what leaves the training cluster — to evaluation, the
 registry, a clinician-facing service. Safetensors holds only tensors, so loading a bundle
-can never run code (``torch.load`` of a pickle could); the card (:mod:`medxfer.card`) carries
+can never run code (``torch.load`` of a pickle could); the card (:mod:`medxfer.lifecycle.card`) carries
 everything needed to use the weights correctly — the preprocessing spec above all, so a model
 is never fed images prepared differently from its training data — and the sha256 of the
 weights file. Every load checks the card's own hash, validates the card and checks the
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from medxfer import storage
-from medxfer.card import FORMAT, OLD_FORMATS, ModelCard, card_digest, check_card, parse_card
 from medxfer.config import PreprocessConfig
 from medxfer.errors import BundleError, MedxferError
+from medxfer.lifecycle.card import FORMAT, OLD_FORMATS, ModelCard, card_digest, check_card, parse_card
 
 if TYPE_CHECKING:
     import torch

@@ -10,7 +10,7 @@ Layout under ``<root>/registry/<model>/``::
     champion.json                 the latest promotion record, for simple readers
 
 What a version vouches for: ``version.json`` records the sha256 of the bundle's weights *and*
-of its card (:mod:`medxfer.card`), and the operating point of the evaluation report registered
+of its card (:mod:`medxfer.lifecycle.card`), and the operating point of the evaluation report registered
 with it. Every read of a version's bundle (promotion, ``predict --registry-version``, retrain's
 re-evaluation of the champion) checks both hashes against that record, so an edited card
 (swapped class names) is refused even when its own hash was recomputed. Version and model
@@ -52,9 +52,9 @@ from medxfer.errors import RegistryError, StorageError
 from medxfer.metrics import METRICS
 
 if TYPE_CHECKING:
-    from medxfer.bundle import Bundle
+    from medxfer.lifecycle.bundle import Bundle
 
-log = logging.getLogger("medxfer.registry")
+log = logging.getLogger("medxfer.lifecycle.model_registry")
 
 _NAME = re.compile(NAME_PATTERN)
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -205,7 +205,7 @@ class Registry:
 
     def load_bundle(self, version: str) -> Bundle:
         """The version's bundle, verified — and its weights and card equal to what the version recorded."""
-        from medxfer.bundle import load_bundle
+        from medxfer.lifecycle.bundle import load_bundle
 
         record = self.get(version)
         bundle = load_bundle(self.bundle_uri(version))
@@ -234,7 +234,7 @@ class Registry:
 
     def register(self, bundle_uri: str, report: dict | None = None, note: str = "") -> str:
         """Copy a bundle (verified) and its report under a fresh version id; returns the id."""
-        from medxfer.bundle import load_bundle
+        from medxfer.lifecycle.bundle import load_bundle
 
         src = load_bundle(bundle_uri)  # verifies the source before anything is written
         operating_point = report_operating_point(report, src, bundle_uri)

@@ -29,7 +29,7 @@ from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
 
-log = logging.getLogger("medxfer.runs")
+log = logging.getLogger("medxfer.lifecycle.runs")
 
 SHAPING_SECTIONS = ("data", "preprocess", "model", "train", "pretrain")
 NOT_SHAPING = frozenset({"train.max_epochs_this_run", "train.checkpoint.every_minutes", "train.checkpoint.every_epochs",
@@ -73,7 +73,7 @@ def has_state(run_uri: str) -> bool:
 
 def stored_config(run_uri: str) -> JobConfig | None:
     """The config the run was started with (``config.yaml``), or None for a new run."""
-    from medxfer.config_io import read_yaml_text, validate_dict
+    from medxfer.config.loading import read_yaml_text, validate_dict
 
     uri = storage.join(run_uri, "config.yaml")
     if not storage.exists(uri):

@@ -10,10 +10,10 @@ import shlex
 import sys
 from pathlib import PurePosixPath
 
-from medxfer.cli.common import add_config_args
+from medxfer.cli.arguments import add_config_args
 from medxfer.errors import ConfigError
 
-log = logging.getLogger("medxfer.demo")
+log = logging.getLogger("medxfer.experiments.demo")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_k8s_render(args) -> int:
-    from medxfer.config_io import load_config
+    from medxfer.config.loading import load_config
     from medxfer.k8s.configmap import configmap
     from medxfer.k8s.names import CONFIG_DIR, CONFIGMAP, DEFAULT_IMAGE
     from medxfer.k8s.render import render, to_yaml
@@ -66,7 +66,7 @@ def cmd_k8s_render(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from medxfer.demo import run_demo
+    from medxfer.experiments.demo import run_demo
 
     summary = run_demo(args.data_dir, args.root, fast=args.fast)
     log.debug("%s", json.dumps(summary, default=str)[:500])

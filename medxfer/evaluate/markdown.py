@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-from medxfer import plots, storage
+from medxfer import storage
+from medxfer.evaluate import plots
 
 
 def fmt(x, digits: int = 3) -> str:

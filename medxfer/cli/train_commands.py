@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from medxfer.cli.common import add_config_args
-from medxfer.config_io import load_config
+from medxfer.cli.arguments import add_config_args
+from medxfer.config.loading import load_config
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -70,7 +70,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from medxfer.ssl.jobs import run_pretrain
+    from medxfer.ssl.pretrain import run_pretrain
 
     out = run_pretrain(load_config(args.config, args.set))
     state = f"already {out['status']}, nothing to do" if out.get("already_complete") else out["status"]
@@ -80,7 +80,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_label_efficiency(args) -> int:
-    from medxfer.experiments import run_label_efficiency
+    from medxfer.experiments.label_efficiency import run_label_efficiency
 
     res = run_label_efficiency(load_config(args.config, args.set), args.out)
     print(res["table"])

@@ -30,7 +30,7 @@ from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import DataError
 
-log = logging.getLogger("medxfer.demo")
+log = logging.getLogger("medxfer.experiments.demo")
 
 SOURCE, TARGET = "pneumoniamnist", "breastmnist"
 LOW_FRACTION = 0.1  # 55 of BreastMNIST's 546 training images
@@ -148,8 +148,8 @@ def all_label_rows(results: dict, comparison: dict) -> list[dict]:
 def run_demo(data_dir: str | None, root: str, fast: bool = False) -> dict:
     from medxfer.data.importers import import_medmnist
     from medxfer.evaluate import compare_bundles, evaluate_bundle
-    from medxfer.experiments import plot_png, reading, run_label_efficiency
-    from medxfer.registry import Registry
+    from medxfer.experiments.label_efficiency import plot_png, reading, run_label_efficiency
+    from medxfer.lifecycle.model_registry import Registry
     from medxfer.runtime import init_ray
     from medxfer.train.jobs import run_training
 

@@ -33,11 +33,11 @@ import numpy as np
 
 from medxfer import storage
 from medxfer.config import JobConfig
-from medxfer.config_io import deep_merge, validate_dict
-from medxfer.csv_out import rows_to_csv
+from medxfer.config.loading import deep_merge, validate_dict
 from medxfer.errors import StorageError
+from medxfer.lifecycle.csv_out import rows_to_csv
 
-log = logging.getLogger("medxfer.experiments")
+log = logging.getLogger("medxfer.experiments.label_efficiency")
 
 
 def nest_dotted(flat: dict) -> dict:
@@ -77,7 +77,7 @@ def run_trial(cfg_json: dict, plan) -> dict:
     import torch
 
     from medxfer.data.cache import PreparedData
-    from medxfer.inference import predict_arrays
+    from medxfer.lifecycle.inference import predict_arrays
     from medxfer.models import create_model
     from medxfer.train.launch import run_trial_weights
 

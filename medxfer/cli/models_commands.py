@@ -6,7 +6,7 @@ import argparse
 import json
 
 from medxfer import storage
-from medxfer.cli.common import add_set, printable
+from medxfer.cli.arguments import add_set, printable
 from medxfer.errors import ConfigError
 
 
@@ -87,7 +87,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     """``medxfer predict --bundle URI [--report R | --registry-version M:V] --input FOLDER_OR_MANIFEST --output F``."""
-    from medxfer.predict import predict
+    from medxfer.lifecycle.predict import predict
 
     for flag, value in (("--max-decode-bytes", args.max_decode_bytes), ("--decode-timeout-s", args.decode_timeout_s)):
         if value is not None and value <= 0:
@@ -112,7 +112,7 @@ def cmd_predict(args) -> int:
 
 def cmd_bundle_show(args) -> int:
     """``medxfer bundle show URI``: print the card and say what was verified."""
-    from medxfer.bundle import CARD, verify_bundle
+    from medxfer.lifecycle.bundle import CARD, verify_bundle
 
     card, tensors, n = verify_bundle(args.uri)
     config = card.pop("config", None)
@@ -126,7 +126,7 @@ def cmd_bundle_show(args) -> int:
 
 def cmd_bundle_upgrade(args) -> int:
     """``medxfer bundle upgrade SRC DST [--positive-class C]``: re-export an older bundle, hashed."""
-    from medxfer.bundle import upgrade_bundle
+    from medxfer.lifecycle.bundle import upgrade_bundle
 
     card = upgrade_bundle(args.src, args.dst, args.positive_class)
     print(f"{args.dst}: {card['format']} bundle {card['id']} (card sha256 {card['card_sha256'][:16]}..., "

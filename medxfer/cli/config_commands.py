@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from medxfer.cli.common import add_set
-from medxfer.config_io import dump_yaml, json_schema, load_config
+from medxfer.cli.arguments import add_set
+from medxfer.config.loading import dump_yaml, json_schema, load_config
 from medxfer.errors import ConfigError
 
 

@@ -12,8 +12,8 @@ import os
 import re
 from contextlib import contextmanager
 
-from medxfer.allocator import glibc_tunables
 from medxfer.errors import ClusterError
+from medxfer.runtime.allocator import glibc_tunables
 
 log = logging.getLogger("medxfer")
 
@@ -46,7 +46,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     env_vars = {k: v for k, v in os.environ.items()
                 if (k in _SHAREABLE or k.startswith("MEDXFER_")) and k not in job_keys}
     # Worker processes keep freed memory instead of faulting it back in every step (see
-    # medxfer.allocator); glibc reads this when each worker starts.
+    # medxfer.runtime.allocator); glibc reads this when each worker starts.
     tunables = glibc_tunables()
     if tunables and "GLIBC_TUNABLES" not in job_keys:
         env_vars["GLIBC_TUNABLES"] = tunables

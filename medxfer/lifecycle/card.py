@@ -41,7 +41,7 @@ from medxfer.config import NAME_PATTERN, Backbone, JobConfig, PreprocessConfig
 from medxfer.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
-    from medxfer.bundle import Bundle
+    from medxfer.lifecycle.bundle import Bundle
     from medxfer.train.plan import RunPlan
 
 FORMAT = "medxfer-bundle/2"
@@ -161,7 +161,7 @@ def card_digest(card: dict) -> str:
 
 def parse_card(raw: dict, source: str) -> ModelCard:
     """``raw`` as a :class:`ModelCard`; BundleError (exit 2) with one line per bad field."""
-    from medxfer.config_io import describe_error
+    from medxfer.config.loading import describe_error
 
     try:
         return ModelCard.model_validate(raw)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from medxfer import storage
-from medxfer.cli.common import add_config_args
+from medxfer.cli.arguments import add_config_args
 from medxfer.errors import RegistryError
 
 
@@ -39,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_registry(args) -> int:
     """``medxfer registry list|show|promote``."""
-    from medxfer.registry import Registry, _fmt, default_root, models
+    from medxfer.lifecycle.model_registry import Registry, _fmt, default_root, models
 
     root = default_root(args.root)
     action = args.registry_command
@@ -99,8 +99,8 @@ def cmd_registry(args) -> int:
 
 def cmd_retrain(args) -> int:
     """``medxfer retrain --config FILE [--tick ISO | --tick-from-job NAME]``: exit 0 promoted or not."""
-    from medxfer.config_io import load_config
-    from medxfer.retrain import run_retrain, tick_from_job_name
+    from medxfer.config.loading import load_config
+    from medxfer.lifecycle.retrain import run_retrain, tick_from_job_name
 
     job_name = getattr(args, "tick_from_job", None)
     tick = args.tick if job_name is None else tick_from_job_name(job_name)

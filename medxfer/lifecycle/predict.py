@@ -48,7 +48,7 @@ from medxfer.data.decode.sandbox import (
 )
 from medxfer.errors import DataError, StorageError
 
-log = logging.getLogger("medxfer.predict")
+log = logging.getLogger("medxfer.lifecycle.predict")
 
 IMAGE_SUFFIXES = SUFFIXES  # the decoder's formats, and files without a suffix
 MANIFEST_SUFFIXES = {".csv", ".jsonl", ".json", ".parquet"}
@@ -137,7 +137,7 @@ def decode_batch(
 def score_batch(model, task: str, width: int, batch: dict, batch_size: int, device: str) -> dict:
     """``batch`` (decode_batch's columns) with its ``image`` column replaced by ``scores``: NaN rows for
     the files with an error. The one scoring step of both engines."""
-    from medxfer.inference import predict_arrays
+    from medxfer.lifecycle.inference import predict_arrays
 
     images = batch.pop("image")
     n = len(images)
@@ -160,7 +160,7 @@ class BundlePredictor:
     def __init__(self, bundle_uri: str, batch_size: int = 256):
         import torch
 
-        from medxfer.bundle import load_bundle
+        from medxfer.lifecycle.bundle import load_bundle
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
@@ -226,7 +226,7 @@ def predictions_table(df: pd.DataFrame, card: dict, decision: dict | None = None
     ``decision``: the operating point that decides (from :func:`decision_from`), or None for
     scores without a decision.
     """
-    from medxfer.inference import ordinal_to_grade
+    from medxfer.lifecycle.inference import ordinal_to_grade
 
     task, classes = card["task"], list(card["classes"])
     scores = np.stack([np.asarray(s, dtype=np.float64).ravel() for s in df["scores"]]) if len(df) else (
@@ -297,12 +297,12 @@ def decision_from(bundle, report_uri: str | None) -> dict | None:
 def _bundle_and_decision(bundle_uri: str | None, report: str | None, registry_version: str | None,
                          root: str | None):
     """``(bundle, bundle_uri, decision)`` for the sources the user named (at most one decides)."""
-    from medxfer.bundle import load_bundle
+    from medxfer.lifecycle.bundle import load_bundle
 
     if report and registry_version:
         raise DataError("give --report or --registry-version, not both: one operating point decides")
     if registry_version:
-        from medxfer.registry import resolve_version
+        from medxfer.lifecycle.model_registry import resolve_version
 
         reg, version = resolve_version(root, registry_version)
         record, bundle = reg.get(version), reg.load_bundle(version)
@@ -321,12 +321,12 @@ def _bundle_and_decision(bundle_uri: str | None, report: str | None, registry_ve
 
 def _write_outputs(out: pd.DataFrame, output_uri: str) -> dict[str, str]:
     """predictions.parquet (the raw values) and predictions.csv (text cells that cannot run as
-    spreadsheet formulas: :mod:`medxfer.csv_out`). Names are text: a local file whose name is not
+    spreadsheet formulas: :mod:`medxfer.lifecycle.csv_out`). Names are text: a local file whose name is not
     UTF-8 appears as its ``file://`` URI (:func:`medxfer.storage.text_path`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from medxfer.csv_out import frame_to_csv
+    from medxfer.lifecycle.csv_out import frame_to_csv
 
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(out, preserve_index=False), buf)
