@@ -428,7 +428,7 @@ def test_flaky_s3_import_registry_and_storage_complete_through_retries(flaky_s3,
 def test_s3_outage_error_names_the_uri_and_the_endpoint(flaky_s3, s3_root, monkeypatch):
     uri = storage.join(s3_root, "x.json")
     storage.write_json(uri, {"ok": True})
-    monkeypatch.setattr(storage, "DEFAULT_RETRIES", 1)  # keep the backoff short
+    monkeypatch.setattr("medxfer.storage.s3.DEFAULT_RETRIES", 1)  # keep the backoff short
     flaky_s3.configure(rate=1.0)
     for fault in ("500", "503", "reset"):
         flaky_s3.configure(faults=(fault,))

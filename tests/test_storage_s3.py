@@ -18,7 +18,7 @@ def test_unreachable_endpoint_names_it(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
-    monkeypatch.setattr(storage, "DEFAULT_RETRIES", 0)
+    monkeypatch.setattr("medxfer.storage.s3.DEFAULT_RETRIES", 0)
     with pytest.raises(StorageError, match=r"cannot reach the S3 endpoint http://127.0.0.1:9"):
         storage.read_bytes("s3://b/k")
 

@@ -3,7 +3,8 @@ backend is added next.
 
 Callers use the functions here (``storage.read_bytes(uri)``, ``storage.read_many(uris)``, ...)
 and never look at a URI's scheme: each call goes to the backend registered for it
-(:mod:`medxfer.storage.backend`; :mod:`~medxfer.storage.local`, :mod:`~medxfer.storage.s3`).
+(:mod:`medxfer.storage.backend`), imported the first time a URI with its scheme is used:
+:mod:`~medxfer.storage.file` for local folders (plain paths and ``file://``), :mod:`~medxfer.storage.s3`.
 A new backend is one module ``medxfer/storage/<scheme>.py`` plus its test.
 
 Small writes are atomic, so a reader never sees half a file. Every failure is a
@@ -18,12 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from medxfer.errors import StorageError
-from medxfer.storage import local as _local  # noqa: F401 - registers local paths
-from medxfer.storage import s3 as _s3  # noqa: F401 - registers s3://
 from medxfer.storage.backend import Backend, NotFound, TooLarge, backend_for, register, schemes
 from medxfer.storage.layout import Layout
-from medxfer.storage.local import local_error
-from medxfer.storage.s3 import s3_client  # for tools and tests that create buckets
 from medxfer.storage.tree import copy_tree
 from medxfer.storage.uri import (
     Resolved,
@@ -40,16 +37,12 @@ from medxfer.storage.uri import (
 
 __all__ = [
     "Backend", "Layout", "NotFound", "Resolved", "StorageError", "backend_for", "basename", "copy_tree", "delete",
-    "exists", "is_dir", "is_text", "join", "links_leaving", "list_dir", "list_files", "local_file", "local_path",
+    "exists", "is_dir", "is_text", "join", "links_leaving", "list_dir", "list_files", "local_dir", "local_file", "local_path",
     "makedirs", "missing", "node_local", "normalize", "os_error", "parent", "put_if_absent", "pyarrow_fs",
     "ray_storage", "read_bytes", "read_head", "read_json", "read_many", "read_text", "register", "relative_name",
     "resolve_names", "s3_client", "schemes", "supported", "text_path", "TooLarge", "write_bytes", "write_json",
     "write_many", "write_text",
 ]
-
-#: Retries of transient errors by remote backends (S3: boto3's standard mode and pyarrow's strategy).
-DEFAULT_RETRIES = int(os.environ.get("MEDXFER_S3_RETRIES", "8"))
-
 
 def node_local(uri: str) -> bool:
     """Whether ``uri`` lies on this machine's disk, where other nodes of a cluster may not see it."""
@@ -59,7 +52,17 @@ def node_local(uri: str) -> bool:
 def os_error(uri: str, e: OSError, action: str) -> StorageError:
     """The StorageError for an OSError a library raised while it worked on ``uri`` (pyarrow's Parquet
     writer): a full disk is named with the file system to free, like the backends' own writes."""
+    from medxfer.storage.file import local_error
+
     return local_error(uri, e, action)
+
+
+def s3_client():
+    """A boto3 S3 client from the standard credential chain and ``AWS_ENDPOINT_URL`` (for tools and
+    tests that create buckets; medxfer's own reads and writes go through the functions here)."""
+    from medxfer.storage.s3 import s3_client as client
+
+    return client()
 
 
 def supported(uri: str) -> bool:
@@ -218,7 +221,19 @@ def ray_storage(uri: str):
     return backend_for(uri).ray_storage(uri)
 
 
+def local_dir(uri: str) -> str | None:
+    """``uri``'s path on this machine's disk when its store is a local folder, else None (then copy)."""
+    return local_path(uri) if backend_for(uri).node_local else None
+
+
 def local_file(uri: str, folder: str) -> str:
-    """A local path holding the file at ``uri``, for libraries that only open paths (a copy in
-    ``folder`` unless it is local already)."""
-    return backend_for(uri).local_file(uri, folder)
+    """A local path holding the file at ``uri``, for libraries that only open paths: the file itself
+    when it is on this machine's disk, else a copy in ``folder``."""
+    path = local_dir(uri)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise NotFound(f"{uri}: not found")
+        return path
+    target = join(folder, basename(uri))
+    write_bytes(target, read_bytes(uri))
+    return target

@@ -131,14 +131,6 @@ class Backend:
         fs, path = self.pyarrow_fs(uri)
         return path, fs
 
-    def local_file(self, uri: str, folder: str) -> str:
-        """A local path holding the file, for libraries that only open paths: a copy in ``folder``."""
-        target = uris.join(folder, uris.basename(uri))
-        from medxfer.storage.local import LocalBackend
-
-        LocalBackend().write(target, self.read(uri))
-        return target
-
     # -- helpers for subclasses
     def each(self, fn: Callable[[T], Any], items: Sequence[T], threads: int | None = None) -> list[Any]:
         """``fn`` over ``items`` on ``threads`` (default ``io_threads``), a StorageError returned in its place."""
@@ -170,7 +162,18 @@ def register(scheme: str, backend: Backend) -> None:
     _BACKENDS[scheme.lower()] = backend
 
 
+#: Modules of this package that are not backends (every other ``medxfer/storage/<scheme>.py`` is one).
+_NOT_BACKENDS = {"backend", "layout", "tree", "uri"}
+
+
 def schemes() -> list[str]:
+    """Every scheme a backend module of this package serves (each imported, so it registers itself)."""
+    import pkgutil
+
+    package = importlib.import_module("medxfer.storage")
+    for m in pkgutil.iter_modules(package.__path__):
+        if m.name not in _NOT_BACKENDS:
+            importlib.import_module(f"medxfer.storage.{m.name}")
     return sorted(_BACKENDS)
 
 

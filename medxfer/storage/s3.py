@@ -29,11 +29,13 @@ def split_s3(uri: str) -> tuple[str, str]:
     return p.netloc, p.path.lstrip("/")
 
 
-def _retries(retries: int | None) -> int:
-    """The package's setting, read at call time so that a caller (a test) can lower it."""
-    from medxfer import storage
+#: Retries of transient errors (boto3's standard mode and pyarrow's retry strategy) before a StorageError.
+DEFAULT_RETRIES = int(os.environ.get("MEDXFER_S3_RETRIES", "8"))
 
-    return storage.DEFAULT_RETRIES if retries is None else retries
+
+def _retries(retries: int | None) -> int:
+    """The module's setting, read at call time so that a caller (a test) can lower it."""
+    return DEFAULT_RETRIES if retries is None else retries
 
 
 # ----------------------------------------------------------------------------- clients

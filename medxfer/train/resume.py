@@ -146,13 +146,11 @@ def publish(directory: str, run_uri: str, epoch: int, keep: int) -> str:
 @contextlib.contextmanager
 def local_copy(uri: str) -> Iterator[str]:
     """A local folder holding the checkpoint at ``uri``: the folder itself when local, else a temporary copy."""
-    from medxfer.storage import uri as uris
     from medxfer.train.checkpoint import STATE  # imports torch: only when a checkpoint is read
 
     with contextlib.ExitStack() as stack:
-        if uris.scheme(uri) == uris.LOCAL:
-            d = uris.local_path(uri)
-        else:
+        d = storage.local_dir(uri)
+        if d is None:
             d = stack.enter_context(tempfile.TemporaryDirectory(prefix="medxfer-ckpt-"))
             storage.copy_tree(uri, d)
         if not os.path.exists(os.path.join(d, STATE)):

@@ -1,4 +1,4 @@
-"""The local backend (``medxfer.storage.local``): permission errors named, and links leading out of a
+"""The local backend (``medxfer.storage.file``): permission errors named, and links leading out of a
 folder found."""
 
 from __future__ import annotations

@@ -228,10 +228,5 @@ class LocalBackend(Backend):
         self.makedirs(uri)
         return os.path.abspath(local_path(uri)), None
 
-    def local_file(self, uri: str, folder: str) -> str:
-        if not os.path.isfile(local_path(uri)):
-            raise NotFound(f"{uri}: not found")
-        return local_path(uri)
-
 
 register(LOCAL, LocalBackend())
