@@ -1,7 +1,8 @@
 """Shared helpers for medxfer benchmarks: the machine description and result recording.
 
 Every benchmark prints one JSON object and stores it under ``benchmarks/results/`` with the
-machine it ran on, so a number in the README can always be traced to where it came from.
+machine it ran on, so a number in benchmarks/README.md (written by summarize.py) can always be
+traced to where it came from.
 """
 
 from __future__ import annotations

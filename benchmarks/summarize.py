@@ -1,14 +1,30 @@
-"""Render benchmarks/results/*.json as the markdown tables in the README's Results section.
+"""Render benchmarks/results/*.json, with the notes that read them, as benchmarks/README.md.
 
-    .venv/bin/python benchmarks/summarize.py > /tmp/results.md
+    .venv/bin/python benchmarks/summarize.py            # print the page
+    .venv/bin/python benchmarks/summarize.py --write    # write benchmarks/README.md
+    .venv/bin/python benchmarks/summarize.py --check    # exit 1 when it or a note is behind the results
+
+The tables come from the results files; the prose that reads them from ``notes/<section>.md``,
+Markdown written by a person after looking at the tables. A note's first line names the results
+files (and the date of their run) it was written for, so re-running a benchmark flags the note to
+read again (``--check``, and tests/test_benchmarks_results.py) instead of leaving stale numbers in
+prose beside fresh tables.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+NOTES = HERE / "notes"
+README = HERE / "README.md"
 
 
 def _load(name: str) -> dict | None:
@@ -49,7 +65,7 @@ def preprocess() -> str:
         per_round = (f" Images/s are medians; each ratio is the median of the rounds' ratios to their own baseline. "
                      f"Ray Data on {n} CPUs, round by round: "
                      + ", ".join(f"{x[f'ray_data_{n}_ratio']:.2f}x" for x in rounds) + "." if rounds else "")
-        out += ([] if out else ["### 1. Preprocessing throughput", ""]) + [
+        out += ([] if out else ["## 1. Preprocessing throughput", ""]) + [
             r["what"] + ".", "", "| pipeline | images/s | ratio |", "|---|---|---|", *rows, "",
             (f"Scaling from 1 CPU to all: {s}x." if s else "") + per_round, machine_line(r), ""]
     return "\n".join(out)
@@ -67,7 +83,7 @@ def against() -> str:
                 f"{v.get('cpu_ms_per_image', float('nan')):.3f} | {v.get('cpu_ratio', float('nan')):.2f} |"
                 for e, v in r["engines"].items()]
         per_round = "; ".join(f"{e} " + ", ".join(f"{x[f'{e}_ratio']:.2f}" for x in r["rounds"]) for e in r["engines"])
-        out += ([] if out else ["#### 1b. The cost of decoding in budgeted workers", ""]) + [
+        out += ([] if out else ["### 1b. The cost of decoding in budgeted workers", ""]) + [
             r["what"] + ".", "", f"| engine | {r['against']} images/s | this code images/s | ratio | {r['against']} CPU ms "
             "per image | this code CPU ms per image | CPU ratio |", "|---|---|---|---|---|---|---|",
             *rows, "", f"Images/s ratios round by round: {per_round}.", machine_line(r), ""]
@@ -84,7 +100,7 @@ def hostile() -> str:
                     f"{v['hostile']['peak_mib']:,} | {v['peak_ratio']:.2f} | {v['clean']['seconds']:.0f} | "
                     f"{v['hostile']['seconds']:.0f} |")
     budget = r["limits"]["max_decode_bytes"] // 2**20
-    return "\n".join(["### 9. Hostile input: peak memory", "", r["what"] + ".", "",
+    return "\n".join(["## 9. Hostile input: peak memory", "", r["what"] + ".", "",
                       "| engine | clean peak MiB | hostile peak MiB | ratio | clean s | hostile s |",
                       "|---|---|---|---|---|---|", *rows, "",
                       f"Peak: the whole process tree of the command (a memory cgroup: the command, the decode workers "
@@ -107,7 +123,7 @@ def overhead() -> str:
             continue
         rows.append(f"| medxfer on Ray Train, {w} worker(s) x {v['cpus_per_worker']:g} CPU | "
                     f"{v['images_per_s']:.1f} | {v['ratio_to_plain']:.2f} |")
-    return "\n".join(["### 2. Training overhead", "", r["what"] + ".", "",
+    return "\n".join(["## 2. Training overhead", "", r["what"] + ".", "",
                       "| loop | train images/s | ratio |", "|---|---|---|", *rows, "", machine_line(r), ""])
 
 
@@ -115,7 +131,7 @@ def cache() -> str:
     r = _load("cache")
     if not r:
         return ""
-    return "\n".join(["### 3. Cache", "", r["what"] + ".", "",
+    return "\n".join(["## 3. Cache", "", r["what"] + ".", "",
                       "| data stage | seconds |", "|---|---|",
                       f"| cache miss (decode, CLAHE, resize, write Parquet) | {r['miss_seconds']:.1f} |",
                       f"| cache hit (read the card) | {r['hit_seconds']:.2f} |",
@@ -128,13 +144,13 @@ def cache() -> str:
 
 
 ACCURACY_HEADINGS = {
-    "": "### 4. Accuracy against the published MedMNIST v2 table",
-    "_64": "### 4b. Accuracy at 64 px: transfer vs scratch",
-    "_64_ema": "### 4c. Accuracy at 64 px with a moving average of the weights (EMA)",
-    "_64_mixup": "### 4d. Accuracy at 64 px with mixup",
-    "_64_cutmix": "### 4e. Accuracy at 64 px with CutMix",
-    "_64_source20": "### 4f. Accuracy at 64 px from a longer-trained source",
-    "_64_source30": "### 4g. Accuracy at 64 px from a 30-epoch source (the shipped source job's length)",
+    "": "## 4. Accuracy against the published MedMNIST v2 table",
+    "_64": "## 4b. Accuracy at 64 px: transfer vs scratch",
+    "_64_ema": "## 4c. Accuracy at 64 px with a moving average of the weights (EMA)",
+    "_64_mixup": "## 4d. Accuracy at 64 px with mixup",
+    "_64_cutmix": "## 4e. Accuracy at 64 px with CutMix",
+    "_64_source20": "## 4f. Accuracy at 64 px from a longer-trained source",
+    "_64_source30": "## 4g. Accuracy at 64 px from a 30-epoch source (the shipped source job's length)",
 }
 
 
@@ -182,17 +198,29 @@ def accuracy() -> str:
     return "\n".join(out)
 
 
-def label_efficiency() -> str:
-    out = []
-    # Every label-efficiency run that kept its table (the default run first): a new --tag needs no
-    # change here.
-    tags = sorted(p.stem.removeprefix("label_efficiency") for p in RESULTS.glob("label_efficiency*.json"))
-    for tag in tags:
-        r = _load(f"label_efficiency{tag}")
-        md = RESULTS / f"label_efficiency{tag}.md"
-        if r and md.exists():
-            out += [md.read_text().strip(), "", r["what"] + ".", *_against_default_source(r), machine_line(r), ""]
-    return "\n".join(out)
+#: The label-efficiency runs in reading order, each with its table number (None: read with the one
+#: before). A run kept under a new ``--tag`` and not listed here is shown after these, unnumbered.
+LABEL_EFFICIENCY = ((None, ""), ("5b", "_source20"), ("5c", "_30ep"), ("5d", "_30ep_5seeds"),
+                    (None, "_20ep_5seeds"), (None, "_12ep_5seeds"), ("5e", "_budget"))
+
+
+def label_efficiency_tags() -> list[tuple[str | None, str]]:
+    """Every label-efficiency run that kept its table, listed ones first, as (number, tag)."""
+    kept = {p.stem.removeprefix("label_efficiency") for p in RESULTS.glob("label_efficiency*.json")}
+    listed = [(n, t) for n, t in LABEL_EFFICIENCY if t in kept]
+    return listed + [(None, t) for t in sorted(kept - {t for _, t in LABEL_EFFICIENCY})]
+
+
+def label_efficiency(tag: str, number: str | None) -> str:
+    """One run's table as the experiment wrote it (``label_efficiency<tag>.md``), under a numbered heading."""
+    r = _load(f"label_efficiency{tag}")
+    md = RESULTS / f"label_efficiency{tag}.md"
+    if not (r and md.exists()):
+        return ""
+    title, _, table = md.read_text().strip().partition("\n")
+    title = title.lstrip("#").strip()
+    heading = "### " + (f"{number}. {title}" if number else title)
+    return "\n".join([heading, table.rstrip(), "", r["what"] + ".", *_against_default_source(r), machine_line(r), ""])
 
 
 def _against_default_source(r: dict) -> list[str]:
@@ -229,7 +257,7 @@ def parity() -> str:
                         f"{m['output_lines']} |")
     ip = r["in_process"]
     return "\n".join([
-        "### 0. Parity with a plain PyTorch script", "", r["what"] + ".", "",
+        "## 0. Parity with a plain PyTorch script", "", r["what"] + ".", "",
         "| seed | process | wall s | wall ratio | training img/s | img/s ratio | test AUROC | lines printed |",
         "|---|---|---|---|---|---|---|---|", *rows, "",
         f"Mean over seeds, against the plain script: one Ray Train worker (the default) {r['wall_ratio']:.2f}x wall "
@@ -252,12 +280,105 @@ def bootstrap() -> str:
             f"{s['scipy_bca']['seconds_fastest']:.2f} ({s['scipy_bca_over_hand_written']:.2f}x) | "
             f"{s['percentile_cis_max_abs_difference']:.0e} | {_ci(s['scipy_percentile'])} | {_ci(s['scipy_bca'])} |"
             for s in r["sizes"]]
-    return "\n".join(["### 7. Bootstrap intervals", "", r["what"] + "; seconds, fastest of the runs.", "",
+    return "\n".join(["## 7. Bootstrap intervals", "", r["what"] + "; seconds, fastest of the runs.", "",
                       "| test images | hand-written weighted, percentile | scipy, percentile | scipy, BCa | "
                       "percentile CIs differ by | AUROC CI, percentile | AUROC CI, BCa |", "|---|---|---|---|---|---|---|",
                       *rows, "", machine_line(r), ""])
 
 
+def sections() -> list[tuple[str | None, Callable[[], str]]]:
+    """The page in reading order, as (note name, render function): each section's tables, then its
+    note (``notes/<name>.md``) when there is one."""
+    return [
+        ("parity", parity),
+        ("preprocess", preprocess),
+        ("decode_workers", against),
+        ("train_overhead", overhead),
+        ("cache", cache),
+        ("accuracy", accuracy),
+        (None, lambda: "## 5. Label efficiency\n"),
+        *((f"label_efficiency{tag}", partial(label_efficiency, tag, number)) for number, tag in label_efficiency_tags()),
+        ("bootstrap", bootstrap),
+        ("hostile_memory", hostile),
+        # A new benchmark (runs over several Ray nodes, from results/scale.json, go here): its render
+        # function above, its line here, its note in notes/ and its reproduce row in notes/intro.md.
+    ]
+
+
+HEADER = ("# Benchmark results\n\n<!-- Generated by benchmarks/summarize.py from benchmarks/results/*.json and "
+          "benchmarks/notes/*.md; do not edit here: edit those, then run "
+          "`.venv/bin/python benchmarks/summarize.py --write`. tests/test_benchmarks_results.py fails when this "
+          "file differs from what they render. -->\n")
+
+
+def note(name: str | None) -> str:
+    """``notes/<name>.md`` without its first line (which names the results it was written for), or ""."""
+    p = NOTES / f"{name}.md"
+    if name is None or not p.exists():
+        return ""
+    return p.read_text().partition("\n")[2].strip() + "\n"
+
+
+NOTE_HEADER = re.compile(r"^<!-- written for: (.*) -->$")
+
+
+def note_results(name: str) -> dict[str, str]:
+    """The results files a note was written for, with the date of the run it describes (its first line,
+    ``<!-- written for: parity.json 2026-11-30T00:15:53+00:00, ... -->``)."""
+    first = (NOTES / f"{name}.md").read_text().partition("\n")[0]
+    m = NOTE_HEADER.match(first)
+    if not m:
+        raise ValueError(f"notes/{name}.md: its first line must be <!-- written for: <file>.json <date>, ... -->")
+    return dict(item.strip().split(" ", 1) for item in m.group(1).split(","))
+
+
+def stale_notes() -> list[str]:
+    """Notes whose numbers may no longer be the results': a results file re-measured (or gone) since the
+    note was written. Each must be read again against the new tables and its first line updated."""
+    problems = []
+    for p in sorted(NOTES.glob("*.md")):
+        for file, date in note_results(p.stem).items():
+            r = json.loads((RESULTS / file).read_text()) if (RESULTS / file).exists() else None
+            if r is None:
+                problems.append(f"benchmarks/notes/{p.name}: written for {file}, which is gone")
+            elif r["date"] != date:
+                problems.append(f"benchmarks/notes/{p.name}: written for {file} of {date}; the results are now of "
+                                f"{r['date']}: check the note's numbers against the new table, then update its first line")
+    return problems
+
+
+def render() -> str:
+    """The whole of benchmarks/README.md."""
+    parts = [HEADER, note("intro")]
+    for name, section in sections():
+        parts += [x for x in (section(), note(name)) if x]
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts if p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument("--write", action="store_true", help=f"write {README.relative_to(README.parents[1])}")
+    what.add_argument("--check", action="store_true",
+                      help="exit 1 when the written page or a note is behind the results")
+    args = ap.parse_args(argv)
+    page = render()
+    if args.write:
+        README.write_text(page)
+        for problem in stale_notes():
+            print(f"warning: {problem}", file=sys.stderr)
+        return 0
+    if args.check:
+        problems = stale_notes()
+        if not README.exists() or README.read_text() != page:
+            problems.append(f"{README.relative_to(README.parents[1])} differs from what benchmarks/summarize.py "
+                            "renders: run .venv/bin/python benchmarks/summarize.py --write")
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else 0
+    sys.stdout.write(page)
+    return 0
+
+
 if __name__ == "__main__":
-    print("\n".join(x for x in (parity(), preprocess(), against(), overhead(), cache(), accuracy(), label_efficiency(),
-                                 bootstrap(), hostile()) if x))
+    sys.exit(main())

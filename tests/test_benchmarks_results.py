@@ -88,3 +88,58 @@ def test_the_label_budget_is_chosen_on_validation_never_on_test():
     by_budget[30] = by_budget[30][:1] + by_budget[30][2:]
     with pytest.raises(ValueError, match="scratch at 0.1: the budgets ran different seeds"):
         choose_budgets(by_budget)
+
+
+def _summarize():
+    import sys
+
+    sys.path.insert(0, str(RESULTS.parents[1]))
+    from benchmarks import summarize
+
+    return summarize
+
+
+def test_benchmarks_readme_is_what_summarize_renders():
+    """benchmarks/README.md is written by summarize.py from results/ and notes/, never pasted: a results
+    file re-measured, a table changed or a note edited without ``--write`` leaves the page behind."""
+    summarize = _summarize()
+    assert summarize.README.read_text() == summarize.render(), (
+        "benchmarks/README.md differs from what benchmarks/summarize.py renders from benchmarks/results/ and "
+        "benchmarks/notes/: run .venv/bin/python benchmarks/summarize.py --write")
+
+
+def test_every_note_was_written_for_the_results_it_reads():
+    """A note's numbers are a person's reading of one run: when that run is measured again, the note
+    must be read again (and its first line updated) before the page can be written."""
+    assert not _summarize().stale_notes()
+
+
+def test_drift_and_stale_notes_are_caught(tmp_path, monkeypatch, capsys):
+    """The checks above can fail: a results file measured again makes --check exit 1, naming the page
+    and the note written for the earlier run; --write brings the page back, the note stays flagged."""
+    import shutil
+
+    summarize = _summarize()
+    results, notes = tmp_path / "results", tmp_path / "notes"
+    shutil.copytree(summarize.RESULTS, results)
+    shutil.copytree(summarize.NOTES, notes)
+    readme = tmp_path / "benchmarks" / "README.md"
+    readme.parent.mkdir()
+    for name, value in (("RESULTS", results), ("NOTES", notes), ("README", readme)):
+        monkeypatch.setattr(summarize, name, value)
+    assert summarize.main(["--write"]) == 0 and summarize.main(["--check"]) == 0
+    capsys.readouterr()
+
+    cache = json.loads((results / "cache.json").read_text())
+    cache["miss_seconds"], cache["date"] = 9.9, "2027-01-01T00:00:00+00:00"
+    (results / "cache.json").write_text(json.dumps(cache))
+    assert summarize.main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert "benchmarks/README.md differs" in err and "benchmarks/notes/cache.md: written for cache.json" in err
+    assert summarize.main(["--write"]) == 0 and "| 9.9 |" in readme.read_text()
+    assert summarize.main(["--check"]) == 1 and "cache.md" in capsys.readouterr().err
+
+    first, _, rest = (notes / "cache.md").read_text().partition("\n")
+    (notes / "cache.md").write_text(first.replace("2026-11-29T13:07:32+00:00", cache["date"]) + "\n" + rest)
+    summarize.main(["--write"])
+    assert [p for p in summarize.stale_notes() if "cache.md" in p] == []

@@ -149,15 +149,15 @@ def test_cli_show_fills_defaults(tmp_path):
     assert "name: shown" in r.stdout and "epochs: 7" in r.stdout and "backbone: resnet18" in r.stdout
 
 
-def test_readme_config_example_is_valid():
-    """The job config shown in the README is one users copy: it must stay valid."""
+def test_documented_config_example_is_valid():
+    """The job config shown in docs/config.md is one users copy: it must stay valid."""
     from pathlib import Path
 
     from medxfer.config.loading import read_yaml_text, validate_dict
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = text.split("## The job config", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
-    cfg = validate_dict(read_yaml_text(block, "README.md"), "README.md")
+    text = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    block = text.split("# The job config", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    cfg = validate_dict(read_yaml_text(block, "docs/config.md"), "docs/config.md")
     assert cfg.train.freeze == "none" and cfg.scaling.num_workers == 2
 
 

@@ -168,7 +168,7 @@ def test_network_policy_admits_medxfer_pods_and_the_operator_of_either_install()
     operator_selector = operator["from"][0]["podSelector"]["matchLabels"]
     for install, pod_labels in OPERATOR_POD_LABELS.items():
         assert operator_selector.items() <= pod_labels.items(), f"the operator installed with {install} is shut out"
-    assert "egress" in (K8S / "README.md").read_text().lower()
+    assert "egress" in (K8S.parent / "docs" / "cluster.md").read_text().lower()
 
 
 def test_rbac_is_namespaced_and_narrow():

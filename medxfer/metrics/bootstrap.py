@@ -3,7 +3,7 @@
 Why the library: the alternative, a hand-written weighted bootstrap (every statistic rewritten
 for a matrix of per-example resample counts), was worth its second implementation of every metric
 only if it were needed for speed. The benchmark (``benchmarks/bench_bootstrap.py``; its numbers
-are in ``benchmarks/results/bootstrap.json`` and the README's Results) says it is not: the
+are in ``benchmarks/results/bootstrap.json`` and benchmarks/README.md) says it is not: the
 hand-written code is faster, but by a small factor, which on the largest set evaluated in-process
 is seconds next to the scoring itself, and both draw the same resamples from the same seed and
 give the same percentile intervals. BCa costs more again, so it is used only where that cost is

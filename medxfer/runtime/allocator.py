@@ -6,8 +6,8 @@ MB). A ResNet-18 training step at 64 px allocates and frees a few hundred MB of 
 preprocessing task a few MB per decoded X-ray; so every step gave its memory back and the next
 one took it again, page by page, each page zero-filled by the kernel. Measured on the development
 machine (2-core VM): about 400,000 page faults per BreastMNIST 64 px epoch; the setting below
-made a plain training loop 1.1-1.16x and a preprocessing loop 1.3-1.4x faster (README, benchmarks
-0-2). In a thread (Ray Train runs ``train_func`` in one),
+made a plain training loop 1.1-1.16x and a preprocessing loop 1.3-1.4x faster (benchmarks/README.md,
+tables 0-2). In a thread (Ray Train runs ``train_func`` in one),
 glibc's per-thread arenas unmap whole freed heaps whatever the threshold.
 
 What medxfer sets, in glibc's own terms (``glibc.malloc.*`` tunables):
