@@ -68,7 +68,7 @@ def test_scores(bundle_uri: str, cfg: JobConfig) -> tuple[np.ndarray, np.ndarray
 
     b = load_bundle(bundle_uri)
     X, y = prepare(cfg).numpy("test")
-    pos = b.classes.index(b.card["positive_class"])
+    pos = b.classes.index(b.card.positive_class)
     model = b.build_model()
     return (predict_arrays(model, X, b.task)[:, pos], predict_arrays(model, X, b.task, tta=True)[:, pos],
             (y == pos).astype(int))

@@ -6,11 +6,12 @@ import torch
 
 from medxfer.config import PreprocessConfig
 from medxfer.lifecycle.bundle import save_bundle
+from medxfer.lifecycle.card import ModelCard
 from medxfer.models import create_model
 
 
 def tiny_bundle(uri: str, classes=("malignant", "normal"), seed: int = 0, size: int = 28, task="multiclass",
-                positive_class: str | None = None) -> dict:
+                positive_class: str | None = None) -> ModelCard:
     """An untrained smallcnn saved as a real bundle (weights differ by seed; default positive class: the last)."""
     torch.manual_seed(seed)
     n_out = 1 if task == "ordinal" else len(classes)
@@ -39,10 +40,10 @@ def file_hashes(folder) -> dict[str, str]:
     return {f: hashlib.sha256(storage.read_bytes(f)).hexdigest() for f in storage.list_files(str(folder))}
 
 
-def report_for(bundle: dict, threshold: float, positive_class: str, auroc: float = 0.8) -> dict:
-    """A report of ``bundle`` (as save_bundle returned it) with an operating point, as evaluate writes them."""
-    return {**report(auroc, 0.9), "kind": "medxfer-evaluation/1", "bundle_id": bundle["id"],
-            "weights_sha256": bundle["weights_sha256"], "card_sha256": bundle["card_sha256"],
+def report_for(bundle: ModelCard, threshold: float, positive_class: str, auroc: float = 0.8) -> dict:
+    """A report of ``bundle`` (the card save_bundle returned) with an operating point, as evaluate writes them."""
+    return {**report(auroc, 0.9), "kind": "medxfer-evaluation/1", "bundle_id": bundle.id,
+            "weights_sha256": bundle.weights_sha256, "card_sha256": bundle.card_sha256,
             "positive_class": positive_class,
             "operating_point": {"rule": "youden", "threshold": threshold, "positive_class": positive_class,
                                 "chosen_on": "val"}}

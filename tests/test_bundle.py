@@ -37,8 +37,8 @@ def _roundtrip(uri):
     model = create_model("smallcnn", 2, 1).eval()
     card = save_bundle(uri, model.state_dict(), _card(model))
     b = load_bundle(uri)
-    assert b.card["weights_sha256"] == card["weights_sha256"] and b.classes == ["normal", "pneumonia"]
-    assert b.spec.size == 28 and b.task == "multiclass" and "torch" in b.card["versions"]
+    assert b.card == card and b.card.weights_sha256 == b.weights_sha256 and b.classes == ["normal", "pneumonia"]
+    assert b.spec.size == 28 and b.task == "multiclass" and "torch" in b.card.versions
     x = np.random.default_rng(0).normal(size=(5, 1, 28, 28)).astype(np.float32)
     p0 = predict_arrays(model, x, "multiclass", batch_size=2)
     p1 = predict_arrays(b.build_model(), x, "multiclass")
@@ -158,8 +158,9 @@ def test_format_1_bundle_is_refused_and_upgrade_re_exports_it(tmp_path, capsys):
     new = tmp_path / "new"
     assert main(["bundle", "upgrade", str(old), str(new), "--positive-class", "pneumonia"]) == 0
     b = load_bundle(str(new))
-    assert b.card["format"] == "medxfer-bundle/2" and b.positive_class == "pneumonia"
-    assert "operating_point" not in b.card and b.card["positive_class_source"] == "bundle upgrade"
+    assert b.card.format == "medxfer-bundle/2" and b.positive_class == "pneumonia"
+    assert "operating_point" not in json.loads((new / CARD).read_text())
+    assert b.card.positive_class_source == "bundle upgrade"
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in old.iterdir()} == before
     capsys.readouterr()
     assert main(["bundle", "upgrade", str(old), str(new)]) == 2  # never over an existing bundle

@@ -83,7 +83,7 @@ def test_evaluate_finetuned_bundle(trained):
                                 "n": 156, "library": "scipy.stats.bootstrap"}
     assert "95% BCa bootstrap intervals, paired (every metric on the same resamples), 300 resamples, seed 0" in md
     # The operating point lives in the report only: not one byte of the bundle changed.
-    assert file_hashes(bundle) == before and "operating_point" not in load_bundle(bundle).card
+    assert file_hashes(bundle) == before and "operating_point" not in load_bundle(bundle).card.model_dump()
 
 
 @pytest.mark.slow
@@ -122,4 +122,4 @@ def test_predict_on_breast_images_matches_evaluation(trained, manifest, store, t
     # The registry version recorded report A's operating point next to both hashes.
     record = storage.read_json(storage.join(store, "registry", "breast-imm", "versions", "v0001", "version.json"))
     assert record["operating_point"]["threshold"] == pytest.approx(thr)
-    assert (record["weights_sha256"], record["card_sha256"]) == (b.card["weights_sha256"], b.card_sha256)
+    assert (record["weights_sha256"], record["card_sha256"]) == (b.card.weights_sha256, b.card.card_sha256)

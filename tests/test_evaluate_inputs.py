@@ -24,7 +24,7 @@ def test_positive_class_named_at_import_reaches_the_card_and_the_report(test_dat
     from medxfer.config.loading import validate_dict
     from medxfer.evaluate import build_report
     from medxfer.lifecycle.bundle import save_bundle
-    from medxfer.lifecycle.card import build_card, resolve_positive_class
+    from medxfer.lifecycle.card_builder import build_card, resolve_positive_class
     from medxfer.models import create_model
 
     z = np.load(test_data / "medmnist" / "breastmnist.npz")
@@ -62,7 +62,7 @@ def test_positive_class_named_at_import_reaches_the_card_and_the_report(test_dat
     uri = str(tmp_path / "bundle")
     save_bundle(uri, create_model("smallcnn", 2, 1).state_dict(), card)
     b = load_bundle(uri)
-    assert b.positive_class == "melanoma" and b.card["positive_class_source"] == "import.json"
+    assert b.positive_class == "melanoma" and b.card.positive_class_source == "import.json"
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 60)
     p0 = np.clip(0.6 - 0.3 * y + rng.normal(scale=0.2, size=60), 0, 1)

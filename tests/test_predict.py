@@ -92,11 +92,11 @@ def test_predict_manifest_missing_file_and_fail_on_bad(ray_cluster, bundle, test
 def test_predictions_table_ordinal_and_multilabel():
     rows = pd.DataFrame({"index": [0, 1], "path": ["a", "b"],
                          "scores": [np.array([2.6]), np.array([np.nan])], "error": ["", "bad file"]})
-    out = predictions_table(rows, {"task": "ordinal", "classes": ["0", "1", "2", "3"]})
+    out = predictions_table(rows, "ordinal", ["0", "1", "2", "3"])
     assert out["predicted_class"][0] == "3" and out["predicted_class"].isna()[1]
     assert out["grade"][0] == pytest.approx(2.6)
     rows["scores"] = [np.array([0.7, 0.2, 0.9]), np.array([np.nan] * 3)]
-    out = predictions_table(rows, {"task": "multilabel", "classes": ["a", "b", "c"]})
+    out = predictions_table(rows, "multilabel", ["a", "b", "c"])
     assert out["predicted_class"][0] == "a|c" and out["predicted_class"].isna()[1]
     assert list(out["error"]) == ["", "bad file"]
 

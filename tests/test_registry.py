@@ -75,7 +75,7 @@ def test_first_champion_worse_refused_better_promoted(root, bundles):
     # The registry's bundle copy verifies and names the source weights.
     from medxfer.lifecycle.bundle import load_bundle
 
-    assert load_bundle(reg.bundle_uri(v4)).card["weights_sha256"] == reg.get(v4)["weights_sha256"]
+    assert load_bundle(reg.bundle_uri(v4)).card.weights_sha256 == reg.get(v4)["weights_sha256"]
 
 
 def test_concurrent_promotions_leave_exactly_one_winner(root, bundles):

@@ -583,8 +583,8 @@ def test_worker_killed_mid_run_then_unwritable_checkpoint(ray_cluster, small_bre
     assert done_at_kill <= restart_epoch <= 4 and (done_at_kill + 1) - restart_epoch <= 1
     assert np.isfinite(out["final"]["val_loss"]) and out["final"]["train_loss"] < out["history"][0]["train_loss"]
     bundle = load_bundle(out["bundle"])
-    assert bundle.card["metrics"]["epoch"] == out["best"]["epoch"]
-    good_sha = bundle.card["weights_sha256"]
+    assert bundle.card.metrics["epoch"] == out["best"]["epoch"]
+    good_sha = bundle.card.weights_sha256
 
     # (2) Continue the run to epoch 5 with the epoch-5 checkpoint folder blocked by a regular file.
     (run_dir / "epoch-0005").write_text("not a folder\n")
@@ -598,7 +598,7 @@ def test_worker_killed_mid_run_then_unwritable_checkpoint(ray_cluster, small_bre
     print("checkpoint write failure surfaces as:", box["disk_error"])
     assert _latest_epoch(run_dir) == 4
     assert read_state(str(run_dir / "epoch-0004")).epoch == 4 and read_weights(str(run_dir / "epoch-0004"))
-    assert load_bundle(out["bundle"]).card["weights_sha256"] == good_sha
+    assert load_bundle(out["bundle"]).card.weights_sha256 == good_sha
 
 
 # ============================================================================ Ray: driver killed
@@ -658,7 +658,7 @@ def test_driver_killed_rerun_resumes_and_no_credentials_are_written(ray_cluster,
     assert res["resumed_from_epoch"] >= killed_after and [h["epoch"] for h in res["history"]] == [1, 2, 3]
     b = load_bundle(res["bundle"])
     assert sorted(storage.list_dir(res["bundle"])) == sorted([CARD, WEIGHTS])
-    assert b.card["run"] == "dk" and b.card["metrics"]["epoch"] == res["best"]["epoch"]
+    assert b.card.run == "dk" and b.card.metrics["epoch"] == res["best"]["epoch"]
     assert flaky_s3.counts["faults"] >= 5, flaky_s3.counts  # the job really went through the faults
 
     # Credentials: in no object under the storage root, in neither invocation's output, never sent.
@@ -667,7 +667,7 @@ def test_driver_killed_rerun_resumes_and_no_credentials_are_written(ray_cluster,
     assert len(objects) > 10
     assert not [o for o in objects if secret.encode() in storage.read_bytes(o)]
     assert secret not in log1.read_text(errors="replace") + r.stdout + r.stderr
-    assert "MARKER-KEYID" not in storage.read_text(storage.join(run, "config.yaml")) + json.dumps(b.card)
+    assert "MARKER-KEYID" not in storage.read_text(storage.join(run, "config.yaml")) + b.card.model_dump_json()
     assert flaky_s3.marker_seen == 0
 
 

@@ -258,11 +258,11 @@ def test_pretrain_on_ray_writes_a_bundle_finetune_loads(test_data, tmp_path, ray
 
     b = load_bundle(str(run / "bundle"))
     card = b.card
-    assert card["task"] == "self-supervised" and card["backbone"] == "smallcnn" and card["num_outputs"] == 0
-    assert card["pretraining"]["method"] == "simsiam"
-    assert [s["train_images"] for s in card["pretraining"]["sources"]] == [n_breast, n_pneumo]
-    assert card["data_fingerprints"] == [s["cache_key"] for s in result["sources"]]
-    assert card["preprocess"]["size"] == 28 and card["lineage"]["stage"] == "pretrain"
+    assert card.task == "self-supervised" and card.backbone == "smallcnn" and card.num_outputs == 0
+    assert card.pretraining["method"] == "simsiam"
+    assert [s["train_images"] for s in card.pretraining["sources"]] == [n_breast, n_pneumo]
+    assert card.data_fingerprints == [s["cache_key"] for s in result["sources"]]
+    assert card.preprocess.size == 28 and card.lineage.stage == "pretrain"
 
     # What finetune does with a source bundle: all backbone tensors loaded, the head new.
     target = create_model("smallcnn", 2, 1, stem="standard")

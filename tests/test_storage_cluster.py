@@ -82,7 +82,7 @@ def test_local_storage_on_two_nodes_is_refused_unless_shared_and_s3_works(s3_roo
         assert ray_predict.returncode == 2 and "--storage-shared" in ray_predict.stderr, ray_predict.stderr
         here = _run(["predict", "--bundle", str(tmp_path / "bundle"), "--input", images, "--output",
                      str(tmp_path / "p-local"), "--engine", "local"], address, tmp_path)
-        assert here.returncode == 0 and bundle["id"] and "predicted 120 of 120" in here.stdout, here.stderr
+        assert here.returncode == 0 and bundle.id and "predicted 120 of 120" in here.stdout, here.stderr
 
         # Without RAY_ADDRESS a command starts a Ray of its own, although this cluster announced itself on
         # the host (Ray's address file, which a bare ray.init() joins, num_cpus then refused).

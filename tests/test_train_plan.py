@@ -50,6 +50,6 @@ def test_plan_and_source_checks(tmp_path, test_data):
         },
     )
     ok = JobConfig.model_validate({"model": {"backbone": "smallcnn", "init": uri}})
-    assert check_source(ok).card["backbone"] == "smallcnn"
+    assert check_source(ok).card.backbone == "smallcnn"
     with pytest.raises(ConfigError, match="set model.backbone: smallcnn"):
         check_source(JobConfig.model_validate({"model": {"backbone": "resnet18", "init": uri}}))

@@ -76,7 +76,7 @@ def test_source_resume_then_finetune_on_s3(data_root, tmp_path, capsys):
     cfg = JobConfig.model_validate(_cfg(data_root, "src", "pneumonia", epochs=3, max_epochs_this_run=2))
     first = run_training(cfg, "source")
     assert first["status"] == "max_epochs_this_run" and first["epoch"] == 2 and first["epochs_run"] == 2
-    assert not first["resumed"] and load_bundle(first["bundle"]).card["metrics"]["epoch"] in (1, 2)
+    assert not first["resumed"] and load_bundle(first["bundle"]).card.metrics["epoch"] in (1, 2)
 
     out = run_training(cfg, "source")  # same name: Ray restores the run, the worker its checkpoint
     assert out["resumed"] and out["resumed_from_epoch"] == 2 and out["epochs_run"] == 1
@@ -88,9 +88,9 @@ def test_source_resume_then_finetune_on_s3(data_root, tmp_path, capsys):
     assert yaml.safe_load(storage.read_text(storage.join(run, "config.yaml")))["name"] == "src"
 
     src = load_bundle(out["bundle"])
-    assert src.card["task"] == "multiclass" and src.classes == ["normal", "pneumonia"] and src.card["in_chans"] == 1
-    assert src.card["data_fingerprint"] == out["data_fingerprint"] and src.spec.size == 28
-    assert src.card["metrics"]["epoch"] == out["best"]["epoch"]
+    assert src.card.task == "multiclass" and src.classes == ["normal", "pneumonia"] and src.card.in_chans == 1
+    assert src.card.data_fingerprint == out["data_fingerprint"] and src.spec.size == 28
+    assert src.card.metrics["epoch"] == out["best"]["epoch"]
     # Validation was gathered from both workers: the reported AUROC is the whole val set's.
     X, y = prepare(cfg).numpy("val")
     p = predict_arrays(src.build_model(), X, "multiclass")
@@ -124,9 +124,9 @@ def test_source_resume_then_finetune_on_s3(data_root, tmp_path, capsys):
     assert res["stage"] == "finetune" and res["status"] == "complete" and not res["resumed"]
     assert res["best"]["val_auroc"] > 0.65, res["best"]
     tgt = load_bundle(res["bundle"])
-    lin = tgt.card["lineage"]
-    assert lin["source_bundle_id"] == src.id and lin["source_data_fingerprint"] == src.card["data_fingerprint"]
-    assert lin["source_uri"] == out["bundle"] and tgt.card["config"]["model"]["init"] == out["bundle"]
+    lin = tgt.card.lineage
+    assert lin.source_bundle_id == src.id and lin.source_data_fingerprint == src.card.data_fingerprint
+    assert lin.source_uri == out["bundle"] and tgt.card.config["model"]["init"] == out["bundle"]
     frozen = [k for k in src.state_dict if k.startswith(("backbone.block1", "backbone.block2", "backbone.block3"))]
     assert frozen and all(torch.equal(src.state_dict[k], tgt.state_dict[k]) for k in frozen)
     assert not torch.equal(src.state_dict["backbone.block4.0.weight"], tgt.state_dict["backbone.block4.0.weight"])

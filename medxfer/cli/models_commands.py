@@ -115,12 +115,11 @@ def cmd_bundle_show(args) -> int:
     from medxfer.lifecycle.bundle import CARD, verify_bundle
 
     card, tensors, n = verify_bundle(args.uri)
-    config = card.pop("config", None)
-    print(json.dumps(card, indent=2, default=str))
-    if config is not None:
-        print(f"(training config: {len(json.dumps(config))} bytes; see {storage.join(args.uri, CARD)})")
-    print(f"card: {card['format']}, sha256 verified ({card['card_sha256'][:16]}...)")
-    print(f"weights: {tensors} tensors, {n:,} values, sha256 verified ({card['weights_sha256'][:16]}...)")
+    print(json.dumps(card.model_dump(mode="json", exclude={"config"}), indent=2, default=str))
+    if card.config is not None:
+        print(f"(training config: {len(json.dumps(card.config))} bytes; see {storage.join(args.uri, CARD)})")
+    print(f"card: {card.format}, sha256 verified ({card.card_sha256[:16]}...)")
+    print(f"weights: {tensors} tensors, {n:,} values, sha256 verified ({card.weights_sha256[:16]}...)")
     return 0
 
 
@@ -129,6 +128,6 @@ def cmd_bundle_upgrade(args) -> int:
     from medxfer.lifecycle.bundle import upgrade_bundle
 
     card = upgrade_bundle(args.src, args.dst, args.positive_class)
-    print(f"{args.dst}: {card['format']} bundle {card['id']} (card sha256 {card['card_sha256'][:16]}..., "
-          f"positive class {card.get('positive_class') or '-'}); {args.src} left as it was")
+    print(f"{args.dst}: {card.format} bundle {card.id} (card sha256 {card.card_sha256[:16]}..., "
+          f"positive class {card.positive_class or '-'}); {args.src} left as it was")
     return 0

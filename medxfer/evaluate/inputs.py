@@ -27,7 +27,7 @@ def resolve_config(data: str | None, overrides: list[str] | None, bundle_uri: st
         raise ConfigError(["evaluate: give --data (a manifest or job config) or a bundle whose card has a config"])
     from medxfer.lifecycle.bundle import load_bundle
 
-    card_cfg = load_bundle(bundle_uri).card.get("config")
+    card_cfg = load_bundle(bundle_uri).card.config
     if not card_cfg:
         raise ConfigError([f"{bundle_uri}: the card holds no training config; give --data"])
     return validate_dict(deep_merge(card_cfg, parse_overrides(overrides)), f"{bundle_uri} card config")
@@ -61,4 +61,4 @@ def positive_class(bundle, ecfg) -> tuple[int, str]:
         if name not in classes:
             raise ConfigError([f"evaluate.positive_class: {name!r} is not one of the bundle's classes {classes}"])
         return classes.index(name), "named for this evaluation (evaluate.positive_class)"
-    return classes.index(bundle.positive_class), POSITIVE_SOURCES[bundle.card["positive_class_source"]]
+    return classes.index(bundle.positive_class), POSITIVE_SOURCES[bundle.card.positive_class_source]

@@ -11,15 +11,19 @@ tests hold them equal). Rows come back sorted by path, so two bundles' scores li
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medxfer.errors import DataError
 
+if TYPE_CHECKING:
+    from medxfer.data.cache import PreparedData
+
 log = logging.getLogger("medxfer.evaluate")
 
 
-def choose_engine(ecfg, prepared, splits: list[str]) -> str:
+def choose_engine(ecfg, prepared: PreparedData, splits: list[str]) -> str:
     """'local' or 'ray' for ``evaluate.engine`` (see its description for the 'auto' rule)."""
     if ecfg.engine != "auto":
         return ecfg.engine

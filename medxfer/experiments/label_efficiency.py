@@ -318,7 +318,7 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
                 prepared = prepare(tcfg)
                 meta = {"arm": arm.name, "fraction": f, "seed": s, "init": tcfg.model.init,
                         "freeze": tcfg.train.freeze,
-                        "trial_key": trial_key(tcfg, prepared.key, source.card["weights_sha256"] if source else None,
+                        "trial_key": trial_key(tcfg, prepared.key, source.card.weights_sha256 if source else None,
                                                prepared.kept_rows("train"))}
                 results[(arm.name, f, s)] = _kept_trial(out, tcfg.name, meta["trial_key"])
                 if results[(arm.name, f, s)] is not None:

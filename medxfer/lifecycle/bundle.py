@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 from medxfer import storage
 from medxfer.config import PreprocessConfig
 from medxfer.errors import BundleError, MedxferError
-from medxfer.lifecycle.card import FORMAT, OLD_FORMATS, ModelCard, card_digest, check_card, parse_card
+from medxfer.lifecycle.card import (
+    ModelCard,
+    card_bytes,
+    check_card,
+    format1_weights_sha256,
+    new_card,
+    seal,
+    upgraded_card,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -82,18 +90,17 @@ def _tensor_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
     return save(tensors)
 
 
-def save_bundle(uri: str, state_dict: dict[str, torch.Tensor], card: ModelCard | dict[str, Any]) -> dict[str, Any]:
-    """Write weights then card (the card last: a folder with a card is complete). Returns the card as written."""
+def save_bundle(uri: str, state_dict: dict[str, torch.Tensor], card: ModelCard | dict[str, Any]) -> ModelCard:
+    """Write weights then card (the card last: a folder with a card is complete). Returns the card as written.
+
+    ``card``: a built card (:mod:`medxfer.lifecycle.card_builder`), or its fields as a dict."""
     data = _tensor_bytes(state_dict)
     sha = hashlib.sha256(data).hexdigest()
-    body = card.model_dump(mode="json") if isinstance(card, ModelCard) else dict(card)
-    body.update(format=FORMAT, weights_sha256=sha, card_sha256=None)
-    out = parse_card(body, storage.join(uri, CARD)).model_dump(mode="json")
-    out["id"] = out["id"] or f"{out['name']}@{sha[:12]}"
-    out["versions"] = out["versions"] or package_versions()
-    out["card_sha256"] = card_digest(out)
+    source = storage.join(uri, CARD)
+    card = new_card(card, source) if isinstance(card, dict) else card
+    out = seal(card, sha, card.versions or package_versions(), source)
     storage.write_bytes(storage.join(uri, WEIGHTS), data)
-    storage.write_bytes(storage.join(uri, CARD), (json.dumps(out, indent=2) + "\n").encode())
+    storage.write_bytes(source, card_bytes(out))
     return out
 
 
@@ -102,53 +109,52 @@ class Bundle:
     """A loaded, verified bundle."""
 
     uri: str
-    card: dict[str, Any]
+    card: ModelCard
     state_dict: dict[str, torch.Tensor] = field(repr=False)
 
     @property
     def spec(self) -> PreprocessConfig:
-        return PreprocessConfig.model_validate(self.card["preprocess"])
+        return self.card.preprocess
 
     @property
     def classes(self) -> list[str]:
-        return list(self.card["classes"])
+        return list(self.card.classes)
 
     @property
     def task(self) -> str:
-        return str(self.card["task"])
+        return self.card.task
 
     @property
     def id(self) -> str:
-        return str(self.card.get("id", self.card["weights_sha256"][:12]))
+        return self.card.id or self.weights_sha256[:12]
+
+    @property
+    def weights_sha256(self) -> str:
+        return str(self.card.weights_sha256)
 
     @property
     def card_sha256(self) -> str:
-        return str(self.card["card_sha256"])
+        return str(self.card.card_sha256)
 
     @property
     def positive_class(self) -> str | None:
-        return self.card.get("positive_class")
+        return self.card.positive_class
 
     def build_model(self, device: str | torch.device | None = None) -> torch.nn.Module:
         """The network in eval mode with the bundle's weights (strict: every tensor must match)."""
         from medxfer.models import create_model
 
-        if int(self.card.get("num_outputs", 0)) < 1:
+        card = self.card
+        if card.num_outputs < 1:
             raise BundleError(
-                f"{self.uri}: a backbone-only bundle (from medxfer {self.card.get('lineage', {}).get('stage', 'pretrain')}) "
+                f"{self.uri}: a backbone-only bundle (from medxfer {card.lineage.stage or 'pretrain'}) "
                 "has no classification head; fine-tune it first (model.init: this bundle's URI)"
             )
-        model = create_model(
-            self.card["backbone"],
-            int(self.card["num_outputs"]),
-            int(self.card["in_chans"]),
-            dropout=float(self.card.get("dropout", 0.0)),
-            stem=self.card.get("stem", "standard"),
-        )
+        model = create_model(card.backbone, card.num_outputs, card.in_chans, dropout=card.dropout, stem=card.stem)
         try:
             model.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as e:
-            raise BundleError(f"{self.uri}: weights do not fit {self.card['backbone']}: {e}") from None
+            raise BundleError(f"{self.uri}: weights do not fit {card.backbone}: {e}") from None
         if device is not None:
             model.to(device)
         return model.eval()
@@ -195,13 +201,13 @@ def _verified_weights(uri: str, sha: str) -> dict[str, torch.Tensor]:
     return _parsed(uri, _verified_bytes(uri, sha), "torch")
 
 
-def verify_bundle(uri: str) -> tuple[dict[str, Any], int, int]:
+def verify_bundle(uri: str) -> tuple[ModelCard, int, int]:
     """Every check :func:`load_bundle` makes, without torch: ``(card, tensors, values)``.
 
     What ``medxfer bundle show`` runs, so inspecting a bundle takes well under a second."""
     card = check_card(read_card(uri), storage.join(uri, CARD))
     arrays = _parsed(uri, _verified_bytes(uri, card.weights_sha256), "numpy")
-    return card.model_dump(mode="json"), len(arrays), sum(int(a.size) for a in arrays.values())
+    return card, len(arrays), sum(int(a.size) for a in arrays.values())
 
 
 def load_bundle(uri: str) -> Bundle:
@@ -209,28 +215,19 @@ def load_bundle(uri: str) -> Bundle:
     raw = read_card(uri)
     card = check_card(raw, storage.join(uri, CARD))
     state_dict = _verified_weights(uri, card.weights_sha256)
-    return Bundle(uri=uri, card=card.model_dump(mode="json"), state_dict=state_dict)
+    return Bundle(uri=uri, card=card, state_dict=state_dict)
 
 
-def upgrade_bundle(src: str, dst: str, positive_class: str | None = None) -> dict[str, Any]:
+def upgrade_bundle(src: str, dst: str, positive_class: str | None = None) -> ModelCard:
     """Re-export a format-1 bundle as a hashed format-2 bundle at ``dst``; ``src`` is left untouched.
 
-    The old card's weights hash is checked first; what ``evaluate`` used to write into old cards
-    (operating point, evaluation) is dropped — it belongs to reports and registry versions.
+    The old card's weights hash is checked first; the card itself is converted by
+    :func:`medxfer.lifecycle.card.upgraded_card`.
     """
     raw = read_card(src)
-    if not isinstance(raw, dict) or raw.get("format") not in OLD_FORMATS:
-        raise BundleError(f"{src}: not a format-1 bundle ({OLD_FORMATS[0]}); nothing to upgrade")
+    old_sha = format1_weights_sha256(raw, src)
     if storage.normalize(dst).rstrip("/") == storage.normalize(src).rstrip("/") or storage.exists(
             storage.join(dst, CARD)):
         raise BundleError(f"{dst}: already holds a bundle (or is the source); give a new folder")
-    state_dict = _verified_weights(src, str(raw.get("weights_sha256")))
-    dropped = ("format", "operating_point", "evaluation", "weights_sha256", "card_sha256", "id")
-    body = {k: v for k, v in raw.items() if k not in dropped}
-    if body.get("task") == "multiclass":
-        classes = list(body.get("classes") or [])
-        body["positive_class"] = positive_class or (classes[-1] if classes else None)
-        body["positive_class_source"] = "bundle upgrade" if positive_class else "default"
-    elif positive_class:
-        raise BundleError(f"--positive-class: a {body.get('task')} bundle has no positive class")
-    return save_bundle(dst, state_dict, body)
+    state_dict = _verified_weights(src, old_sha)
+    return save_bundle(dst, state_dict, upgraded_card(raw, positive_class, storage.join(dst, CARD)))

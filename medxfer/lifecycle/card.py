@@ -1,31 +1,37 @@
-"""The model card (a bundle's ``bundle.json``) as one typed, versioned model, and its one builder.
+"""The model card (a bundle's ``bundle.json``) as one typed, versioned model: its schema, canonical JSON and hash.
 
 Why typed: the card decides how a bundle's weights are used — which output is which class,
 which class is positive, how an image is prepared. A card read from storage is input like any
 other, so it is validated field by field before anything is built from it: a ``num_outputs`` of
 200 million would otherwise allocate a 200 GB head, a ``preprocess.size`` of 100000 would fail
-deep inside a Ray task. Errors name the field.
+deep inside a Ray task. Errors name the field. Past validation, code reads the card's attributes
+(``bundle.card.task``, ``bundle.card.lineage.source_bundle_id``...): a misspelt field is an error where
+it is written, not a ``KeyError`` (or a silent ``None``) where a bundle is used.
 
 Why hashed: the card carries the sha256 of its own canonical JSON (``card_sha256``), and it
 carries the weights' sha256, so one hash covers both; the registry records it next to the
 weights' when a version is registered. A card edited after training (class names swapped, a
 spec changed) no longer matches and is refused wherever a bundle is loaded. Inside one bundle
 this catches edits, not someone who recomputes the hash too; for registered versions the
-registry's record, written once with a conditional create, catches that as well.
+registry's record, written once with a conditional create, catches that as well. The canonical
+JSON is the model's ``model_dump(mode="json")``: every field, in declaration order, so a card read
+and written again is the same bytes and the same hash (``tests/golden/bundles`` holds cards
+written by earlier medxfer versions to keep it so).
 
 Versions: ``medxfer-bundle/2`` is this model. ``medxfer-bundle/1`` cards (unhashed, and possibly
 edited by ``evaluate``) are refused with the command that re-exports them, ``medxfer bundle
 upgrade``: reading them would let anyone strip the hash by writing ``/1`` into a card.
 
-Source training, fine-tuning and pretraining all build their card with :func:`build_card`.
+This module is the schema only: it reads no storage, config file or training plan. A run's card
+is assembled where the run ends (:mod:`medxfer.lifecycle.card_builder`); the bundle's files are
+:mod:`medxfer.lifecycle.bundle`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -37,12 +43,8 @@ from pydantic import (
 )
 
 from medxfer import storage
-from medxfer.config import NAME_PATTERN, Backbone, JobConfig, PreprocessConfig
-from medxfer.errors import BundleError, ConfigError
-
-if TYPE_CHECKING:
-    from medxfer.lifecycle.bundle import Bundle
-    from medxfer.train.plan import RunPlan
+from medxfer.config import NAME_PATTERN, Backbone, PreprocessConfig
+from medxfer.errors import BundleError
 
 FORMAT = "medxfer-bundle/2"
 OLD_FORMATS = ("medxfer-bundle/1",)
@@ -67,7 +69,11 @@ class _Part(BaseModel):
 
 
 class Lineage(_Part):
-    """Where the weights came from: the stage, the init and, for a bundle init, that bundle's identity."""
+    """Where the weights came from: the stage, the init and, for a bundle init, that bundle's identity.
+
+    ``source_lineage`` is the source bundle's own lineage as that bundle wrote it: history, kept as
+    written (a dict) so that an ancestor written by an older medxfer re-serialises unchanged.
+    """
 
     stage: Literal["source", "finetune", "pretrain"] | None = None
     init: str = "scratch"
@@ -81,13 +87,21 @@ class Lineage(_Part):
 
 
 class InputSpec(_Part):
+    """What the network takes: the output of ``preprocess_bytes`` with the card's spec."""
+
     shape: tuple[int, int, int]
     dtype: Literal["float32"] = "float32"
     note: str = ""
 
 
 class ModelCard(_Part):
-    """Everything needed to use a bundle's weights correctly, and nothing that changes after training."""
+    """Everything needed to use a bundle's weights correctly, and nothing that changes after training.
+
+    The dict fields are records whose shape belongs to their writer, not to the card: ``config`` is
+    the training config as that medxfer version dumped it (validated as a config when it is used:
+    an older config must still load as a card), ``metrics`` and ``pretraining`` are the stage's
+    summary, ``versions`` maps package names to versions.
+    """
 
     format: Literal["medxfer-bundle/2"] = FORMAT
     name: str = Field("medxfer-model", pattern=NAME_PATTERN)
@@ -152,9 +166,22 @@ class ModelCard(_Part):
         return self
 
 
-def card_digest(card: dict) -> str:
-    """sha256 of the card's canonical JSON (sorted keys, no whitespace), ``card_sha256`` left out."""
-    body = {k: v for k, v in card.items() if k != "card_sha256"}
+def card_json(card: ModelCard) -> dict[str, Any]:
+    """The card as JSON values: what ``bundle.json`` holds and what its hash covers."""
+    return card.model_dump(mode="json")
+
+
+def card_bytes(card: ModelCard) -> bytes:
+    """The ``bundle.json`` file of ``card``."""
+    return (json.dumps(card_json(card), indent=2) + "\n").encode()
+
+
+def card_digest(card: ModelCard | dict) -> str:
+    """sha256 of the card's canonical JSON (sorted keys, no whitespace), ``card_sha256`` left out.
+
+    A dict is a card as read from storage, before it is trusted (:func:`check_card`)."""
+    raw = card_json(card) if isinstance(card, ModelCard) else card
+    body = {k: v for k, v in raw.items() if k != "card_sha256"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -195,84 +222,40 @@ def check_card(raw: Any, source: str) -> ModelCard:
     return card
 
 
-# ----------------------------------------------------------------------------- positive class
+def new_card(fields: dict[str, Any], source: str) -> ModelCard:
+    """A card from its fields as a builder or a test gives them; what sealing sets (format, hashes) is ignored."""
+    return parse_card({**fields, "format": FORMAT, "weights_sha256": None, "card_sha256": None}, source)
 
 
-def _import_hint(manifest: str | None) -> str | None:
-    """The positive class the import wrote beside ``manifest`` (``import folder --positive-class``, or
-    the finding of a binary MedMNIST set), if any."""
-    from medxfer.data.manifest.imported import import_record
-
-    hint = import_record(manifest).get("positive_class")
-    return str(hint) if hint is not None else None
-
-
-def resolve_positive_class(cfg: JobConfig, task: str, classes: list[str]) -> tuple[str | None, str | None]:
-    """``(class, source)`` for a multiclass run, checked against its classes before training starts."""
-    if task != "multiclass":
-        return None, None
-    if cfg.data.positive_class is not None:
-        name, source = cfg.data.positive_class, "data.positive_class"
-    else:
-        hint = _import_hint(cfg.data.manifest)
-        name, source = (hint, "import.json") if hint else (classes[-1], "default")
-    if name not in classes:
-        from medxfer.data.manifest.imported import record_uri
-
-        where = "data.positive_class" if source == "data.positive_class" else \
-            f"{record_uri(cfg.data.manifest)} positive_class"
-        raise ConfigError([f"{where}: {name!r} is not one of the classes {list(classes)}; name one of them "
-                           "(data.positive_class)"])
-    return name, source
+def seal(card: ModelCard, weights_sha256: str, versions: dict[str, str], source: str) -> ModelCard:
+    """The card as a bundle stores it: the current format, the weights' hash, an id and the package
+    ``versions`` (unless the card has its own), and its own hash over all of that."""
+    body = card_json(card)
+    body.update(format=FORMAT, weights_sha256=weights_sha256, card_sha256=None,
+                id=card.id or f"{card.name}@{weights_sha256[:12]}", versions=card.versions or versions)
+    sealed = parse_card(body, source)
+    return sealed.model_copy(update={"card_sha256": card_digest(sealed)})
 
 
-# ----------------------------------------------------------------------------- builder
+# ----------------------------------------------------------------------------- format 1
 
 
-def _lineage(cfg: JobConfig, stage: str, source: Bundle | None) -> dict:
-    lineage: dict[str, Any] = {"stage": stage, "init": cfg.model.init}
-    if stage == "pretrain":
-        lineage["method"] = cfg.pretrain.method
-    if source is not None:
-        lineage.update(
-            source_uri=cfg.model.init,
-            source_bundle_id=source.id,
-            source_weights_sha256=source.card["weights_sha256"],
-            source_card_sha256=source.card.get("card_sha256"),
-            source_data_fingerprint=source.card.get("data_fingerprint"),
-            source_lineage=source.card.get("lineage"),
-        )
-    return lineage
+def format1_weights_sha256(raw: Any, source: str) -> str:
+    """The weights hash a format-1 card names (what ``bundle upgrade`` checks first); BundleError for any other card."""
+    if not isinstance(raw, dict) or raw.get("format") not in OLD_FORMATS:
+        raise BundleError(f"{source}: not a format-1 bundle ({OLD_FORMATS[0]}); nothing to upgrade")
+    return str(raw.get("weights_sha256"))
 
 
-def build_card(cfg: JobConfig, stage: str, *, task: str, classes: list[str], plan: RunPlan,
-               spec: PreprocessConfig, data_fingerprint: str, source: Bundle | None = None,
-               positive: tuple[str | None, str | None] = (None, None), **extra: Any) -> ModelCard:
-    """The card of a training (``source``/``finetune``) or pretraining (``pretrain``) run.
-
-    ``plan``: the run plan (:class:`medxfer.train.plan.RunPlan`: stem, input channels, outputs); ``source``: the
-    verified bundle ``model.init`` named, if any; ``positive``: from :func:`resolve_positive_class`;
-    ``extra``: stage-specific fields of :class:`ModelCard` (``metrics``, ``pretraining``, ...).
-    """
-    card = {
-        "name": cfg.model.name,
-        "run": cfg.name,
-        "task": task,
-        "classes": list(classes),
-        "positive_class": positive[0],
-        "positive_class_source": positive[1],
-        "backbone": cfg.model.backbone,
-        "stem": plan.stem,
-        "in_chans": plan.in_chans,
-        "num_outputs": plan.num_outputs,
-        "dropout": cfg.model.dropout,
-        "preprocess": spec.model_dump(mode="json"),
-        "input": {"shape": [spec.channels, spec.size, spec.size], "dtype": "float32",
-                  "note": "output of medxfer.data.preprocess.preprocess_bytes with this spec"},
-        "lineage": _lineage(cfg, stage, source),
-        "data_fingerprint": data_fingerprint,
-        "config": cfg.model_dump(mode="json"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **extra,
-    }
-    return parse_card(card, f"{cfg.name} card")
+def upgraded_card(raw: dict[str, Any], positive_class: str | None, source: str) -> ModelCard:
+    """A format-1 card as a current one, not yet sealed; what ``evaluate`` used to write into old cards
+    (operating point, evaluation) is dropped — it belongs to reports and registry versions."""
+    dropped = ("format", "operating_point", "evaluation", "weights_sha256", "card_sha256", "id")
+    body = {k: v for k, v in raw.items() if k not in dropped}
+    if body.get("task") == "multiclass":
+        classes = list(body.get("classes") or [])
+        body["positive_class"] = positive_class or (classes[-1] if classes else None)
+        body["positive_class_source"] = "bundle upgrade" if positive_class else "default"
+    elif positive_class:
+        raise BundleError(f"--positive-class: a {body.get('task')} bundle has no positive class")
+    return new_card(body, source)

@@ -210,7 +210,7 @@ class Registry:
         record = self.get(version)
         bundle = load_bundle(self.bundle_uri(version))
         recorded = (record.get("weights_sha256"), record.get("card_sha256"))
-        if (bundle.card["weights_sha256"], bundle.card_sha256) != recorded:
+        if (bundle.card.weights_sha256, bundle.card.card_sha256) != recorded:
             raise RegistryError(
                 f"{self.model} {version}: the bundle at {bundle.uri} is not the one registered (card or weights "
                 "differ from version.json); the registry copy was changed — register the bundle again from its run"
@@ -242,7 +242,7 @@ class Registry:
         dst = self.bundle_uri(version)
         storage.copy_tree(bundle_uri, dst)
         copy = load_bundle(dst)
-        if (copy.card["weights_sha256"], copy.card_sha256) != (src.card["weights_sha256"], src.card_sha256):
+        if (copy.card.weights_sha256, copy.card.card_sha256) != (src.card.weights_sha256, src.card.card_sha256):
             raise RegistryError(f"{dst}: copy does not verify against {bundle_uri}")
         if report is not None:
             storage.put_if_absent(storage.join(self.version_uri(version), "report.json"),
@@ -254,7 +254,7 @@ class Registry:
             "source_bundle": bundle_uri,
             "bundle": dst,
             "bundle_id": src.id,
-            "weights_sha256": src.card["weights_sha256"],
+            "weights_sha256": src.card.weights_sha256,
             "card_sha256": src.card_sha256,
             "task": src.task,
             "classes": src.classes,
@@ -366,7 +366,7 @@ def report_operating_point(report: dict | None, bundle: Bundle, bundle_uri: str)
     if not report:
         return None
     sha = report.get("weights_sha256")
-    if (sha is not None and sha != bundle.card["weights_sha256"]) or report.get("card_sha256") not in (
+    if (sha is not None and sha != bundle.card.weights_sha256) or report.get("card_sha256") not in (
             None, bundle.card_sha256):
         raise RegistryInputError(f"the report (of bundle {report.get('bundle_id')}) is not an evaluation of "
                                  f"{bundle_uri} ({bundle.id}); give that bundle's report.json")

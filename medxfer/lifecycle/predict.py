@@ -220,21 +220,22 @@ def _col(name: str) -> str:
     return "prob_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def predictions_table(df: pd.DataFrame, card: dict, decision: dict | None = None) -> pd.DataFrame:
+def predictions_table(df: pd.DataFrame, task: str, classes: list[str], positive_class: str | None = None,
+                      decision: dict | None = None) -> pd.DataFrame:
     """Rows of (index, path, scores, error) -> the output table: class, probabilities, decision.
 
-    ``decision``: the operating point that decides (from :func:`decision_from`), or None for
-    scores without a decision.
+    ``task``, ``classes``, ``positive_class``: the bundle card's; ``decision``: the operating point
+    that decides (from :func:`decision_from`), or None for scores without a decision.
     """
     from medxfer.lifecycle.inference import ordinal_to_grade
 
-    task, classes = card["task"], list(card["classes"])
+    classes = list(classes)
     scores = np.stack([np.asarray(s, dtype=np.float64).ravel() for s in df["scores"]]) if len(df) else (
         np.zeros((0, 1)))
     ok = (df["error"].fillna("") == "").to_numpy()
     out = pd.DataFrame({"path": df["path"].astype(str).to_numpy()})
     if task == "multiclass":
-        pos_name = decision["positive_class"] if decision else card["positive_class"]
+        pos_name = decision["positive_class"] if decision else positive_class
         pos = classes.index(pos_name)
         threshold = decision["threshold"] if decision else None
         arg = np.where(ok, np.nan_to_num(scores, nan=-1).argmax(axis=1), -1)
@@ -286,7 +287,7 @@ def decision_from(bundle, report_uri: str | None) -> dict | None:
     if report_uri is None:
         return None
     rep = storage.read_json(report_uri)
-    if not isinstance(rep, dict) or rep.get("weights_sha256") != bundle.card["weights_sha256"] or (
+    if not isinstance(rep, dict) or rep.get("weights_sha256") != bundle.card.weights_sha256 or (
             rep.get("card_sha256") not in (None, bundle.card_sha256)):
         raise DataError(f"--report {report_uri}: not an evaluation of {bundle.uri} (bundle id "
                         f"{rep.get('bundle_id') if isinstance(rep, dict) else '?'}, not {bundle.id}); give that "
@@ -308,7 +309,7 @@ def _bundle_and_decision(bundle_uri: str | None, report: str | None, registry_ve
         record, bundle = reg.get(version), reg.load_bundle(version)
         if bundle_uri is not None:
             given = load_bundle(bundle_uri)
-            if (given.card["weights_sha256"], given.card_sha256) != (record["weights_sha256"], record["card_sha256"]):
+            if (given.card.weights_sha256, given.card.card_sha256) != (record["weights_sha256"], record["card_sha256"]):
                 raise DataError(f"--bundle {bundle_uri} is not the bundle of {reg.model} {version}; drop --bundle to "
                                 "use the registry's copy")
         source = f"registry {reg.model} {version}"
@@ -436,7 +437,7 @@ def predict(
     engine = choose_engine(engine, n)
     defaults = DataConfig()
     decode_kwargs = {
-        "spec": bundle.card["preprocess"],
+        "spec": bundle.card.preprocess.model_dump(mode="json"),
         "max_pixels": int(max_pixels or defaults.max_pixels),
         "max_image_bytes": int(max_image_bytes or defaults.max_image_bytes),
         "max_decode_bytes": int(max_decode_bytes or defaults.max_decode_bytes),
@@ -451,7 +452,7 @@ def predict(
     rows = rows.sort_values("index").reset_index(drop=True)
     if len(rows) != n:  # an invariant: one row per input, whatever happened to the file
         raise DataError(f"prediction returned {len(rows)} rows for {n} inputs")
-    out = predictions_table(rows, bundle.card, decision)
+    out = predictions_table(rows, bundle.card.task, bundle.card.classes, bundle.card.positive_class, decision)
     written = _write_outputs(out, output_uri)
     bad = out[out["error"] != ""]
     summary = {

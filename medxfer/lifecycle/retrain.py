@@ -169,7 +169,7 @@ def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
             champion_uri = reg.load_bundle(before["version"]).uri  # still the registered bundle
             champion_rep = evaluate_bundle(champion_uri, run_cfg, split, out=storage.join(run_uri, "champion-report"))
             champion_reports[before["version"]] = champion_rep
-        sha = load_bundle(bundle_uri).card["weights_sha256"]
+        sha = load_bundle(bundle_uri).card.weights_sha256
         version = _find_registered(reg, bundle_uri, sha)
         if version is None:
             lock.check("registering")

@@ -68,8 +68,8 @@ def data_fingerprint(keys: list[str]) -> str:
 
 def build_card(cfg: JobConfig, sources: list[dict], plan: RunPlan, final: dict,
                source: Bundle | None = None) -> ModelCard:
-    """The card (:func:`medxfer.lifecycle.card.build_card`) plus ``pretraining``: method, sources, counts, loss."""
-    from medxfer.lifecycle.card import build_card as card_for
+    """The card (:func:`medxfer.lifecycle.card_builder.build_card`) plus ``pretraining``: method, sources, counts, loss."""
+    from medxfer.lifecycle.card_builder import build_card as card_for
 
     keys = [s["cache_key"] for s in sources]
     return card_for(

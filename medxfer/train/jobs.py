@@ -32,18 +32,18 @@ def check_source(cfg: JobConfig) -> Bundle | None:
     from medxfer.lifecycle.bundle import load_bundle
 
     b = load_bundle(init)
-    if b.card["backbone"] != cfg.model.backbone:
+    if b.card.backbone != cfg.model.backbone:
         raise ConfigError([
             f"model.backbone: {cfg.model.backbone!r}, but the source bundle {init} holds a "
-            f"{b.card['backbone']!r}; set model.backbone: {b.card['backbone']}"
+            f"{b.card.backbone!r}; set model.backbone: {b.card.backbone}"
         ])
     return b
 
 
 def supervised_card(cfg: JobConfig, stage: str, prepared: PreparedData, plan: RunPlan, source: Bundle | None,
                     positive: tuple[str | None, str | None], best_metrics: dict) -> ModelCard:
-    """The bundle card of a source-train or finetune run (the one builder: ``medxfer.lifecycle.card.build_card``)."""
-    from medxfer.lifecycle.card import build_card
+    """The bundle card of a source-train or finetune run (the one builder: ``medxfer.lifecycle.card_builder.build_card``)."""
+    from medxfer.lifecycle.card_builder import build_card
 
     return build_card(cfg, stage, task=prepared.task, classes=list(prepared.classes), plan=plan, spec=prepared.spec,
                       data_fingerprint=prepared.key, source=source, positive=positive,

@@ -61,7 +61,7 @@ def split_rows(prepared: PreparedData, split: str) -> int:
 def supervised_inputs(cfg: JobConfig, stage: str, prepared: PreparedData, use_gpu: bool,
                       source: Bundle | None = None) -> StageInputs:
     """Source training and fine-tuning on one prepared dataset."""
-    from medxfer.lifecycle.card import resolve_positive_class
+    from medxfer.lifecycle.card_builder import resolve_positive_class
     from medxfer.train.jobs import supervised_card
 
     n_train, n_val = split_rows(prepared, "train"), split_rows(prepared, "val")
@@ -251,9 +251,9 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         "data_mode": plan.data.mode,
         "stopped_by": monitor.signal,
         "bundle": storage.join(run_uri, "bundle"),
-        "bundle_id": card["id"],
+        "bundle_id": card.id,
         "data_fingerprint": inputs.data_fingerprint,
-        "lineage": card["lineage"],
+        "lineage": card.lineage.model_dump(mode="json"),
         "history": state.history,
     }
     storage.write_json(storage.join(run_uri, "result.json"), out)
