@@ -3,7 +3,8 @@
 A run is: prepare its data (the content-keyed cache), plan it (:mod:`medxfer.train.plan`), hand
 ``train_func`` to Ray Train's ``TorchTrainer``, then turn the final checkpoint into a model
 bundle and ``result.json``. What differs between stages arrives as :class:`StageInputs` — the
-plan, the Ray Datasets when the data streams, how weights are exported, how the card is built —
+plan (with the pieces its workers stream, when the data is too large for their memory), how
+weights are exported, how the card is built —
 made by :func:`supervised_inputs` here and by ``medxfer.ssl.jobs.pretrain_inputs``.
 
 With ``scaling.num_workers: 0`` the run trains in this process (Ray Train's local mode): no Ray
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import DataError, MedxferError
-from medxfer.train.plan import RunPlan, plan_training
+from medxfer.train.plan import RunPlan, plan_training, streamed
 
 if TYPE_CHECKING:
     from medxfer.bundle import Bundle
@@ -47,7 +48,6 @@ class StageInputs:
     describe: str  # "on 546 train / 78 val images" for the start line
     card: Callable[[dict, TrainState], ModelCard]  # (best epoch's metrics, state) -> the bundle card
     export: Callable[[dict], dict] = lambda weights: weights  # noqa: E731 - the tensors the bundle holds
-    datasets: dict | None = None  # Ray Datasets, only when the data streams
     data_fingerprint: str = ""
     result_extra: dict = field(default_factory=dict)
 
@@ -68,18 +68,26 @@ def supervised_inputs(cfg: JobConfig, stage: str, prepared: PreparedData, use_gp
     if n_val == 0:
         raise DataError(f"{prepared.uri}: the validation split is empty; add a split column with 'val' rows "
                         "or set data.split_fractions")
-    plan = plan_training(cfg, stage, prepared, n_train, use_gpu)
-    positive = resolve_positive_class(cfg, prepared.task, list(prepared.classes))
-    datasets = None
+    plan = plan_training(cfg, stage, prepared, n_train, use_gpu, worker_memory=worker_memory(cfg, use_gpu),
+                         n_val=n_val)
     if plan.data.mode == "stream":
-        datasets = {"train": prepared.dataset("train").select_columns(["image", "label"]),
-                    "val": prepared.dataset("val").select_columns(["image", "label", "path"])}
+        from medxfer.data.cache.stream import list_pieces
+
+        plan = streamed(plan, list_pieces([prepared], "train"), list_pieces([prepared], "val"))
+    positive = resolve_positive_class(cfg, prepared.task, list(prepared.classes))
     return StageInputs(
         plan=plan, describe=f"on {n_train} train / {n_val} val images",
         card=lambda best, state: supervised_card(cfg, stage, prepared, plan, source, positive, best),
-        datasets=datasets, data_fingerprint=prepared.key,
+        data_fingerprint=prepared.key,
         result_extra={"train_images": n_train, "val_images": n_val},
     )
+
+
+def worker_memory(cfg: JobConfig, use_gpu: bool) -> float | None:
+    """Bytes one worker of this run can count on (:func:`medxfer.runtime.worker_memory`)."""
+    from medxfer.runtime import worker_memory as memory
+
+    return memory(cfg.scaling, use_gpu)
 
 
 def scaling_config(cfg: JobConfig):
@@ -186,7 +194,7 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         init_ray()
         preload.join()
 
-    from ray.train import DataConfig, RunConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
     from medxfer.bundle import save_bundle
@@ -212,9 +220,6 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         train_func,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan, "control": monitor.channel(),
                            "checkpoints": checkpoints},
-        datasets=inputs.datasets,
-        # Validation is read whole by every rank, which keeps its own part (see medxfer.train.batches).
-        dataset_config=DataConfig(datasets_to_split=["train"]) if inputs.datasets else None,
         scaling_config=scaling,
         run_config=RunConfig(name=cfg.name) if in_process else run_config(cfg, layout.runs()),
     )
