@@ -23,7 +23,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import pandas as pd
 import pytest
 import yaml
 from fault_proxy import matcher
+from trainutil import in_background, wait_for
 
 from medxfer import storage
 from medxfer.config import JobConfig
@@ -518,14 +518,7 @@ def _latest_epoch(run) -> int:
         return 0
 
 
-def _wait(cond, timeout: float, what: str, step: float = 0.2):
-    t = time.time() + timeout
-    while time.time() < t:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+_wait = wait_for
 
 
 @pytest.fixture(scope="module")
@@ -578,16 +571,7 @@ def test_worker_killed_mid_run_then_unwritable_checkpoint(ray_cluster, small_bre
     root = tmp_path / "store"
     cfg = validate_dict(_job(str(root), small_breast, "wk", epochs=4))
     run_dir = root / "runs" / "wk"
-    box: dict = {}
-
-    def train():
-        try:
-            box["out"] = run_training(cfg, "source")
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            box["err"] = e
-
-    th = threading.Thread(target=train, daemon=True)
-    th.start()
+    th, box = in_background(lambda: run_training(cfg, "source"))
     done_at_kill = _wait(lambda: _latest_epoch(run_dir) or ("err" in box and -1), 600, "epoch 1's checkpoint")
     assert done_at_kill > 0, box.get("err")
     victims = _train_workers()

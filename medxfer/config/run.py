@@ -33,6 +33,14 @@ class FailureSection(_Section):
     max_failures: int = Field(
         2, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited)."
     )
+    watchdog_s: float | None = Field(
+        180.0,
+        gt=0,
+        description="When no training step or epoch is heard from the workers for this many seconds, the command "
+        "says why: waiting for a placement group the cluster cannot place (the resources asked and those it "
+        "has), a node lost and the checkpoint the run will resume from, or busy workers. Repeated every "
+        "watchdog_s while the silence lasts. None: never.",
+    )
 
 class StorageSection(_Section):
     """Where datasets, caches, runs and the registry live."""

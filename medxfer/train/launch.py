@@ -108,17 +108,33 @@ def scaling_config(cfg: JobConfig):
     return ScalingConfig(num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=res), use_gpu
 
 
-def run_config(cfg: JobConfig, runs_uri: str):
-    """``RunConfig`` for ``<root>/runs/<name>``: the same name resumes; S3 through pyarrow."""
+def run_config(cfg: JobConfig, runs_uri: str, board=None):
+    """``RunConfig`` for ``<root>/runs/<name>``: the same name resumes; S3 through pyarrow. ``board``: the run's
+    control actor, told of the controller's state changes (:mod:`medxfer.train.events`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    from medxfer.train.events import controller_callbacks
 
     path, fs = storage.ray_storage(runs_uri)
     return RunConfig(
         name=cfg.name, storage_path=path, storage_filesystem=fs,
+        callbacks=controller_callbacks(board) if board is not None else None,
         failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
         # Newest first: each checkpoint carries the best weights so far (see medxfer.train.checkpoint).
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoint.keep),
     )
+
+
+def watch(cfg: JobConfig, scaling, run_uri: str):
+    """The watchdog's view of the run: how long a silence may last, what the workers ask for, the nodes now."""
+    import ray
+
+    from medxfer.train.control import Watch
+    from medxfer.train.watchdog import observe
+
+    job_id = ray.get_runtime_context().get_job_id()
+    return Watch(cfg.failure.watchdog_s, scaling.num_workers, dict(scaling.resources_per_worker or {}), run_uri,
+                 job_id, observe(job_id).nodes)
 
 
 def fit_or_explain(trainer, run_uri: str):
@@ -207,8 +223,9 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     # Ray Train restores its own checkpoints; any other (written in the other mode) is handed over.
     checkpoints = resume.RunCheckpoints(run_uri, cfg.train.checkpoint.keep, writes=in_process,
                                         handed=found.uri if found is not None and (in_process or not found.ray) else None)
-    monitor = Monitor(cfg.name, in_process=in_process)  # its actor starts while the data is prepared
     scaling, use_gpu = scaling_config(cfg)
+    # The actor starts while the data is prepared.
+    monitor = Monitor(cfg.name, in_process=in_process, watch=None if in_process else watch(cfg, scaling, run_uri))
     inputs = make_inputs(use_gpu)
     plan = inputs.plan
     storage.write_text(storage.join(run_uri, "config.yaml"), dump_yaml(cfg))
@@ -221,7 +238,7 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan, "control": monitor.channel(),
                            "checkpoints": checkpoints},
         scaling_config=scaling,
-        run_config=RunConfig(name=cfg.name) if in_process else run_config(cfg, layout.runs()),
+        run_config=RunConfig(name=cfg.name) if in_process else run_config(cfg, layout.runs(), monitor.actor),
     )
     t_fit = time.time()
     result = monitor.run(lambda: fit_or_explain(trainer, run_uri))
@@ -243,8 +260,11 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         "epoch": state.epoch,
         "epochs_total": cfg.train.epochs,
         "epochs_run": len(this_run),
-        "resumed": found is not None,
-        "resumed_from_epoch": (state.epoch - len(this_run)) if found is not None else None,
+        # Resumed: from an earlier command's checkpoint, or after a restart of the worker group in this one.
+        "resumed": found is not None or bool(monitor.restarts),
+        "resumed_from_epoch": (state.epoch - len(this_run)) if found is not None
+        else (monitor.restarts[0].resumed_from_epoch if monitor.restarts else None),
+        "restarts": [r.record() for r in monitor.restarts],
         "best": {"epoch": state.best_epoch, "metric": metric, **best_metrics} if plan.scored else None,
         "final": state.history[-1] if state.history else {},
         "wall_time_s": round(time.time() - t0, 2),
