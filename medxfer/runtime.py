@@ -104,6 +104,10 @@ def quiet_ray_logs() -> None:
         ctx = DataContext.get_current()
         ctx.print_on_execution_start = False
         ctx.enable_progress_bars = _attached_to_terminal()
+        # Ray Data's "Operator ... uses 615 MiB of memory per worker ... consider setting memory=" advice:
+        # medxfer bounds a task's memory itself (data.max_image_bytes, blocks read a few files at a time),
+        # so the advice is noise in preprocess's and predict's output.
+        ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     except Exception:  # noqa: BLE001 - cosmetic only
         pass
 
