@@ -122,8 +122,9 @@ def rank_slices(counts: Sequence[int], order: Sequence[int], rank: int, rows_per
 
 
 def read_piece(stream: SplitStream, index: int, labels: bool = True) -> dict:
-    """The rows a piece serves: ``image`` (N, C, H, W) in the cache's dtype, read-only over pyarrow's
-    buffer (batches are copied when they become tensors), and with ``labels`` the encoded ``label``."""
+    """The rows a piece serves: ``row`` (manifest row ids), ``image`` (N, C, H, W) in the cache's dtype,
+    read-only over pyarrow's buffer (batches are copied when they become tensors), and with ``labels``
+    the encoded ``label``."""
     import pyarrow.parquet as pq
 
     from medxfer.data.manifest import encode_labels
@@ -134,9 +135,9 @@ def read_piece(stream: SplitStream, index: int, labels: bool = True) -> dict:
     columns = ["row", "image"] + (["label"] if labels else [])
     with fs.open_input_file(path) as f:
         t = pq.ParquetFile(f).read_row_group(piece.row_group, columns=columns)
-    image = tensors(t.column("image"), src.shape, src.dtype)
-    keep = None if stream.keep is None else np.isin(t.column("row").to_numpy(), stream.keep)
-    out = {"image": image if keep is None else image[keep]}
+    image, rows = tensors(t.column("image"), src.shape, src.dtype), t.column("row").to_numpy()
+    keep = None if stream.keep is None else np.isin(rows, stream.keep)
+    out = {"row": rows, "image": image} if keep is None else {"row": rows[keep], "image": image[keep]}
     if labels:
         names = t.column("label").to_pylist()
         if keep is not None:
