@@ -585,6 +585,9 @@ def test_worker_killed_mid_run_then_unwritable_checkpoint(ray_cluster, small_bre
     assert [h["epoch"] for h in out["history"]] == [1, 2, 3, 4]  # no epoch lost or duplicated
     state = read_state(str(run_dir / "epoch-0004"))
     assert len(state.run_start_epochs) == 2, state.run_start_epochs  # the worker group really restarted
+    # ... and the command recorded it: when, why, from which epoch (result.json's "restarts").
+    assert out["resumed"] and len(out["restarts"]) == 1 and out["restarts"][0]["reason"], out["restarts"]
+    assert out["restarts"][0]["resumed_from_epoch"] == state.run_start_epochs[-1]
     restart_epoch = state.run_start_epochs[-1]
     # Epochs redone = (epoch in progress at the kill) - (epoch restarted from) <= 1.
     assert done_at_kill <= restart_epoch <= 4 and (done_at_kill + 1) - restart_epoch <= 1
