@@ -37,3 +37,19 @@ def test_ray_datas_memory_advice_does_not_reach_the_output(ray_cluster, caplog):
         assert "of memory per worker" not in run()
     finally:
         config.detection_time_interval_s = kept
+
+
+def test_a_workers_memory_is_its_nodes_memory_shared_by_the_workers_it_holds(ray_cluster):
+    import ray
+
+    from medxfer.config import ScalingSection
+    from medxfer.runtime import machine_memory, worker_memory
+
+    (node,) = [n for n in ray.nodes() if n["Alive"]]
+    memory, cpus = node["Resources"]["memory"], node["Resources"]["CPU"]
+    assert worker_memory(ScalingSection(num_workers=1, cpus_per_worker=1), False) == memory
+    assert worker_memory(ScalingSection(num_workers=2, cpus_per_worker=1), False) == memory / 2
+    assert worker_memory(ScalingSection(num_workers=8, cpus_per_worker=1), False) == memory / cpus  # as many as fit
+    assert worker_memory(ScalingSection(num_workers=1, cpus_per_worker=cpus + 1), False) is None  # none fits
+    assert worker_memory(ScalingSection(num_workers=1, use_gpu=True), True) is None  # no GPU here
+    assert worker_memory(ScalingSection(num_workers=0), False) == machine_memory()

@@ -30,6 +30,10 @@ def test_a_lost_node_is_named_with_the_epoch_and_the_checkpoint_the_run_resumes_
     assert "waiting for 2 worker(s) of 2 CPU" in msg and "2 CPU on 1 live node(s), 0 CPU free" in msg
     assert "resume from its checkpoint of epoch 2 when resources return" in msg
     assert "from the start (no checkpoint yet)" in explain(_silence(lost=lost), now)
+    # A node back (nothing pending): the same loss, and a new group starting from the checkpoint.
+    back = explain(_silence(lost=lost, epoch=2, checkpoint_epoch=2), Cluster((A, gone, B), {"CPU": 0.0}))
+    assert "lost during epoch 3" in back and "a new worker group is starting; it resumes from its checkpoint of " \
+        "epoch 2" in back and "waiting" not in back
 
 
 def test_a_placement_group_that_cannot_be_placed_names_what_was_asked_and_what_there_is():
@@ -46,6 +50,24 @@ def test_a_placement_group_that_cannot_be_placed_names_what_was_asked_and_what_t
 def test_busy_silent_workers_are_described_as_such():
     msg = explain(_silence(state="RUNNING"), Cluster((A, B), {"CPU": 0.0}))
     assert "while the worker group is running" in msg and "py-spy dump" in msg
+    starting = explain(_silence(), Cluster((A, B), {"CPU": 0.0}))  # scheduling, but its placement group is placed
+    assert "resources are placed and its 2 worker(s) are starting" in starting and "waiting" not in starting
+
+
+def test_a_failure_is_summarised_by_the_line_that_names_the_node():
+    class HealthCheckFailed(Exception):
+        def __init__(self, failure):
+            super().__init__("A worker health check failed.")
+            self.health_check_failure = failure
+
+    class Group(Exception):
+        worker_failures = {1: HealthCheckFailed(RuntimeError(
+            "The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker\n"
+            "The actor is dead because its node has died. Node Id: 1e2b4aa0"))}
+
+    assert failure_summary(Group()) == ("rank 1: HealthCheckFailed, RuntimeError: The actor is dead because its node "
+                                        "has died. Node Id: 1e2b4aa0")
+    assert failure_summary(ValueError("first\nsecond")) == "ValueError: first" and failure_summary(None) is None
 
 
 def test_restarts_are_recorded_and_printed_once_each(caplog):

@@ -25,7 +25,8 @@ class ScalingSection(_Section):
     cpus_per_worker: float = Field(
         1.0,
         gt=0,
-        description="CPUs per worker. Keep total below the cluster's CPUs so Ray Data has CPU left.",
+        description="CPUs per worker (its torch threads on CPU). Training reads its data in the workers "
+        "themselves (no Ray Data), so the workers may take every CPU of a node; preprocessing runs before they start.",
     )
     gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when using GPUs.")
 

@@ -199,6 +199,15 @@ class Watch:
     start_nodes: tuple = field(default_factory=tuple)
 
 
+def _nodes_now(job_id: str | None, fallback: tuple) -> tuple:
+    from medxfer.train.watchdog import observe
+
+    try:
+        return observe(job_id).nodes
+    except Exception:  # noqa: BLE001 - keep the older view
+        return fallback
+
+
 class Monitor:
     """Driver side: creates the actor, prints what workers post, turns signals into stop requests,
     records restarts of the worker group and explains a run that has gone silent.
@@ -260,6 +269,8 @@ class Monitor:
         if event.get("kind") != "start":
             return
         self._starts += 1
+        if self.watch is not None:  # a node lost before this group started is no news any more
+            self.watch.start_nodes = _nodes_now(self.watch.job_id, self.watch.start_nodes)
         if self._starts > 1:  # a second worker group within this command: Ray Train restarted the run
             failed_at, reason = self._failure or (None, None)
             restart = Restart(failed_at, reason, event.get("time", time.time()), int(event.get("epoch", 0)))

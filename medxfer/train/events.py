@@ -30,14 +30,19 @@ def failure_summary(error: BaseException | None) -> str | None:
         return None
     failures = getattr(error, "worker_failures", None)
     if failures:
-        parts = []
-        for rank, exc in sorted(failures.items()):
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-            parts.append(f"rank {rank}: {type(exc).__name__}: {first[:200]}")
-        return "; ".join(parts)
-    cause = getattr(error, "controller_failure", None) or error
-    first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)
-    return f"{type(cause).__name__}: {first[:300]}"
+        return "; ".join(f"rank {rank}: {_describe(exc)}" for rank, exc in sorted(failures.items()))
+    return _describe(getattr(error, "controller_failure", None) or error)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: line``: the line that names a node when there is one (a worker lost with its node), else the
+    first; a failed health check is described by the failure behind it."""
+    inner = getattr(exc, "health_check_failure", None)
+    if isinstance(inner, BaseException):
+        return f"{type(exc).__name__}, {_describe(inner)}"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    line = next((ln for ln in lines if "node" in ln.lower()), lines[0] if lines else "")
+    return f"{type(exc).__name__}: {line[:240]}" if line else type(exc).__name__
 
 
 if ControllerCallback is not None:

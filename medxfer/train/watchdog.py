@@ -49,7 +49,7 @@ class Silence:
     per_worker: dict  # {"CPU": 2.0, "GPU": 1.0}
     state: str | None  # Ray Train controller state (RUNNING, SCHEDULING, RESTARTING, ...), when known
     state_s: float  # seconds in that state
-    lost: tuple[Node, ...] = ()  # nodes that were alive when the run started and are not now
+    lost: tuple[Node, ...] = ()  # nodes that were alive when the current worker group started and are not now
     epoch: int | None = None  # the last epoch the command printed
     checkpoint_epoch: int | None = None  # the run's newest checkpoint
 
@@ -70,24 +70,29 @@ def explain(run: Silence, cluster: Cluster) -> str:
     resume = (f"from its checkpoint of epoch {run.checkpoint_epoch}" if run.checkpoint_epoch
               else "from the start (no checkpoint yet)")
     head = f"{run.name}: no step or epoch for {_ago(run.idle_s)}"
-    waiting = run.state in ("SCHEDULING", "RESCHEDULING", "RESTARTING") or cluster.pending > 0
-    if run.lost and (waiting or run.state is None):
+    if run.lost:
         gone = "; ".join(f"node {n.address} (id {n.node_id[:8]}, {n.cpus:g} CPU{f', {n.gpus:g} GPU' if n.gpus else ''})"
                          for n in run.lost)
         at = f" during epoch {run.epoch + 1}" if run.epoch is not None else ""
-        return (f"{head}: {gone} lost{at}. Ray Train is waiting for {ask}; the cluster has {have}. The run will "
-                f"resume {resume} when resources return (add a node), or stop it and run the same command later.")
-    if waiting:
+        if cluster.pending:
+            return (f"{head}: {gone} lost{at}. Ray Train is waiting for {ask}; the cluster has {have}. The run will "
+                    f"resume {resume} when resources return (add a node), or stop it and run the same command later.")
+        return (f"{head}: {gone} lost{at}. The cluster has {have} again and a new worker group is starting; it "
+                f"resumes {resume}.")
+    if cluster.pending:
         fits = [n for n in cluster.alive if n.cpus >= run.per_worker.get("CPU", 0)
                 and n.gpus >= run.per_worker.get("GPU", 0)]
         why = ("no node can hold even one worker" if not fits
                else f"{len(fits)} node(s) can hold a worker, not all {run.workers} at once")
-        return (f"{head}: waiting {_ago(run.state_s)} for {ask} (a placement group Ray cannot place yet: {why}); the "
+        waited = f" {_ago(run.state_s)}" if run.state in ("SCHEDULING", "RESCHEDULING") else ""
+        return (f"{head}: waiting{waited} for {ask} (a placement group Ray cannot place yet: {why}); the "
                 f"cluster has {have}. Add nodes, or lower scaling.num_workers or scaling.cpus_per_worker"
                 + ("/gpus_per_worker" if run.per_worker.get("GPU") else "") + ".")
-    return (f"{head}, while the worker group is {(run.state or 'running').lower()}; the cluster has {have}. The "
-            f"workers may still be reading the data or be stuck: `py-spy dump --pid <pid of ray::RayTrainWorker>` "
-            f"shows where.")
+    if run.state not in (None, "RUNNING"):
+        return (f"{head}: the worker group's resources are placed and its {run.workers} worker(s) are starting "
+                f"({run.state.lower()}: importing, reading the data); the cluster has {have}.")
+    return (f"{head}, while the worker group is running; the cluster has {have}. The workers may still be reading "
+            f"the data or be stuck: `py-spy dump --pid <pid of ray::RayTrainWorker>` shows where.")
 
 
 def observe(job_id: str | None) -> Cluster:
