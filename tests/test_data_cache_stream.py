@@ -85,3 +85,19 @@ def test_label_fraction_streams_the_same_rows_as_memory(cache):
     assert stream.rows == len(images) == len(half.kept_rows("train")) < 240
     streamed = [_key(x) for b in train_batches(stream, 0, 1, 0, stream.rows, 32, 10**9) for x in b["image"]]
     assert sorted(streamed) == sorted(_key(x) for x in images)
+
+
+def test_pooled_caches_stream_as_one_split_without_labels(cache, tmp_path):
+    """Pretraining pools several caches: their pieces form one split, read without labels."""
+    from medxfer.data.cache import prepare
+    from medxfer.data.phantom import write_pngs
+
+    other = prepare(JobConfig.model_validate({
+        "data": {"manifest": write_pngs(str(tmp_path / "png"), 100, size=32, seed=1), "engine": "local"},
+        "preprocess": {"size": 32, "channels": 1}, "storage": {"root": str(tmp_path)}}))
+    stream = list_pieces([cache, other], "train")
+    assert stream.rows == 240 + 80 and {p.source for p in stream.pieces} == {0, 1}
+    batches = list(train_batches(stream, 0, 1, 0, stream.rows, 32, 10**9, labels=False))
+    assert all(set(b) == {"row", "image"} for b in batches)
+    keys = {_key(x) for b in batches for x in b["image"]}
+    assert keys == {_key(x) for p in (cache, other) for x in p.numpy("train")[0]}
