@@ -8,7 +8,8 @@ Data pipeline. Callers see the same iterator of ``{"image", "label"}`` batches e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -38,6 +39,7 @@ class RankData:
         self.plan, self.rank, self.world, self.seed = plan, rank, world, seed
         self.eval_batch_size = eval_batch_size
         self.memory = plan.data.mode == "memory"
+        self.wait_s = 0.0  # this epoch's seconds waiting for training batches (a data path slower than the model)
         labels = plan.scored
         if self.memory:
             self.train_split = read_split(plan, "train", labels)
@@ -46,6 +48,20 @@ class RankData:
             self.labels = labels
 
     def train(self, epoch: int) -> Iterator[dict]:
+        self.wait_s = 0.0
+        return self._timed(self._train(epoch))
+
+    def _timed(self, batches: Iterable[dict]) -> Iterator[dict]:
+        it = iter(batches)
+        while True:
+            t = time.perf_counter()
+            batch = next(it, None)
+            self.wait_s += time.perf_counter() - t
+            if batch is None:
+                return
+            yield batch
+
+    def _train(self, epoch: int) -> Iterator[dict]:
         p = self.plan
         if self.memory:
             return epoch_batches(self.train_split, epoch, self.seed, self.rank, self.world, p.rows_per_worker,
