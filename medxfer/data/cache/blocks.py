@@ -31,12 +31,16 @@ class ImageFacts(NamedTuple):
     color: bool
 
 
+ROW_GROUP_BYTES = 32 * 1024**2  # a streaming worker reads a row group at a time (medxfer.data.cache.stream)
+
+
 def write_parquet(table, uri: str) -> None:
     import pyarrow.parquet as pq
 
     fs, path = storage.pyarrow_fs(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(table, path, filesystem=fs, compression="zstd")
+    rows = max(1, ROW_GROUP_BYTES * table.num_rows // max(1, table.nbytes))
+    pq.write_table(table, path, filesystem=fs, compression="zstd", row_group_size=rows)
 
 
 READ_AHEAD = 32  # files a block holds the bytes of at once: work for storage's read threads (8 on S3)
