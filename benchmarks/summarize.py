@@ -219,6 +219,37 @@ def bootstrap() -> str:
                       *rows, "", machine_line(r), ""])
 
 
+def _gib(d: dict) -> str:
+    return " / ".join(f"{v:.1f}" for v in d.values())
+
+
+def scale() -> str:
+    r = _load("scale")
+    if not r:
+        return ""
+    rows = []
+    for s in r["sizes"]:
+        p, e = s["preprocess"], s["streamed_epoch"]
+        rows.append(f"| {s['images']:,} | {p['seconds']:.0f} | {p['images_per_s']:.0f} | {_gib(p['peak_memory_gib'])} | "
+                    f"{e['epoch_seconds']:.0f} | {e['train_images_per_s']:.1f} | {_gib(e['peak_memory_gib'])} | "
+                    f"{max(e['object_store_peak_mib'].values()):.0f} |")
+    out = ["### 9. The cluster path at scale", "", r["what"] + ".", "",
+           "| images | preprocess s | img/s | peak GiB per node (head / node 2) | streamed epoch s | train img/s | "
+           "peak GiB per node | object store peak MiB |", "|---|---|---|---|---|---|---|---|", *rows, ""]
+    for q in r.get("ratio") or []:
+        pairs = ", ".join(f"{x:.2f}" for x in q["per_pair_ratio"])
+        out += [f"Streamed against in memory, {q['workers']} worker(s) of 1 CPU ({q['images']:,} images, "
+                f"{len(q['per_pair_ratio'])} alternated pairs): {q['streamed_over_in_memory_img_s']:.2f}x the in-memory "
+                f"img/s (pairs: {pairs}); peak memory of the process tree {q['streamed_peak_total_gib']:.1f} GiB "
+                f"streamed, {q['in_memory_peak_total_gib']:.1f} GiB in memory, against a default in-memory limit of "
+                f"{q['default_in_memory_limit_gib']:.1f} GiB; a worker's reader {q['reader']['cpu_ms_per_image']:.2f} ms "
+                f"CPU per image, {100 * q['reader_core_fraction_at_trainer_pace']:.1f} % of a core at the trainer's "
+                f"pace.", ""]
+    out += [f"Load average {r['loadavg_before'][0]:.1f} before, {r['loadavg_after'][0]:.1f} after: {r['note']}.",
+            machine_line(r), ""]
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print("\n".join(x for x in (parity(), preprocess(), overhead(), cache(), accuracy(), label_efficiency(), bootstrap())
-                    if x))
+    print("\n".join(x for x in (parity(), preprocess(), overhead(), cache(), accuracy(), label_efficiency(), bootstrap(),
+                              scale()) if x))
