@@ -286,6 +286,60 @@ def bootstrap() -> str:
                       *rows, "", machine_line(r), ""])
 
 
+def _gib(d: dict) -> str:
+    return " / ".join(f"{v:.1f}" for v in d.values())
+
+
+def scale() -> str:
+    r = _load("scale")
+    if not r:
+        return ""
+    rows = []
+    for s in r["sizes"]:
+        p, e = s["preprocess"], s["streamed_epoch"]
+        rows.append(f"| {s['images']:,} | {p['seconds']:.0f} | {p['images_per_s']:.0f} | {_gib(p['peak_memory_gib'])} | "
+                    f"{e['epoch_seconds']:.0f} | {e['train_images_per_s']:.1f} | {_gib(e['peak_memory_gib'])} | "
+                    f"{max(e['object_store_peak_mib'].values()):.0f} |")
+    out = ["## 10. The cluster path at scale", "", r["what"] + ".", "",
+           "| images | preprocess s | img/s | peak GiB per node (head / node 2) | streamed epoch s | train img/s | "
+           "peak GiB per node | object store peak MiB |", "|---|---|---|---|---|---|---|---|", *rows, ""]
+    if r.get("summary"):
+        out += ["Per image (linear growth keeps these flat):", "",
+                "| images | preprocess ms/image | epoch ms per training image | peak GiB, whole tree |", "|---|---|---|---|",
+                *(f"| {x['images']:,} | {x['preprocess_ms_per_image']:.2f} | {x['epoch_ms_per_train_image']:.2f} | "
+                  f"{x['peak_memory_total_gib']:.2f} |" for x in r["summary"]), ""]
+    for q in r.get("ratio") or []:
+        pairs = ", ".join(f"{x:.2f}" for x in q["per_pair_ratio"])
+        out += [f"Streamed against in memory, {q['workers']} worker(s) of 1 CPU ({q['images']:,} images, "
+                f"{len(q['per_pair_ratio'])} alternated pairs): {q['streamed_over_in_memory_img_s']:.2f}x the in-memory "
+                f"img/s (pairs: {pairs}); peak memory of the process tree {q['streamed_peak_total_gib']:.1f} GiB "
+                f"streamed, {q['in_memory_peak_total_gib']:.1f} GiB in memory, against a default in-memory limit of "
+                f"{q['default_in_memory_limit_gib']:.1f} GiB; a worker's reader {q['reader']['cpu_ms_per_image']:.2f} ms "
+                f"CPU per image, {100 * q['reader_core_fraction_at_trainer_pace']:.1f} % of a core at the trainer's "
+                f"pace.", ""]
+    cap = r.get("capacity") or {}
+    if cap.get("sources"):
+        a = cap["assumptions"]
+        out += [f"Capacity for real sources (hours; preprocessing at {cap['preprocess_ms_per_image_per_cpu_full_resolution']:.0f} "
+                f"ms of CPU per full-resolution image, from benchmark 1's measured "
+                f"{cap['preprocess_ms_per_image_per_cpu_1mp_measured']:.1f} ms per 1 MP image scaled by pixels; "
+                f"{a['cpus_per_preprocess_node']} CPUs per preprocessing node; a GPU at an assumed, not measured, "
+                f"{a['gpu_train_images_per_s']} img/s; {a['epochs_per_night']} epochs a night in a "
+                f"{a['window_hours']} h window):", "",
+                "| source | images | preprocess CPU h | preprocess h on 1 / 2 / 4 / 8 nodes | epoch h on 1 / 2 / 4 / 8 GPUs | "
+                "smallest nightly fit (nodes, GPUs) | reader cores per GPU worker |", "|---|---|---|---|---|---|---|"]
+        for name, c in cap["sources"].items():
+            fit = c["smallest_fit_nodes_gpus"]
+            out.append(f"| {name} | {c['images']:,} | {c['preprocess_cpu_hours']} | "
+                       f"{' / '.join(str(v) for v in c['preprocess_hours_on_nodes'].values())} | "
+                       f"{' / '.join(str(v) for v in c['epoch_hours_on_gpus'].values())} | "
+                       f"{f'{fit[0]}, {fit[1]}' if fit else 'none'} | {c['reader_cores_per_gpu_worker']} |")
+        out.append("")
+    out += [f"Load average {r['loadavg_before'][0]:.1f} before, {r['loadavg_after'][0]:.1f} after: {r['note']}.",
+            machine_line(r), ""]
+    return "\n".join(out)
+
+
 def sections() -> list[tuple[str | None, Callable[[], str]]]:
     """The page in reading order, as (note name, render function): each section's tables, then its
     note (``notes/<name>.md``) when there is one."""
@@ -300,8 +354,9 @@ def sections() -> list[tuple[str | None, Callable[[], str]]]:
         *((f"label_efficiency{tag}", partial(label_efficiency, tag, number)) for number, tag in label_efficiency_tags()),
         ("bootstrap", bootstrap),
         ("hostile_memory", hostile),
-        # A new benchmark (runs over several Ray nodes, from results/scale.json, go here): its render
-        # function above, its line here, its note in notes/ and its reproduce row in notes/intro.md.
+        ("scale", scale),
+        # A new benchmark: its render function above, its line here, its note in notes/ and its
+        # reproduce row in notes/intro.md.
     ]
 
 

@@ -23,7 +23,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import pytest
 import yaml
 from configutil import branches, leaves, nest
 from fault_proxy import matcher
+from trainutil import in_background, wait_for
 
 from medxfer import storage
 from medxfer.config import JobConfig
@@ -495,14 +495,7 @@ def _latest_epoch(run) -> int:
         return 0
 
 
-def _wait(cond, timeout: float, what: str, step: float = 0.2):
-    t = time.time() + timeout
-    while time.time() < t:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+_wait = wait_for
 
 
 @pytest.fixture(scope="module")
@@ -555,16 +548,7 @@ def test_worker_killed_mid_run_then_unwritable_checkpoint(ray_cluster, small_bre
     root = tmp_path / "store"
     cfg = validate_dict(_job(str(root), small_breast, "wk", epochs=4))
     run_dir = root / "runs" / "wk"
-    box: dict = {}
-
-    def train():
-        try:
-            box["out"] = run_training(cfg, "source")
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            box["err"] = e
-
-    th = threading.Thread(target=train, daemon=True)
-    th.start()
+    th, box = in_background(lambda: run_training(cfg, "source"))
     done_at_kill = _wait(lambda: _latest_epoch(run_dir) or ("err" in box and -1), 600, "epoch 1's checkpoint")
     assert done_at_kill > 0, box.get("err")
     victims = _train_workers()
@@ -578,6 +562,9 @@ def test_worker_killed_mid_run_then_unwritable_checkpoint(ray_cluster, small_bre
     assert [h["epoch"] for h in out["history"]] == [1, 2, 3, 4]  # no epoch lost or duplicated
     state = read_state(str(run_dir / "epoch-0004"))
     assert len(state.run_start_epochs) == 2, state.run_start_epochs  # the worker group really restarted
+    # ... and the command recorded it: when, why, from which epoch (result.json's "restarts").
+    assert out["resumed"] and len(out["restarts"]) == 1 and out["restarts"][0]["reason"], out["restarts"]
+    assert out["restarts"][0]["resumed_from_epoch"] == state.run_start_epochs[-1]
     restart_epoch = state.run_start_epochs[-1]
     # Epochs redone = (epoch in progress at the kill) - (epoch restarted from) <= 1.
     assert done_at_kill <= restart_epoch <= 4 and (done_at_kill + 1) - restart_epoch <= 1

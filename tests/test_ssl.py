@@ -207,7 +207,8 @@ def test_pretrain_on_ray_writes_a_bundle_finetune_loads(test_data, tmp_path, ray
     root = tmp_path / "root"
     cfg = {
         "name": "ssl-test",
-        "data": {"manifest": breast, "extra_manifests": [pneumo], "label_fraction": 0.5},
+        # Streamed (0: never in memory), from the two sources' pooled row groups.
+        "data": {"manifest": breast, "extra_manifests": [pneumo], "label_fraction": 0.5, "in_memory_max_bytes": 0},
         "preprocess": {"size": 28},
         "model": {"backbone": "smallcnn", "stem": "standard"},
         "pretrain": {"method": "simsiam", "projection_dim": 32},
@@ -223,7 +224,7 @@ def test_pretrain_on_ray_writes_a_bundle_finetune_loads(test_data, tmp_path, ray
 
     run = root / "runs" / "ssl-test"
     result = storage.read_json(str(run / "result.json"))
-    assert result["status"] == "max_epochs_this_run" and result["epoch"] == 1
+    assert result["status"] == "max_epochs_this_run" and result["epoch"] == 1 and result["data_mode"] == "stream"
     # Every training image of both sources, none of their val/test images, labels' fraction ignored.
     assert result["train_images"] == n_breast + n_pneumo
     assert [s["train_images"] for s in result["sources"]] == [n_breast, n_pneumo]
@@ -238,7 +239,7 @@ def test_pretrain_on_ray_writes_a_bundle_finetune_loads(test_data, tmp_path, ray
     assert main(["pretrain", "--config", str(path), "--set", "train.max_epochs_this_run=null",
                  "--set", "scaling.num_workers=0"]) == 0
     result = storage.read_json(str(run / "result.json"))
-    assert result["status"] == "complete" and result["epoch"] == 2
+    assert result["status"] == "complete" and result["epoch"] == 2 and result["data_mode"] == "stream"
     assert result["resumed_from_epoch"] == 1 and result["epochs_run"] == 1
     assert result["history"][1]["images"] == (n_breast + n_pneumo) // 8 * 8  # one process, full batches of 8
     # A finished pretraining is never rewritten by other settings (a shorter schedule included): refused

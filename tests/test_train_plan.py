@@ -53,3 +53,23 @@ def test_plan_and_source_checks(tmp_path, test_data):
     assert check_source(ok).card.backbone == "smallcnn"
     with pytest.raises(ConfigError, match="set model.backbone: smallcnn"):
         check_source(JobConfig.model_validate({"model": {"backbone": "resnet18", "init": uri}}))
+
+
+def test_the_in_memory_limit_counts_both_splits_and_defaults_to_a_quarter_of_a_workers_memory(tmp_path, test_data):
+    from evalutil import breast_job, breast_manifest
+
+    from medxfer.data.cache import prepare
+    from medxfer.train.plan import IN_MEMORY_MAX_BYTES, in_memory_limit, plan_training, split_bytes
+
+    cfg = breast_job(str(tmp_path / "root"), breast_manifest(test_data, tmp_path / "breast"))
+    assert in_memory_limit(cfg, 16 * 1024**3) == 4 * 1024**3  # a quarter of what one worker can count on
+    assert in_memory_limit(cfg, None) == IN_MEMORY_MAX_BYTES  # no cluster to ask
+    prepared = prepare(cfg)
+    train_bytes = split_bytes(101, tuple(prepared.image_shape))
+    exact = cfg.model_copy(update={"data": cfg.data.model_copy(update={"in_memory_max_bytes": train_bytes})})
+    assert in_memory_limit(exact, 16 * 1024**3) == train_bytes  # the setting wins
+    assert plan_training(exact, "finetune", prepared, 101, use_gpu=False).data.mode == "memory"
+    # Every worker holds the validation split too: with it, the same training split no longer fits.
+    plan = plan_training(exact, "finetune", prepared, 101, use_gpu=False, n_val=10)
+    assert plan.data.mode == "stream" and plan.data.limit_bytes == train_bytes
+    assert plan.data.window_bytes == train_bytes // 4 and plan.data.train is None  # the launcher lists the pieces

@@ -14,3 +14,33 @@ def toy_batches(n=64, bs=16, seed=0, size=16):
     return [
         {"image": x[i : i + bs], "label": y[i : i + bs], "path": paths[i : i + bs]} for i in range(0, n, bs)
     ]
+
+
+def wait_for(cond, timeout: float, what: str, step: float = 0.2):
+    """``cond()``'s first truthy value, polled every ``step`` seconds; fails the test after ``timeout``."""
+    import time
+
+    t = time.time() + timeout
+    while time.time() < t:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def in_background(fn):
+    """Start ``fn()`` on a daemon thread; returns ``(thread, box)``, ``box`` getting ``out`` or ``err``."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["out"] = fn()
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            box["err"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    return th, box

@@ -107,6 +107,15 @@ class DataConfig(_Section):
         "local_max_images images, where starting Ray would cost more than the decoding. Both write the same cache.",
     )
     local_max_images: int = Field(2000, ge=0, description="With engine=auto, the most images preprocessed locally.")
+    in_memory_max_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Training: each worker reads the training and validation splits into its memory when "
+        "they take at most this many bytes as float32 tensors; larger splits stream from the cache, a few "
+        "row groups at a time (peak memory well under this). Default: a quarter of the memory one worker "
+        "can count on (Ray's memory resource of its node shared by the workers placed there; this "
+        "machine's memory with scaling.num_workers: 0). 0 always streams.",
+    )
 
     @field_validator("split_fractions")
     @classmethod

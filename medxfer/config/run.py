@@ -25,13 +25,22 @@ class ScalingSection(_Section):
     cpus_per_worker: float = Field(
         1.0,
         gt=0,
-        description="CPUs per worker. Keep total below the cluster's CPUs so Ray Data has CPU left.",
+        description="CPUs per worker (its torch threads on CPU). Training reads its data in the workers "
+        "themselves (no Ray Data), so the workers may take every CPU of a node; preprocessing runs before they start.",
     )
     gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker when using GPUs.")
 
 class FailureSection(_Section):
     max_failures: int = Field(
         2, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited)."
+    )
+    watchdog_s: float | None = Field(
+        180.0,
+        gt=0,
+        description="When no training step or epoch is heard from the workers for this many seconds, the command "
+        "says why: waiting for a placement group the cluster cannot place (the resources asked and those it "
+        "has), a node lost and the checkpoint the run will resume from, or busy workers. Repeated every "
+        "watchdog_s while the silence lasts. None: never.",
     )
 
 class StorageSection(_Section):

@@ -62,3 +62,32 @@ def make_npz(path: str | Path, kind: str, size: int = 28, seed: int = 0) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
     return path
+
+
+def write_pngs(out: str, n: int, size: int = 224, seed: int = 0,
+               fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> str:
+    """Write ``n`` source phantoms as PNG files under ``out`` (a folder or ``s3://`` prefix) with a
+    ``manifest.csv`` (path, label, split); returns the manifest's URI.
+
+    For scale tests and benchmarks: as many distinct images as asked, at any size, without a
+    MedMNIST file. Written 512 at a time, so memory stays flat whatever ``n``.
+    """
+    import pandas as pd
+
+    from medxfer import storage
+
+    out = storage.normalize(out)
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.5).astype(np.uint8)
+    cut = np.cumsum(np.array(fractions) * n).round().astype(int)
+    splits = np.where(np.arange(n) < cut[0], "train", np.where(np.arange(n) < cut[1], "val", "test"))
+    rows = [(f"images/{s}/{lab}/{i}.png", str(lab), s) for i, (lab, s) in enumerate(zip(labels, splits, strict=True))]
+    storage.makedirs(out)
+    for start in range(0, n, 512):
+        items = []
+        for rel, lab, _ in rows[start:start + 512]:
+            items.append((storage.join(out, rel), cv2.imencode(".png", _source_image(rng, lab == "1", size))[1].tobytes()))
+        storage.write_many(items)
+    manifest = storage.join(out, "manifest.csv")
+    storage.write_text(manifest, pd.DataFrame(rows, columns=["path", "label", "split"]).to_csv(index=False))
+    return manifest

@@ -33,7 +33,8 @@ log = logging.getLogger("medxfer.lifecycle.runs")
 
 SHAPING_SECTIONS = ("data", "preprocess", "model", "train", "pretrain")
 NOT_SHAPING = frozenset({"train.max_epochs_this_run", "train.checkpoint.every_minutes", "train.checkpoint.every_epochs",
-                         "train.checkpoint.keep", "data.engine", "data.local_max_images"})
+                         "train.checkpoint.keep", "data.engine", "data.local_max_images",
+                         "data.in_memory_max_bytes"})
 GROW_ONLY = frozenset({"train.epochs"})
 FINISHED = ("complete", "early_stopped")
 

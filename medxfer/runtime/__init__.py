@@ -199,6 +199,10 @@ def quiet_ray_logs() -> None:
         ctx = DataContext.get_current()
         ctx.print_on_execution_start = False
         ctx.enable_progress_bars = _attached_to_terminal()
+        # Ray Data's "Operator ... uses 615 MiB of memory per worker ... consider setting memory=" advice:
+        # medxfer bounds a task's memory itself (data.max_image_bytes, blocks read a few files at a time),
+        # so the advice is noise in preprocess's and predict's output.
+        ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     except Exception:  # noqa: BLE001 - cosmetic only
         pass
 
@@ -273,3 +277,33 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def machine_memory() -> int:
+    """This machine's physical memory, in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def worker_memory(scaling, use_gpu: bool) -> float | None:
+    """Bytes of memory one Ray Train worker can count on: on the smallest node that can hold a
+    worker, Ray's ``memory`` resource (what Ray lets tasks and actors reserve there) shared by the
+    workers that node holds; this machine's memory for a run in this process. None when no node
+    can hold a worker (the watchdog names that case).
+
+    Workers are packed onto as few nodes as fit (Ray Train's default), so a node holds as many as
+    its CPUs (and GPUs) allow, at most ``num_workers``."""
+    if scaling.num_workers == 0:
+        return float(machine_memory())
+    import ray
+
+    shares = []
+    for node in ray.nodes():
+        res = node.get("Resources") or {}
+        if not node.get("Alive") or not res.get("memory"):
+            continue
+        fits = res.get("CPU", 0.0) // scaling.cpus_per_worker
+        if use_gpu:
+            fits = min(fits, res.get("GPU", 0.0) // scaling.gpus_per_worker)
+        if fits >= 1:
+            shares.append(res["memory"] / min(fits, scaling.num_workers))
+    return min(shares) if shares else None

@@ -94,8 +94,9 @@ def build_card(cfg: JobConfig, sources: list[dict], plan: RunPlan, final: dict,
 def pretrain_inputs(cfg: JobConfig, use_gpu: bool, source: Bundle | None = None) -> StageInputs:
     """Prepare every manifest's cache (each under its own key) and plan the pretraining run."""
     from medxfer.data.cache import prepare
-    from medxfer.train.launch import StageInputs
-    from medxfer.train.plan import plan_pretraining
+    from medxfer.data.cache.stream import list_pieces
+    from medxfer.train.launch import StageInputs, worker_memory
+    from medxfer.train.plan import plan_pretraining, streamed
 
     sources, caches, parts = [], [], []
     for m in manifests_of(cfg):
@@ -106,19 +107,18 @@ def pretrain_inputs(cfg: JobConfig, use_gpu: bool, source: Bundle | None = None)
         caches.append(prepared.uri)
         parts.append(prepared)
     n_images = sum(s["train_images"] for s in sources)
-    plan = plan_pretraining(cfg, caches, n_images, tuple(parts[0].image_shape), use_gpu)
-    datasets = None
+    plan = plan_pretraining(cfg, caches, n_images, tuple(parts[0].image_shape), use_gpu,
+                            worker_memory=worker_memory(cfg, use_gpu))
     if plan.data.mode == "stream":
-        ds = [p.dataset("train").select_columns(["image"]) for p in parts]
-        # Sources arrive one after another; shuffling whole blocks (no data movement) plus the workers'
-        # local shuffle buffer mixes them, so a batch is not all chest X-ray or all ultrasound.
-        datasets = {"train": (ds[0].union(*ds[1:]) if len(ds) > 1 else ds[0]).randomize_block_order()}
+        # The sources' pieces in one list: each epoch orders them at random, and a worker shuffles
+        # the rows of several pieces at once, so a batch is not all chest X-ray or all ultrasound.
+        plan = streamed(plan, list_pieces(parts, "train"))
     names = ", ".join(f"{storage.basename(storage.parent(s['manifest']))} {s['train_images']}" for s in sources)
     return StageInputs(
         plan=plan, describe=f"({cfg.pretrain.method}) on {n_images} unlabeled training images from "
                             f"{len(sources)} source(s) ({names})",
         card=lambda best, state: build_card(cfg, sources, plan, state.history[-1] if state.history else {}, source),
-        export=export_backbone, datasets=datasets, data_fingerprint=data_fingerprint([s["cache_key"] for s in sources]),
+        export=export_backbone, data_fingerprint=data_fingerprint([s["cache_key"] for s in sources]),
         result_extra={"method": cfg.pretrain.method, "train_images": n_images, "sources": sources},
     )
 

@@ -182,11 +182,12 @@ class SSLTrainee:
         ep = ssl_epoch(self.wrapped, self.data.train(epoch), self.optimizer, self.scheduler, self.settings, gen,
                        step=epoch * steps, on_step=lambda k: self.session.step_progress(epoch, k, steps))
         n = len(ep["losses"])
-        loss_sum, std_sum, n_steps, images, secs = sum_across_workers([
-            ep["loss"] * n if n else 0.0, ep["repr_std"] * n if n else 0.0, n, ep["images"], ep["seconds"]])
+        loss_sum, std_sum, n_steps, images, secs, wait = sum_across_workers([
+            ep["loss"] * n if n else 0.0, ep["repr_std"] * n if n else 0.0, n, ep["images"], ep["seconds"],
+            self.data.wait_s])
         return {"loss": loss_sum / max(n_steps, 1), "repr_std": std_sum / max(n_steps, 1),
                 "skipped_steps": ep["skipped_steps"], "images": int(images),
-                "images_per_s": images / max(secs / self.plan.world, 1e-9)}
+                "images_per_s": images / max(secs / self.plan.world, 1e-9), "data_wait_s": wait / self.plan.world}
 
     exports_model = True
 

@@ -11,7 +11,6 @@ experiment's in-process trial and a Ray Train worker see the same batches. Pure 
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -70,7 +69,7 @@ def _batches(split: Split, idx: np.ndarray, batch_size: int, drop_partial: bool,
 
 
 def stream_batches(batches: Iterable[dict], drop_partial: bool) -> Iterator[dict]:
-    """A Ray Data shard's batches under the same rule: skip a last batch of one (or any partial) image(s)."""
+    """A streamed split's batches under the same rule: skip a last batch of one (or any partial) image(s)."""
     size = None
     for b in batches:
         n = len(b["image"])
@@ -78,18 +77,3 @@ def stream_batches(batches: Iterable[dict], drop_partial: bool) -> Iterator[dict
         if n < size and (drop_partial or n == 1):
             continue
         yield b
-
-
-def hash_part(batches: Iterable[dict], rank: int, world: int) -> Iterator[dict]:
-    """Keep the rows of a streamed split this rank evaluates: those whose path hashes to ``rank``.
-
-    Every rank reads the whole (unsplit) validation stream; selecting by a hash of the path, not
-    by position, gives disjoint parts that cover every row whatever order each rank sees.
-    """
-    for b in batches:
-        if world <= 1:
-            yield b
-            continue
-        keep = np.array([zlib.crc32(str(p).encode()) % world == rank for p in b["path"]], dtype=bool)
-        if keep.any():
-            yield {k: (v[keep] if isinstance(v, np.ndarray) else np.asarray(v)[keep]) for k, v in b.items()}

@@ -3,7 +3,8 @@
 A run is: prepare its data (the content-keyed cache), plan it (:mod:`medxfer.train.plan`), hand
 ``train_func`` to Ray Train's ``TorchTrainer``, then turn the final checkpoint into a model
 bundle and ``result.json``. What differs between stages arrives as :class:`StageInputs` — the
-plan, the Ray Datasets when the data streams, how weights are exported, how the card is built —
+plan (with the pieces its workers stream, when the data is too large for their memory), how
+weights are exported, how the card is built —
 made by :func:`supervised_inputs` here and by ``medxfer.ssl.pretrain.pretrain_inputs``.
 
 With ``scaling.num_workers: 0`` the run trains in this process (Ray Train's local mode): no Ray
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import DataError, MedxferError
-from medxfer.train.plan import RunPlan, plan_training
+from medxfer.train.plan import RunPlan, plan_training, streamed
 
 if TYPE_CHECKING:
     from medxfer.data.cache import PreparedData
@@ -47,7 +48,6 @@ class StageInputs:
     describe: str  # "on 546 train / 78 val images" for the start line
     card: Callable[[dict, TrainState], ModelCard]  # (best epoch's metrics, state) -> the bundle card
     export: Callable[[dict], dict] = lambda weights: weights  # noqa: E731 - the tensors the bundle holds
-    datasets: dict | None = None  # Ray Datasets, only when the data streams
     data_fingerprint: str = ""
     result_extra: dict = field(default_factory=dict)
 
@@ -68,18 +68,26 @@ def supervised_inputs(cfg: JobConfig, stage: str, prepared: PreparedData, use_gp
     if n_val == 0:
         raise DataError(f"{prepared.uri}: the validation split is empty; add a split column with 'val' rows "
                         "or set data.split_fractions")
-    plan = plan_training(cfg, stage, prepared, n_train, use_gpu)
-    positive = resolve_positive_class(cfg, prepared.task, list(prepared.classes))
-    datasets = None
+    plan = plan_training(cfg, stage, prepared, n_train, use_gpu, worker_memory=worker_memory(cfg, use_gpu),
+                         n_val=n_val)
     if plan.data.mode == "stream":
-        datasets = {"train": prepared.dataset("train").select_columns(["image", "label"]),
-                    "val": prepared.dataset("val").select_columns(["image", "label", "path"])}
+        from medxfer.data.cache.stream import list_pieces
+
+        plan = streamed(plan, list_pieces([prepared], "train"), list_pieces([prepared], "val"))
+    positive = resolve_positive_class(cfg, prepared.task, list(prepared.classes))
     return StageInputs(
         plan=plan, describe=f"on {n_train} train / {n_val} val images",
         card=lambda best, state: supervised_card(cfg, stage, prepared, plan, source, positive, best),
-        datasets=datasets, data_fingerprint=prepared.key,
+        data_fingerprint=prepared.key,
         result_extra={"train_images": n_train, "val_images": n_val},
     )
+
+
+def worker_memory(cfg: JobConfig, use_gpu: bool) -> float | None:
+    """Bytes one worker of this run can count on (:func:`medxfer.runtime.worker_memory`)."""
+    from medxfer.runtime import worker_memory as memory
+
+    return memory(cfg.scaling, use_gpu)
 
 
 def scaling_config(cfg: JobConfig):
@@ -100,17 +108,33 @@ def scaling_config(cfg: JobConfig):
     return ScalingConfig(num_workers=sc.num_workers, use_gpu=use_gpu, resources_per_worker=res), use_gpu
 
 
-def run_config(cfg: JobConfig, runs_uri: str):
-    """``RunConfig`` for ``<root>/runs/<name>``: the same name resumes; S3 through pyarrow."""
+def run_config(cfg: JobConfig, runs_uri: str, board=None):
+    """``RunConfig`` for ``<root>/runs/<name>``: the same name resumes; S3 through pyarrow. ``board``: the run's
+    control actor, told of the controller's state changes (:mod:`medxfer.train.events`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    from medxfer.train.events import controller_callbacks
 
     path, fs = storage.ray_storage(runs_uri)
     return RunConfig(
         name=cfg.name, storage_path=path, storage_filesystem=fs,
+        callbacks=controller_callbacks(board) if board is not None else None,
         failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
         # Newest first: each checkpoint carries the best weights so far (see medxfer.train.checkpoint).
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoint.keep),
     )
+
+
+def watch(cfg: JobConfig, scaling, run_uri: str):
+    """The watchdog's view of the run: how long a silence may last, what the workers ask for, the nodes now."""
+    import ray
+
+    from medxfer.train.control import Watch
+    from medxfer.train.watchdog import observe
+
+    job_id = ray.get_runtime_context().get_job_id()
+    return Watch(cfg.failure.watchdog_s, scaling.num_workers, dict(scaling.resources_per_worker or {}), run_uri,
+                 job_id, observe(job_id).nodes)
 
 
 def fit_or_explain(trainer, run_uri: str):
@@ -187,7 +211,7 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         preload.join()
         require_shared_storage([layout.root], cfg.storage.shared)  # checkpoints are written on any node
 
-    from ray.train import DataConfig, RunConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
     from medxfer.config.loading import dump_yaml
@@ -200,8 +224,9 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     # Ray Train restores its own checkpoints; any other (written in the other mode) is handed over.
     checkpoints = resume.RunCheckpoints(run_uri, cfg.train.checkpoint.keep, writes=in_process,
                                         handed=found.uri if found is not None and (in_process or not found.ray) else None)
-    monitor = Monitor(cfg.name, in_process=in_process)  # its actor starts while the data is prepared
     scaling, use_gpu = scaling_config(cfg)
+    # The actor starts while the data is prepared.
+    monitor = Monitor(cfg.name, in_process=in_process, watch=None if in_process else watch(cfg, scaling, run_uri))
     inputs = make_inputs(use_gpu)
     plan = inputs.plan
     storage.write_text(storage.join(run_uri, "config.yaml"), dump_yaml(cfg))
@@ -213,11 +238,8 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         train_func,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan, "control": monitor.channel(),
                            "checkpoints": checkpoints},
-        datasets=inputs.datasets,
-        # Validation is read whole by every rank, which keeps its own part (see medxfer.train.batches).
-        dataset_config=DataConfig(datasets_to_split=["train"]) if inputs.datasets else None,
         scaling_config=scaling,
-        run_config=RunConfig(name=cfg.name) if in_process else run_config(cfg, layout.runs()),
+        run_config=RunConfig(name=cfg.name) if in_process else run_config(cfg, layout.runs(), monitor.actor),
     )
     t_fit = time.time()
     result = monitor.run(lambda: fit_or_explain(trainer, run_uri))
@@ -239,8 +261,11 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         "epoch": state.epoch,
         "epochs_total": cfg.train.epochs,
         "epochs_run": len(this_run),
-        "resumed": found is not None,
-        "resumed_from_epoch": (state.epoch - len(this_run)) if found is not None else None,
+        # Resumed: from an earlier command's checkpoint, or after a restart of the worker group in this one.
+        "resumed": found is not None or bool(monitor.restarts),
+        "resumed_from_epoch": (state.epoch - len(this_run)) if found is not None
+        else (monitor.restarts[0].resumed_from_epoch if monitor.restarts else None),
+        "restarts": [r.record() for r in monitor.restarts],
         "best": {"epoch": state.best_epoch, "metric": metric, **best_metrics} if plan.scored else None,
         "final": state.history[-1] if state.history else {},
         "wall_time_s": round(time.time() - t0, 2),

@@ -27,10 +27,15 @@ from medxfer.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from medxfer.data.cache import PreparedData
+    from medxfer.data.cache.stream import SplitStream
 
-#: Splits up to this size (float32 tensors) are read into each worker's memory; larger
-#: splits stream from the cache through Ray Data.
+#: Without ``data.in_memory_max_bytes`` and without a Ray cluster to ask (a plan made offline):
+#: the splits a worker holds up to this size (float32 tensors) are read into its memory.
 IN_MEMORY_MAX_BYTES = 2 * 1024**3
+#: With a cluster, the limit is this fraction of the memory one worker can count on: reading a
+#: split into memory briefly holds it twice (Parquet's buffer and the float32 array), and the
+#: model, its optimiser and the batches need the rest.
+IN_MEMORY_FRACTION = 0.25
 SSL_TASK = "self-supervised"
 
 
@@ -39,10 +44,19 @@ class DataPlan:
     """Where a run's images come from and how workers read them."""
 
     caches: tuple[str, ...]  # cache folders (pretraining pools several; training reads one)
-    mode: str  # "memory": each worker reads its splits with pyarrow; "stream": Ray Data shards
+    mode: str  # "memory": each worker reads its splits whole; "stream": piece by piece (medxfer.data.cache.stream)
     label_fraction: float = 1.0
     label_seed: int = 0
     validate: bool = True  # read the validation split (supervised stages)
+    limit_bytes: int = IN_MEMORY_MAX_BYTES  # the in-memory limit the mode was chosen by
+    train: SplitStream | None = None  # streaming: the pieces (listed by the driver, see streamed())
+    val: SplitStream | None = None
+
+    @property
+    def window_bytes(self) -> int:
+        """How much of a streamed split a worker shuffles at once: a quarter of the in-memory limit, so
+        that streaming holds far less than reading the split whole would have."""
+        return self.limit_bytes // 4
 
 
 @dataclass(frozen=True)
@@ -84,13 +98,39 @@ def steps_per_epoch(rows: int, batch_size: int, drop_partial: bool) -> int:
     return max(1, full + (1 if rest > 1 and not drop_partial else 0))
 
 
-def data_mode(rows: int, image_shape: tuple[int, ...]) -> str:
-    return "memory" if rows * math.prod(image_shape) * 4 <= IN_MEMORY_MAX_BYTES else "stream"
+def split_bytes(rows: int, image_shape: tuple[int, ...]) -> int:
+    """What ``rows`` images take in a worker's memory as float32 tensors."""
+    return rows * math.prod(image_shape) * 4
+
+
+def in_memory_limit(cfg: JobConfig, worker_memory: float | None) -> int:
+    """The most bytes of splits a worker reads into memory: ``data.in_memory_max_bytes``, else
+    :data:`IN_MEMORY_FRACTION` of ``worker_memory`` (bytes one worker can count on), else
+    :data:`IN_MEMORY_MAX_BYTES`."""
+    if cfg.data.in_memory_max_bytes is not None:
+        return cfg.data.in_memory_max_bytes
+    if worker_memory:
+        return int(worker_memory * IN_MEMORY_FRACTION)
+    return IN_MEMORY_MAX_BYTES
+
+
+def data_mode(nbytes: int, limit: int) -> str:
+    return "memory" if nbytes <= limit else "stream"
+
+
+def streamed(plan: RunPlan, train: SplitStream, val: SplitStream | None = None) -> RunPlan:
+    """``plan`` with the pieces its workers stream (the driver lists them once, from storage)."""
+    import dataclasses
+
+    return dataclasses.replace(plan, data=dataclasses.replace(plan.data, train=train, val=val))
 
 
 def plan_training(cfg: JobConfig, stage: str, prepared: PreparedData, n_train: int, use_gpu: bool,
-                  persist: bool = True) -> RunPlan:
-    """The plan of a source-train or finetune run on ``prepared``."""
+                  persist: bool = True, worker_memory: float | None = None, n_val: int = 0) -> RunPlan:
+    """The plan of a source-train or finetune run on ``prepared``.
+
+    In memory, every worker holds the training and the validation split (``n_val`` images), so
+    both count against the limit (:func:`in_memory_limit`)."""
     from medxfer.models import stem_for_size
     from medxfer.train.losses import resolve_class_weights
 
@@ -103,20 +143,22 @@ def plan_training(cfg: JobConfig, stage: str, prepared: PreparedData, n_train: i
     if counts is not None and cfg.train.loss in ("weighted_ce", "focal"):
         resolve_class_weights(cfg.train.class_weights, counts, prepared.num_outputs)  # validates early
     spec = prepared.spec
+    limit = in_memory_limit(cfg, worker_memory)
+    mode = data_mode(split_bytes(n_train + n_val, tuple(prepared.image_shape)), limit)
     return RunPlan(
         stage=stage, task=prepared.task, num_outputs=int(prepared.num_outputs), num_grades=len(prepared.classes),
         in_chans=int(spec.channels), stem=stem_for_size(spec.size, cfg.model.stem),
         class_counts=counts, train_rows=n_train, world=world, rows_per_worker=rows, batch_size=bs,
         drop_partial=False, steps_per_epoch=steps_per_epoch(rows, bs, False), use_gpu=use_gpu,
         cpus_per_worker=cfg.scaling.cpus_per_worker,
-        data=DataPlan(caches=(prepared.uri,), mode=data_mode(n_train, tuple(prepared.image_shape)),
-                      label_fraction=prepared.label_fraction, label_seed=prepared.label_seed),
+        data=DataPlan(caches=(prepared.uri,), mode=mode, label_fraction=prepared.label_fraction,
+                      label_seed=prepared.label_seed, limit_bytes=limit),
         persist=persist,
     )
 
 
 def plan_pretraining(cfg: JobConfig, caches: list[str], n_images: int, image_shape: tuple[int, int, int],
-                     use_gpu: bool) -> RunPlan:
+                     use_gpu: bool, worker_memory: float | None = None) -> RunPlan:
     """The plan of a self-supervised pretraining run over the training splits of ``caches``."""
     from medxfer.models import stem_for_size
 
@@ -129,10 +171,12 @@ def plan_pretraining(cfg: JobConfig, caches: list[str], n_images: int, image_sha
         raise ConfigError(["train.batch_size: self-supervised pretraining needs at least 2 images per worker "
                            "(batch norm in the projector); found 1"])
     bs = min(cfg.train.batch_size, rows)  # a shard smaller than one batch still trains
+    limit = in_memory_limit(cfg, worker_memory)
     return RunPlan(
         stage="pretrain", task=SSL_TASK, num_outputs=0, num_grades=0, in_chans=int(image_shape[0]),
         stem=stem_for_size(image_shape[-1], cfg.model.stem), class_counts=None, train_rows=n_images,
         world=world, rows_per_worker=rows, batch_size=bs, drop_partial=True,
         steps_per_epoch=steps_per_epoch(rows, bs, True), use_gpu=use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker,
-        data=DataPlan(caches=tuple(caches), mode=data_mode(n_images, image_shape), validate=False),
+        data=DataPlan(caches=tuple(caches), mode=data_mode(split_bytes(n_images, image_shape), limit), validate=False,
+                      limit_bytes=limit),
     )

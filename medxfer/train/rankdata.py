@@ -1,18 +1,19 @@
 """A rank's view of its run's data: training batches per epoch and its part of the validation split.
 
 In memory (``plan.data.mode == "memory"``) every rank reads the cached splits straight from the
-cache with pyarrow — no Ray Data pipeline to start — and slices them itself (see
-:mod:`medxfer.train.batches`). Streaming, it iterates the Ray Data shards the driver handed to
-Ray Train. Callers see the same iterator of ``{"image", "label"}`` batches either way.
+cache with pyarrow and slices them itself (see :mod:`medxfer.train.batches`). Streaming, it reads
+its own pieces of them, a few at a time (:mod:`medxfer.data.cache.stream`). Neither starts a Ray
+Data pipeline. Callers see the same iterator of ``{"image", "label"}`` batches either way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from medxfer.train.batches import Split, epoch_batches, eval_batches, hash_part, order_seed, stream_batches
+from medxfer.train.batches import Split, epoch_batches, eval_batches, order_seed, stream_batches
 from medxfer.train.plan import RunPlan
 
 
@@ -38,30 +39,43 @@ class RankData:
         self.plan, self.rank, self.world, self.seed = plan, rank, world, seed
         self.eval_batch_size = eval_batch_size
         self.memory = plan.data.mode == "memory"
+        self.wait_s = 0.0  # this epoch's seconds waiting for training batches (a data path slower than the model)
         labels = plan.scored
         if self.memory:
             self.train_split = read_split(plan, "train", labels)
             self.val_split = read_split(plan, "val") if plan.data.validate else None
         else:
-            import ray.train
-
-            self.train_shard = ray.train.get_dataset_shard("train")
-            self.val_shard = ray.train.get_dataset_shard("val") if plan.data.validate else None
+            self.labels = labels
 
     def train(self, epoch: int) -> Iterator[dict]:
+        self.wait_s = 0.0
+        return self._timed(self._train(epoch))
+
+    def _timed(self, batches: Iterable[dict]) -> Iterator[dict]:
+        it = iter(batches)
+        while True:
+            t = time.perf_counter()
+            batch = next(it, None)
+            self.wait_s += time.perf_counter() - t
+            if batch is None:
+                return
+            yield batch
+
+    def _train(self, epoch: int) -> Iterator[dict]:
         p = self.plan
         if self.memory:
             return epoch_batches(self.train_split, epoch, self.seed, self.rank, self.world, p.rows_per_worker,
                                  p.batch_size, p.drop_partial)
-        batches = self.train_shard.iter_batches(
-            batch_size=p.batch_size, batch_format="numpy",
-            local_shuffle_buffer_size=min(p.rows_per_worker, max(4 * p.batch_size, 512)),
-            local_shuffle_seed=order_seed(self.seed, epoch) + self.rank,
-        )
+        from medxfer.data.cache.stream import train_batches
+
+        order = order_seed(self.seed, epoch)  # the pieces' order, shared by every rank; then each rank's shuffle
+        batches = train_batches(p.data.train, order, order + 1 + self.rank, self.rank, p.rows_per_worker, p.batch_size,
+                                p.data.window_bytes, self.labels)
         return stream_batches(batches, p.drop_partial)
 
     def validation(self) -> Iterator[dict]:
         if self.memory:
             return eval_batches(self.val_split, self.rank, self.world, self.eval_batch_size)
-        batches = self.val_shard.iter_batches(batch_size=self.eval_batch_size, batch_format="numpy")
-        return hash_part(batches, self.rank, self.world)
+        from medxfer.data.cache.stream import eval_batches as stream_eval
+
+        return stream_eval(self.plan.data.val, self.rank, self.world, self.eval_batch_size)

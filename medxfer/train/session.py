@@ -65,6 +65,7 @@ class RaySession:
             dirs = ([stack.enter_context(ckpt.as_directory())] if ckpt else []) + \
                    ([stack.enter_context(local_copy(handed))] if handed else [])
             if not dirs:
+                self.event("start", epoch=0)
                 return TrainState(), None
             d = max(dirs, key=lambda d: read_state(d).epoch)
             state = load_checkpoint(d, trainee.model, trainee.optimizer, trainee.scheduler)
@@ -73,6 +74,7 @@ class RaySession:
                 trainee.load_extra_state(extra)
             best = read_best_weights(d) if self.scored and self.rank == 0 else None
         self.post(f"resuming {self.stage} after epoch {state.epoch}")
+        self.event("start", epoch=state.epoch)
         return state, best
 
     def decide(self, due: bool) -> tuple[bool, str | None]:
@@ -119,10 +121,16 @@ class RaySession:
         shown = " ".join(f"{m} {metrics[m]:.4f}" for m in SHOWN if _finite(metrics.get(m)) is not None)
         self.post(f"epoch {state.epoch}/{total_epochs} {shown}{' *' if improved else ''} | "
                   f"{metrics.get('images_per_s', 0):.0f} img/s, {time.perf_counter() - self._t0:.0f}s elapsed")
+        self.event("epoch", epoch=state.epoch)
 
     def step_progress(self, epoch: int, step: int, steps: int) -> None:
         if self.rank == 0 and self.control is not None:
             self.control.progress(epoch, step, steps)
+
+    def event(self, kind: str, **fields) -> None:
+        """News for the command (rank 0 only): a worker group started from an epoch, an epoch ended."""
+        if self.rank == 0 and self.control is not None:
+            self.control.event(kind, **fields)
 
     def post(self, line: str) -> None:
         if self.rank != 0:

@@ -127,10 +127,11 @@ class SupervisedTrainee:
         steps = self.plan.steps_per_epoch
         tr = train_epoch(self.wrapped, self.data.train(epoch), self.loss_fn, self.optimizer, self.scheduler,
                          self.settings, on_step=lambda k: self.session.step_progress(epoch, k, steps))
-        loss_sum, images, secs, skipped = sum_across_workers(
-            [tr["train_loss"] * tr["train_images"], tr["train_images"], tr["train_seconds"], tr["skipped_steps"]])
+        loss_sum, images, secs, skipped, wait = sum_across_workers(
+            [tr["train_loss"] * tr["train_images"], tr["train_images"], tr["train_seconds"], tr["skipped_steps"],
+             self.data.wait_s])
         return {"train_loss": loss_sum / max(images, 1), "skipped_steps": int(skipped),
-                "images_per_s": images / max(secs / world, 1e-9)}
+                "images_per_s": images / max(secs / world, 1e-9), "data_wait_s": wait / world}
 
     @property
     def scored_model(self) -> torch.nn.Module:

@@ -58,6 +58,9 @@ class ImageFacts(NamedTuple):
     color: bool
 
 
+ROW_GROUP_BYTES = 32 * 1024**2  # a streaming worker reads a row group at a time (medxfer.data.cache.stream)
+
+
 def write_parquet(table, uri: str) -> None:
     """Write one shard; a failure (a full disk above all) is a StorageError naming the shard, which
     stops the job in either engine: the card is never written over shards that are not all there."""
@@ -66,7 +69,8 @@ def write_parquet(table, uri: str) -> None:
     fs, path = storage.pyarrow_fs(uri)
     try:
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table, path, filesystem=fs, compression="zstd")
+        rows = max(1, ROW_GROUP_BYTES * table.num_rows // max(1, table.nbytes))
+        pq.write_table(table, path, filesystem=fs, compression="zstd", row_group_size=rows)
     except OSError as e:
         raise storage.os_error(uri, e, "write") from None
 

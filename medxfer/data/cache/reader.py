@@ -135,22 +135,29 @@ class PreparedData:
         return ds if with_path else ds.drop_columns(["path"])
 
     def numpy(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(X float32 (N,C,H,W), y)`` read with pyarrow (no Ray), ordered by manifest row."""
-        t = self._table(split, ["row", "label", "image"])
-        shape = self.image_shape
-        if t is None:
-            return np.zeros((0, *shape), np.float32), encode_labels([], self.classes, self.task)
-        keep = self.kept_rows(split)
-        if keep is not None:
-            import pyarrow as pa
+        """``(X float32 (N,C,H,W), y)`` read with pyarrow (no Ray), ordered by manifest row.
 
-            t = t.filter(pa.compute.is_in(t.column("row"), value_set=pa.array(keep, pa.int64())))
-        d = decode_rows(
-            {"row": t.column("row").to_numpy(), "image": t.column("image").to_pylist(),
-             "label": t.column("label").to_pylist(), "path": [""] * t.num_rows},
-            shape, self.card["dtype"], self.classes, self.task, None,
-        )
-        return d["image"], d["label"]
+        Row group by row group into one array made up front: reading a split holds it once plus
+        one row group, not the whole Parquet table, its bytes as Python objects and their copies."""
+        from medxfer.data.cache.stream import list_pieces, read_piece
+
+        shape = self.image_shape
+        stream = list_pieces([self], split)
+        X = np.empty((stream.rows, *shape), np.float32)
+        y = encode_labels([], self.classes, self.task)
+        if not stream.rows:
+            return X, (np.zeros((0, len(self.classes)), np.float32) if self.task == "multilabel" else y)
+        rows = self._table(split, ["row"]).column("row").to_numpy()
+        if stream.keep is not None:
+            rows = rows[np.isin(rows, stream.keep)]
+        for i in range(len(stream.pieces)):
+            piece = read_piece(stream, i)
+            at = np.searchsorted(rows, piece["row"])
+            X[at] = piece["image"]
+            if i == 0:
+                y = np.empty((stream.rows, *piece["label"].shape[1:]), piece["label"].dtype)
+            y[at] = piece["label"]
+        return X, y
 
     def paths(self, split: str) -> list[str]:
         """Image paths in ``numpy(split)`` order."""
