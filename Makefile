@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint install clean k8s image-constraints
 
 # The tests run the versions the image pins (constraints/image.txt): one set of pins for both, and
-# a test (tests/test_k8s_image.py) fails when the installed versions drift from them.
+# a test (tests/k8s/test_k8s_image.py) fails when the installed versions drift from them.
 $(STAMP): pyproject.toml constraints/image.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip

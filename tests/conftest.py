@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from fault_proxy import flaky_s3  # noqa: F401 - a fixture, used by name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +93,23 @@ def ray_cluster(s3_server):
     init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_breast(test_data, tmp_path_factory) -> str:
+    """A seeded, stratified slice of BreastMNIST (real images; 160 train / 48 val / 24 test) as PNG files."""
+    import pandas as pd
+
+    from medxfer.data.importers import import_medmnist
+
+    folder = tmp_path_factory.mktemp("breast")
+    import_medmnist(test_data / "medmnist" / "breastmnist.npz", str(folder), "breastmnist")
+    df = pd.read_csv(folder / "manifest.csv")
+    parts = []
+    for split, n in (("train", 160), ("val", 48), ("test", 24)):
+        sub = df[df["split"] == split]
+        for label in sorted(sub["label"].unique()):
+            g = sub[sub["label"] == label]
+            parts.append(g.sample(max(2, round(len(g) * n / len(sub))), random_state=0))
+    pd.concat(parts).to_csv(folder / "small.csv", index=False)
+    return str(folder / "small.csv")

@@ -4,7 +4,7 @@ Each builder writes real bytes of a real format (no mocks): a TIFF or BigTIFF wh
 holds the width/height tags given (repeats included), a WebP whose lossless header claims a
 size its data does not hold, DICOMs whose attributes hold patient-looking text, compressed DICOM
 frames, palette LUTs, deflated DICOMs and TIFF tiles that cost a decoder far more than their size;
-:func:`corpus` gathers them, with good files, into the hostile corpus (tests/test_hostile_inputs.py,
+:func:`corpus` gathers them, with good files, into the hostile corpus (tests/data/test_hostile_inputs.py,
 benchmarks/bench_hostile.py).
 """
 

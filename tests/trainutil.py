@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -44,3 +46,12 @@ def in_background(fn):
     th = threading.Thread(target=target, daemon=True)
     th.start()
     return th, box
+
+
+def cluster_env(**extra) -> dict:
+    """This process's environment for a medxfer command that joins the session's Ray cluster."""
+    import ray
+
+    env = dict(os.environ)
+    env.update(RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONUNBUFFERED="1", **extra)
+    return env

@@ -9,7 +9,13 @@ from trainutil import toy_batches
 
 from medxfer.config import TrainConfig
 from medxfer.models import create_model
-from medxfer.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from medxfer.train.checkpoint import (
+    TrainState,
+    load_checkpoint,
+    read_best_weights,
+    read_weights,
+    save_checkpoint,
+)
 from medxfer.train.loop import StepSettings, train_epoch
 from medxfer.train.losses import build_loss
 from medxfer.train.optim import build_optimizer, build_scheduler
@@ -39,3 +45,16 @@ def test_checkpoint_roundtrip_restores_everything(tmp_path):
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert s1.keys() == s2.keys() and torch.equal(s1[0]["exp_avg"], s2[0]["exp_avg"])
     assert math.isclose(opt.param_groups[0]["lr"], opt2.param_groups[0]["lr"])
+
+
+def test_best_weights_ride_in_the_latest_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("smallcnn", 2, 1)
+    best = {k: v.clone() + 1 for k, v in model.state_dict().items()}
+    save_checkpoint(str(tmp_path / "a"), model, None, None, TrainState(epoch=3, best_epoch=3), None)
+    assert not (tmp_path / "a" / "best.safetensors").exists()
+    assert all(torch.equal(read_best_weights(str(tmp_path / "a"))[k], v) for k, v in model.state_dict().items())
+    save_checkpoint(str(tmp_path / "b"), model, None, None, TrainState(epoch=5, best_epoch=3), best)
+    got = read_best_weights(str(tmp_path / "b"))
+    assert all(torch.equal(got[k], best[k]) for k in best)
+    assert all(torch.equal(read_weights(str(tmp_path / "b"))[k], v) for k, v in model.state_dict().items())

@@ -116,7 +116,7 @@ def test_peak_memory_is_the_decoded_image_plus_small_arrays_not_float_copies(tmp
 
 # ----------------------------------------------------------------------------- golden arrays
 
-GOLDEN = Path(__file__).parent / "golden" / "preprocess.npz"
+GOLDEN = Path(__file__).parents[1] / "golden" / "preprocess.npz"
 # case -> (image under $MEDXFER_TEST_DATA/images, spec): PNG, JPEG and DICOM; with and without CLAHE;
 # letterbox and center_crop; 1 and 3 channels; a window; a JPEG large enough to decode at reduced scale.
 GOLDEN_CASES = {
@@ -137,7 +137,7 @@ GOLDEN_CASES = {
 CHANGED = ("the preprocessing contract changed: the same image and spec now give other pixels, so caches and "
            "models made before would be read as if they matched. If this is on purpose, bump CACHE_VERSION in "
            "medxfer/data/cache/key.py and regenerate the golden file deliberately: "
-           "python tests/test_data_preprocess.py --regenerate")
+           "python tests/data/test_data_preprocess.py --regenerate")
 
 
 def _golden_arrays(test_data) -> dict[str, np.ndarray]:
@@ -159,7 +159,7 @@ def test_preprocessed_arrays_match_the_golden_file(test_data):
         assert diff <= 1e-5, f"{name}: largest difference {diff:.6f}; {CHANGED}"
 
 
-if __name__ == "__main__":  # python tests/test_data_preprocess.py --regenerate
+if __name__ == "__main__":  # python tests/data/test_data_preprocess.py --regenerate
     import argparse
     import os
 
@@ -167,7 +167,7 @@ if __name__ == "__main__":  # python tests/test_data_preprocess.py --regenerate
                                                  "CACHE_VERSION, on purpose)")
     parser.add_argument("--regenerate", action="store_true", required=True)
     parser.parse_args()
-    data = Path(os.environ.get("MEDXFER_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    data = Path(os.environ.get("MEDXFER_TEST_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
     GOLDEN.parent.mkdir(exist_ok=True)
     np.savez_compressed(GOLDEN, cache_version=np.int64(CACHE_VERSION), **_golden_arrays(data.resolve()))
     print(f"wrote {GOLDEN} ({GOLDEN.stat().st_size:,} bytes) for CACHE_VERSION {CACHE_VERSION}")

@@ -6,7 +6,7 @@ default ~/.cache/medxfer-kube), with the KubeRay v1.7.0 CRDs loaded: one server 
 session. Without it the tests skip with the reason, unless MEDXFER_REQUIRE_KUBE is set
 (CI sets it, and builds the server first).
 
-What 1.20 cannot judge stays with the offline checks in the other tests/test_k8s_*.py: it has no batch/v1
+What 1.20 cannot judge stays with the offline checks in the other tests/k8s/test_k8s_*.py: it has no batch/v1
 CronJob (the CronJob goes in as batch/v1beta1 without `timeZone`; the batch/v1 object is
 validated offline), it prunes unknown fields in custom resources instead of refusing them
 (so every object is read back and compared with what was sent), and it runs no controllers
@@ -38,7 +38,7 @@ from medxfer.k8s.names import NAMESPACE
 from medxfer.k8s.render import KINDS
 from medxfer.k8s.schedule import JOB_NAME_ENV
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
 TOOLS = Path(os.environ.get("MEDXFER_KUBE_TOOLS", REPO.parent / "shared" / "tools" / "kube-apiserver")).resolve()
 KUBE_BIN = Path(os.environ.get("KUBE_HOME", Path.home() / ".cache" / "medxfer-kube")) / "bin"

@@ -19,17 +19,10 @@ from medxfer.metrics.registry import (
 )
 
 
-def _binary(n=300, seed=0, sep=1.0):
-    rng = np.random.default_rng(seed)
-    y = rng.random(n) < 0.4
-    score = 1 / (1 + np.exp(-(rng.normal(size=n) + sep * (2 * y - 1))))
-    return y, np.round(score, 2)  # rounding makes ties, which AUROC must count half
-
-
-def sample_inputs(kind: str, n: int = 300, seed: int = 0) -> tuple:
+def sample_inputs(binary, kind: str, n: int = 300, seed: int = 0) -> tuple:
     """Realistic inputs of every kind the registry knows: a new kind needs a line here."""
     rng = np.random.default_rng(seed)
-    y, s = _binary(n, seed)
+    y, s = binary(n, seed)
     k = 4
     classes = rng.integers(0, k, n)
     logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[classes]
@@ -54,9 +47,9 @@ def sample_inputs(kind: str, n: int = 300, seed: int = 0) -> tuple:
 
 
 @pytest.mark.parametrize("name", list(METRICS))
-def test_every_metric_statistic_equals_its_point_on_the_data_and_on_a_resample(name):
+def test_every_metric_statistic_equals_its_point_on_the_data_and_on_a_resample(binary, name):
     m = METRICS[name]
-    inputs = sample_inputs(m.inputs)
+    inputs = sample_inputs(binary, m.inputs)
     assert m.statistic(*inputs) == pytest.approx(m.point(*inputs), rel=1e-9), "whole data"
     idx = np.random.default_rng(7).integers(0, inputs[0].shape[-1], (3, inputs[0].shape[-1]))
     resampled = [np.asarray(a)[..., idx] for a in inputs]  # (columns,) resamples, examples
@@ -67,9 +60,9 @@ def test_every_metric_statistic_equals_its_point_on_the_data_and_on_a_resample(n
         assert batch[b] == pytest.approx(m.point(*one), rel=1e-9), f"resample {b}"
 
 
-def test_auroc_is_sklearn_ties_half_unknown_labels_left_out_and_undefined_is_nan():
+def test_auroc_is_sklearn_ties_half_unknown_labels_left_out_and_undefined_is_nan(binary):
     auroc = METRICS["auroc"]
-    y, s = _binary()
+    y, s = binary()
     assert auroc.point(y, s) == pytest.approx(skm.roc_auc_score(y, s))
     assert auroc.statistic(y[None].astype(float), s[None]) == pytest.approx(skm.roc_auc_score(y, s))
     truth = y.astype(float)
@@ -95,7 +88,7 @@ def test_binary_metrics_hand_checked():
         assert METRICS[k].statistic(y.astype(int), pred.astype(int)) == pytest.approx(v), k
 
 
-def test_grades_and_probabilities_hand_checked_and_vs_sklearn():
+def test_grades_and_probabilities_hand_checked_and_vs_sklearn(binary):
     y = np.array([0, 1, 2, 3, 4, 2])
     g = np.array([0.2, 1.4, 2.6, 3.0, 3.4, 2.1])
     assert METRICS["mae"].point(y, g) == pytest.approx(np.mean([0.2, 0.4, 0.6, 0, 0.6, 0.1]))
@@ -103,10 +96,10 @@ def test_grades_and_probabilities_hand_checked_and_vs_sklearn():
     want = skm.cohen_kappa_score(y, rounded, weights="quadratic", labels=list(range(5)))
     assert METRICS["qwk"].point(y, rounded) == pytest.approx(want)
     assert METRICS["qwk"].statistic(y, rounded) == pytest.approx(want)
-    onehot, probs = sample_inputs(PROBABILITY)
+    onehot, probs = sample_inputs(binary, PROBABILITY)
     assert METRICS["brier"].point(onehot, probs) == pytest.approx(
         skm.brier_score_loss(onehot.argmax(0), probs.T, labels=list(range(4))))
-    ys, s = _binary()
+    ys, s = binary()
     assert METRICS["brier"].point(ys[None], s[None]) == pytest.approx(skm.brier_score_loss(ys, s))
 
 

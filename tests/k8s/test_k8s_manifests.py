@@ -2,7 +2,7 @@
 laid out for `kubectl apply -f k8s/`, with no secrets inline and a narrow network and RBAC.
 
 What an API server would check is checked here offline (tests/k8sutil.py);
-tests/test_k8s_server.py applies them to a real API server.
+tests/k8s/test_k8s_server.py applies them to a real API server.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from medxfer.cli import AREAS, build_parser
 
-PACKAGE = Path(__file__).resolve().parents[1] / "medxfer"
+PACKAGE = Path(__file__).resolve().parents[2] / "medxfer"
 
 
 def _cli(*args):

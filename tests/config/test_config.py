@@ -155,7 +155,7 @@ def test_documented_config_example_is_valid():
 
     from medxfer.config.loading import read_yaml_text, validate_dict
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
     block = text.split("# The job config", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     cfg = validate_dict(read_yaml_text(block, "docs/config.md"), "docs/config.md")
     assert cfg.train.freeze == "none" and cfg.scaling.num_workers == 2

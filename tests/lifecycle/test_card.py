@@ -8,14 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from medxfer.config.loading import validate_dict
 from medxfer.lifecycle.bundle import CARD, WEIGHTS, load_bundle, save_bundle
 from medxfer.lifecycle.card import Lineage, ModelCard, card_bytes, card_digest, seal
 from medxfer.lifecycle.card_builder import build_card
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "bundles"
 INPUTS = json.loads((GOLDEN / "inputs.json").read_text())
 KINDS = ("source", "finetune", "pretrain")

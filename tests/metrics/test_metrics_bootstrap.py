@@ -15,21 +15,14 @@ from medxfer.metrics.bootstrap import Resampling, intervals, paired_difference
 from medxfer.metrics.views import binary_columns
 
 
-def _binary(n=300, seed=0, sep=1.0):
-    rng = np.random.default_rng(seed)
-    y = rng.random(n) < 0.4
-    score = 1 / (1 + np.exp(-(rng.normal(size=n) + sep * (2 * y - 1))))
-    return y, np.round(score, 2)
-
-
 def _auroc(y, s):
     return {"auroc": (METRICS["auroc"].statistic, binary_columns(y, s))}
 
 
-def test_percentile_interval_is_that_of_the_seeded_index_resamples():
+def test_percentile_interval_is_that_of_the_seeded_index_resamples(binary):
     """The intervals are quantiles of the metric over resamples of the examples drawn by the seeded generator
     (as scipy draws them): reproducible from the seed alone."""
-    y, s = _binary(n=200, seed=4)
+    y, s = binary(n=200, seed=4)
     ci = intervals(_auroc(y, s), Resampling(400, seed=3, bca_max_n=0))["auroc"]
     idx = np.random.default_rng(3).integers(0, 200, (400, 200))
     values = [skm.roc_auc_score(y[i], s[i]) for i in idx]
@@ -37,8 +30,8 @@ def test_percentile_interval_is_that_of_the_seeded_index_resamples():
     assert ci["ci"] == pytest.approx(list(np.quantile(values, [0.025, 0.975])))
 
 
-def test_bca_is_scipys_paired_bca():
-    y, s = _binary(n=150, seed=1)
+def test_bca_is_scipys_paired_bca(binary):
+    y, s = binary(n=150, seed=1)
     ci = intervals(_auroc(y, s), Resampling(300, seed=5))["auroc"]
     res = stats.bootstrap((y, s), lambda a, b: skm.roc_auc_score(a, b), paired=True, vectorized=False,
                           n_resamples=300, method="BCa", rng=np.random.default_rng(5))
@@ -46,8 +39,8 @@ def test_bca_is_scipys_paired_bca():
     assert ci["ci"] == pytest.approx([res.confidence_interval.low, res.confidence_interval.high])
 
 
-def test_intervals_bracket_the_estimate_are_seeded_and_skip_resamples_without_a_class():
-    y, s = _binary(n=200, seed=4)
+def test_intervals_bracket_the_estimate_are_seeded_and_skip_resamples_without_a_class(binary):
+    y, s = binary(n=200, seed=4)
     stats_ = {**_auroc(y, s), "sensitivity": (METRICS["sensitivity"].statistic, (y, s >= 0.5))}
     a = intervals(stats_, Resampling(500, seed=3))
     assert a == intervals(stats_, Resampling(500, seed=3))
@@ -64,21 +57,21 @@ def test_intervals_bracket_the_estimate_are_seeded_and_skip_resamples_without_a_
     assert 100 < au["n_valid"] < 400 and au["ci"] == [1.0, 1.0] and au["method"] == "percentile"
 
 
-def test_no_resamples_or_too_few_defined_give_no_interval():
-    y, s = _binary(n=50)
+def test_no_resamples_or_too_few_defined_give_no_interval(binary):
+    y, s = binary(n=50)
     assert math.isnan(intervals(_auroc(y, s), Resampling(0))["auroc"]["ci"][0])
     few = intervals(_auroc(y, s), Resampling(5))["auroc"]
     assert few["n_valid"] == 5 and all(math.isnan(c) for c in few["ci"])
 
 
-def test_bca_only_up_to_its_size_limit():
-    y, s = _binary(n=300)
+def test_bca_only_up_to_its_size_limit(binary):
+    y, s = binary(n=300)
     assert intervals(_auroc(y, s), Resampling(100, bca_max_n=300))["auroc"]["method"] == "BCa"
     assert intervals(_auroc(y, s), Resampling(100, bca_max_n=299))["auroc"]["method"] == "percentile"
 
 
-def test_paired_difference():
-    y, s = _binary(n=300, seed=5, sep=1.5)
+def test_paired_difference(binary):
+    y, s = binary(n=300, seed=5, sep=1.5)
     rng = np.random.default_rng(0)
     worse = np.clip(s + rng.normal(scale=0.3, size=len(s)), 0, 1)
     auroc = METRICS["auroc"]

@@ -15,13 +15,6 @@ from medxfer.metrics.registry import CONFIDENCE, DECISION, LABEL, PROBABILITY, R
 from medxfer.metrics.reports import classification_report, multilabel_report, ordinal_report
 
 
-def _binary(n=300, seed=0, sep=1.0):
-    rng = np.random.default_rng(seed)
-    y = rng.random(n) < 0.4
-    score = 1 / (1 + np.exp(-(rng.normal(size=n) + sep * (2 * y - 1))))
-    return y, np.round(score, 2)
-
-
 def test_multiclass_report_matches_sklearn():
     rng = np.random.default_rng(0)
     n, k = 400, 4
@@ -40,8 +33,8 @@ def test_multiclass_report_matches_sklearn():
     assert rep["calibration"]["kind"] == "top-label confidence"
 
 
-def test_binary_report_is_about_the_positive_class_at_the_threshold():
-    y, s = _binary()
+def test_binary_report_is_about_the_positive_class_at_the_threshold(binary):
+    y, s = binary()
     rep = classification_report(y.astype(int), np.c_[1 - s, s], ["neg", "pos"], positive=1, threshold=0.5,
                                  resampling=Resampling(0))
     m = rep["metrics"]

@@ -49,8 +49,8 @@ def test_streamed_run_on_every_cpu_trains_validates_the_whole_split_and_writes_i
                                                                                          tmp_path):
     """Two workers holding every CPU of the cluster (2 x 2 of 4), the split streamed (``in_memory_max_bytes: 0``):
     the shape that left Ray Data no CPU and hung. It completes; validation scores each image exactly once."""
-    from medxfer.lifecycle.bundle import load_bundle
     from medxfer.data.cache import prepare
+    from medxfer.lifecycle.bundle import load_bundle
     from medxfer.lifecycle.inference import predict_arrays
     from medxfer.train.jobs import run_training
 
@@ -134,8 +134,8 @@ def test_two_nodes_lose_one_after_a_checkpoint_and_the_run_completes_when_a_node
     """Two workers on two nodes, streaming from S3. After epoch 1's checkpoint one node is removed: the command
     names the lost node and the checkpoint it will resume from; a node is added back; the run completes from its
     checkpoint, prints the restart and records it in result.json."""
-    from medxfer.lifecycle.bundle import load_bundle
     from medxfer.data.phantom import write_pngs
+    from medxfer.lifecycle.bundle import load_bundle
     from medxfer.train.jobs import run_training
     from medxfer.train.resume import latest
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: The pages checked: the README, docs/, and the READMEs of the folders people open.
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), REPO / "k8s" / "README.md",

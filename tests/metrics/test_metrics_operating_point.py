@@ -10,21 +10,14 @@ from medxfer.errors import ConfigError
 from medxfer.metrics.operating_point import choose_operating_point, parse_rule, rates_at
 
 
-def _binary(n=400, seed=9, sep=0.8):
-    rng = np.random.default_rng(seed)
-    y = rng.random(n) < 0.4
-    score = 1 / (1 + np.exp(-(rng.normal(size=n) + sep * (2 * y - 1))))
-    return y, np.round(score, 2)
-
-
 @pytest.mark.parametrize("rule,check", [
     ("sensitivity>=0.9", lambda op: op.sensitivity >= 0.9),
     ("specificity>=0.85", lambda op: op.specificity >= 0.85),
     ("youden", lambda op: True),
     ("threshold=0.5", lambda op: op.threshold == 0.5),
 ])
-def test_operating_point_meets_target_on_validation(rule, check):
-    y, s = _binary()
+def test_operating_point_meets_target_on_validation(binary, rule, check):
+    y, s = binary(n=400, seed=9, sep=0.8)
     op = choose_operating_point(y, s, rule)
     assert check(op) and op.target_met
     sens, spec = rates_at(y, s, op.threshold)
