@@ -49,10 +49,10 @@ def test_streamed_run_on_every_cpu_trains_validates_the_whole_split_and_writes_i
                                                                                          tmp_path):
     """Two workers holding every CPU of the cluster (2 x 2 of 4), the split streamed (``in_memory_max_bytes: 0``):
     the shape that left Ray Data no CPU and hung. It completes; validation scores each image exactly once."""
-    from medxfer.lifecycle.bundle import load_bundle
     from medxfer.data.cache import prepare
+    from medxfer.lifecycle.bundle import load_bundle
     from medxfer.lifecycle.inference import predict_arrays
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     manifest = breast_manifest(test_data, tmp_path / "breast")
     cfg = validate_dict(_job(str(tmp_path / "root"), manifest, "streamed", 28))
@@ -134,9 +134,9 @@ def test_two_nodes_lose_one_after_a_checkpoint_and_the_run_completes_when_a_node
     """Two workers on two nodes, streaming from S3. After epoch 1's checkpoint one node is removed: the command
     names the lost node and the checkpoint it will resume from; a node is added back; the run completes from its
     checkpoint, prints the restart and records it in result.json."""
-    from medxfer.lifecycle.bundle import load_bundle
     from medxfer.data.phantom import write_pngs
-    from medxfer.train.jobs import run_training
+    from medxfer.lifecycle.bundle import load_bundle
+    from medxfer.supervised.stage import run_training
     from medxfer.train.resume import latest
 
     cluster, (_, second) = two_nodes
