@@ -1,4 +1,5 @@
-"""medxfer.train.loop: the train step and validation every stage shares, without Ray."""
+"""medxfer.train.loop: the train step and validation outputs every stage shares (with the supervised
+stage's validation metrics), without Ray."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Why plain: the worker (``worker.py``) only wires these to Ray Train shards and a
 process group; everything that decides the numbers — the step, clipping, the non-finite
-guard, AMP, the metrics — is here and runs in a unit test on a few in-memory tensors.
+guard, AMP — is here and runs in a unit test on a few in-memory tensors. What a stage makes of
+the validation outputs is the stage's (``medxfer.supervised.valmetrics``).
 
 The order inside a step follows torchtitan: forward, loss, backward, clip, check that
 the gradient norm is finite, then ``optimizer.step()``. The finite check uses the norm of
