@@ -103,7 +103,7 @@ def main() -> None:
     from medxfer.metrics import METRICS
     from medxfer.runtime import init_ray
     from medxfer.runtime.allocator import tune_this_process
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     work = Path(args.work)
     # Runs trained in this process (--workers 0) get the allocator setting the medxfer command runs
@@ -111,7 +111,7 @@ def main() -> None:
     tune_this_process()
     init_ray()
     recipe = parse_overrides(args.overrides)
-    # A recipe's runs get their own names: a run name promises one set of settings (medxfer.lifecycle.runs),
+    # A recipe's runs get their own names: a run name promises one set of settings (medxfer.train.runs),
     # and the source model is shared between recipes. A longer or shorter source gets its own
     # source run and its own transfer runs; the scratch runs do not depend on it and are shared.
     default_source_epochs = ap.get_default("source_epochs")

@@ -82,7 +82,7 @@ def main() -> None:
 
     from medxfer.data.cache import prepare
     from medxfer.runtime import init_ray
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     cpus = os.cpu_count() or 1
     out = {}

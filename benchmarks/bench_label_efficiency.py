@@ -91,7 +91,7 @@ def main() -> None:
     from medxfer.runtime import init_ray
     from medxfer.runtime.allocator import tune_this_process
     from medxfer.ssl.pretrain import run_pretrain
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     work = Path(args.work)
     # A source trained longer than the default is its own run: reusing the default run's name would

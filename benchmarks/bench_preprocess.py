@@ -131,8 +131,8 @@ def ray_pipeline(folder: Path, cfg_root: Path, cpus: int, engine: str = "ray") -
         prepared = prepare(job(folder, cfg_root, engine=engine))
         wall = time.perf_counter() - t0
         assert not prepared.hit
-        n = prepared.card["total"]
-        return n / prepared.card["timing"]["decode_seconds"], n / wall
+        n = prepared.total_rows
+        return n / prepared.decode_seconds, n / wall
     finally:
         ray.shutdown()
 
@@ -162,7 +162,7 @@ p = prepare(job(args["manifest"], args["root"]))
 wall = time.perf_counter() - t0
 cpu = usage() - c0 if usage else None
 assert not p.hit
-n = p.card["total"]
+n = p.card["total"]  # the card by key, not PreparedData's accessors: this runs on older medxfer revisions too
 print(json.dumps({"pipeline": n / p.card["timing"]["decode_seconds"], "end_to_end": n / wall,
                   "cpu_ms_per_image": cpu * 1000 / n if cpu is not None else None, "code": medxfer.__file__}))
 """

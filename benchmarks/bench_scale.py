@@ -189,7 +189,7 @@ def job(root: str, manifest: str, name: str, stream: bool):
 
 
 def train(cfg, sampler_args) -> dict:
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     t0 = time.perf_counter()
     with Sampler(*sampler_args) as s:
@@ -229,6 +229,7 @@ def dataset(n: int, bucket: str, stream: bool = True):
 def run_size(n: int, nodes, head_extra, bucket: str) -> dict:
     """Preprocess ``n`` images and train one streamed epoch on them."""
     from medxfer.data.cache import prepare
+    from medxfer.data.manifest import SPLITS
 
     cfg, write_s = dataset(n, bucket)
     t0 = time.perf_counter()
@@ -237,7 +238,7 @@ def run_size(n: int, nodes, head_extra, bucket: str) -> dict:
     pre_s = time.perf_counter() - t0
     return {"images": n, "write_pngs_seconds": round(write_s, 1),
             "preprocess": {"seconds": round(pre_s, 1), "images_per_s": round(n / pre_s, 1), **s.result()},
-            "counts": {k: v["total"] for k, v in prepared.card["counts"].items()},
+            "counts": {sp: prepared.cached_rows(sp) for sp in SPLITS},
             "streamed_epoch": train(cfg, (nodes, head_extra)),
             "loadavg_after": _loadavg()}
 
@@ -268,7 +269,7 @@ def run_ratio(n: int, pairs: int, workers: int, nodes, head_extra, bucket: str) 
     stream_ips, memory_ips = mean("train_images_per_s", True), mean("train_images_per_s", False)
     reader = reader_cpu_per_image(prepared)
     return {
-        "images": n, "workers": workers, "train_images": prepared.card["counts"]["train"]["total"], "runs": runs,
+        "images": n, "workers": workers, "train_images": prepared.cached_rows("train"), "runs": runs,
         "default_in_memory_limit_gib": round(limit / 1024**3, 2),
         "streamed_over_in_memory_img_s": round(stream_ips / memory_ips, 3),
         "per_pair_ratio": [round(s["train_images_per_s"] / m["train_images_per_s"], 3) for s, m in zip(

@@ -84,7 +84,7 @@ def main() -> None:
     from medxfer.data.cache import prepare
     from medxfer.data.importers import import_medmnist
     from medxfer.runtime import init_ray
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:

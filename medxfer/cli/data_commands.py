@@ -102,14 +102,14 @@ def cmd_preprocess(args) -> int:
 
     cfg = load_config(args.config, args.set)
     p = prepare(cfg)
-    counts = ", ".join(f"{s} {p.card['counts'][s]['total']}" for s in SPLITS)
+    counts = ", ".join(f"{s} {p.cached_rows(s)}" for s in SPLITS)
     if p.hit:
         print(f"cache hit: {p.uri} ({counts}); nothing decoded")
     else:
-        bad = p.card["bad_files"]["count"]
+        bad = p.bad_file_count
         print(
-            f"preprocessed {p.card['input_rows']} images in {p.card['timing']['decode_seconds']} s "
-            f"({p.card['timing']['images_per_second']} img/s) -> {p.uri} ({counts}"
+            f"preprocessed {p.input_rows} images in {p.decode_seconds} s "
+            f"({p.images_per_second} img/s) -> {p.uri} ({counts}"
             + (f"; {bad} bad file(s) skipped, listed in dataset.json" if bad else "") + ")"
         )
     print(f"key: {p.key}")

@@ -49,7 +49,7 @@ def exit_code(out: dict) -> int:
 
 
 def cmd_source_train(args) -> int:
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     out = run_training(load_config(args.config, args.set), "source")
     print(f"{out['name']}: {result_line(out)}; bundle {out['bundle']}")
@@ -57,7 +57,7 @@ def cmd_source_train(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     cfg = load_config(args.config, args.set)
     if getattr(args, "source", None):

@@ -28,7 +28,7 @@ def choose_engine(ecfg, prepared: PreparedData, splits: list[str]) -> str:
     if ecfg.engine != "auto":
         return ecfg.engine
     try:
-        n = sum(int(prepared.card["counts"][s]["total"]) for s in set(splits))
+        n = sum(prepared.cached_rows(s) for s in set(splits))
     except (KeyError, TypeError):
         return "ray"
     return "local" if n <= ecfg.local_max_images else "ray"

@@ -151,7 +151,7 @@ def run_demo(data_dir: str | None, root: str, fast: bool = False) -> dict:
     from medxfer.experiments.label_efficiency import plot_png, reading, run_label_efficiency
     from medxfer.lifecycle.model_registry import Registry
     from medxfer.runtime import init_ray
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     t0 = time.time()
     root = storage.normalize(root)

@@ -5,8 +5,9 @@ trial fine-tunes on a seeded, stratified fraction of the target's training label
 best epoch on the (never subsampled) validation split, and is scored once on the test split.
 
 A trial *is* a fine-tune run with overrides: its job config is the base config plus the arm's
-``set``, the fraction and the seed, and it runs the same ``train_func`` as ``medxfer finetune``
-— in Ray Train's local mode (one process, nothing written), as a Ray task, so trials run side
+``set``, the fraction and the seed; the supervised stage plans it
+(:func:`medxfer.supervised.planning.plan_trial`) and runs it with the same ``train_func`` and
+trainee as ``medxfer finetune`` — in Ray Train's local mode (one process, nothing written), as a Ray task, so trials run side
 by side without paying a worker group's start-up each. With the same settings and seed a trial
 and ``medxfer finetune`` take the same steps and end with the same weights (a test holds them
 equal), so a recipe measured here is the recipe ``finetune`` runs. Every trial reads the one
@@ -79,11 +80,11 @@ def run_trial(cfg_json: dict, plan) -> dict:
     from medxfer.data.cache import PreparedData
     from medxfer.lifecycle.inference import predict_arrays
     from medxfer.models import create_model
-    from medxfer.train.launch import run_trial_weights
+    from medxfer.supervised.stage import trial_weights
 
     t0 = time.perf_counter()
     cfg = JobConfig.model_validate(cfg_json)
-    out = run_trial_weights(cfg, plan)
+    out = trial_weights(cfg, plan)
     model = create_model(cfg.model.backbone, plan.num_outputs, plan.in_chans, cfg.model.dropout, stem=plan.stem)
     model.load_state_dict(out["weights"])
     torch.set_num_threads(max(1, int(plan.cpus_per_worker)))
@@ -293,9 +294,8 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
 
     from medxfer.data.cache import prepare
     from medxfer.runtime import cluster_cpus, init_ray, require_shared_storage
-    from medxfer.train.jobs import check_source
-    from medxfer.train.launch import split_rows
-    from medxfer.train.plan import plan_training
+    from medxfer.supervised.planning import plan_trial
+    from medxfer.supervised.stage import check_source
 
     ex = cfg.experiment
     init_ray()
@@ -323,8 +323,7 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
                 results[(arm.name, f, s)] = _kept_trial(out, tcfg.name, meta["trial_key"])
                 if results[(arm.name, f, s)] is not None:
                     continue
-                plan = plan_training(tcfg, "finetune", prepared, split_rows(prepared, "train"), use_gpu=False,
-                                     persist=False)
+                plan = plan_trial(tcfg, prepared)
                 planned.append((meta, tcfg, plan))
     parallel = ex.parallel or max(1, int(cluster_cpus() // ex.cpus_per_trial))
     remote = ray.remote(num_cpus=ex.cpus_per_trial)(run_trial)

@@ -3,7 +3,10 @@
 Why apart from the schema (:mod:`medxfer.lifecycle.card`): building a card reads the training
 config, the run plan, the import record beside the manifest (storage) and the source bundle;
 reading or checking a card needs none of that. Source training, fine-tuning and pretraining all
-build their card with :func:`build_card`, so every stage's card says the same things the same way.
+build their card with :func:`build_card`, so every stage's card says the same things the same way,
+and write their bundle through :func:`bundle_writer` (the engine, which names no stage and no card,
+calls it where the run ends). What only supervised cards need — the positive class — is the
+supervised stage's (:mod:`medxfer.supervised.classifier_card`).
 """
 
 from __future__ import annotations
@@ -12,43 +15,15 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from medxfer.config import JobConfig, PreprocessConfig
-from medxfer.errors import ConfigError
 from medxfer.lifecycle.card import InputSpec, Lineage, ModelCard, new_card
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from medxfer.lifecycle.bundle import Bundle
+    from medxfer.train.checkpoint import TrainState
+    from medxfer.train.launch import WrittenBundle
     from medxfer.train.plan import RunPlan
-
-
-# ----------------------------------------------------------------------------- positive class
-
-
-def _import_hint(manifest: str | None) -> str | None:
-    """The positive class the import wrote beside ``manifest`` (``import folder --positive-class``, or
-    the finding of a binary MedMNIST set), if any."""
-    from medxfer.data.manifest.imported import import_record
-
-    hint = import_record(manifest).get("positive_class")
-    return str(hint) if hint is not None else None
-
-
-def resolve_positive_class(cfg: JobConfig, task: str, classes: list[str]) -> tuple[str | None, str | None]:
-    """``(class, source)`` for a multiclass run, checked against its classes before training starts."""
-    if task != "multiclass":
-        return None, None
-    if cfg.data.positive_class is not None:
-        name, source = cfg.data.positive_class, "data.positive_class"
-    else:
-        hint = _import_hint(cfg.data.manifest)
-        name, source = (hint, "import.json") if hint else (classes[-1], "default")
-    if name not in classes:
-        from medxfer.data.manifest.imported import record_uri
-
-        where = "data.positive_class" if source == "data.positive_class" else \
-            f"{record_uri(cfg.data.manifest)} positive_class"
-        raise ConfigError([f"{where}: {name!r} is not one of the classes {list(classes)}; name one of them "
-                           "(data.positive_class)"])
-    return name, source
 
 
 # ----------------------------------------------------------------------------- builder
@@ -71,7 +46,8 @@ def build_card(cfg: JobConfig, stage: str, *, task: str, classes: list[str], pla
     """The card of a training (``source``/``finetune``) or pretraining (``pretrain``) run.
 
     ``plan``: the run plan (:class:`medxfer.train.plan.RunPlan`: stem, input channels, outputs); ``source``: the
-    verified bundle ``model.init`` named, if any; ``positive``: from :func:`resolve_positive_class`;
+    verified bundle ``model.init`` named, if any; ``positive``: a multiclass run's positive class and where it
+    was named (:func:`medxfer.supervised.classifier_card.resolve_positive_class`);
     ``extra``: stage-specific fields of :class:`ModelCard` (``metrics``, ``pretraining``, ...).
     """
     return new_card({
@@ -95,3 +71,22 @@ def build_card(cfg: JobConfig, stage: str, *, task: str, classes: list[str], pla
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }, f"{cfg.name} card")
+
+
+# ----------------------------------------------------------------------------- the run's bundle
+
+
+def bundle_writer(card: Callable[[dict, TrainState], ModelCard],
+                  export: Callable[[dict], dict] | None = None) -> Callable[[str, dict, dict, TrainState], WrittenBundle]:
+    """A stage's ``StageInputs.write_bundle``: the bundle of the run's final weights with its card.
+
+    ``card(best epoch's metrics, state)``: the stage's card; ``export(weights)``: the tensors the bundle
+    holds (all of them by default; pretraining keeps the backbone's)."""
+    from medxfer.lifecycle.bundle import save_bundle
+    from medxfer.train.launch import WrittenBundle
+
+    def write(uri: str, weights: dict, best: dict, state: TrainState) -> WrittenBundle:
+        saved = save_bundle(uri, export(weights) if export is not None else weights, card(best, state))
+        return WrittenBundle(id=saved.id, lineage=saved.lineage.model_dump(mode="json"))
+
+    return write

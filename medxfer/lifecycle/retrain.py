@@ -123,7 +123,7 @@ def run_retrain(cfg: JobConfig, tick: str | _dt.datetime | None = None) -> dict:
     from medxfer.data.cache import prepare
     from medxfer.evaluate import evaluate_bundle
     from medxfer.lifecycle.bundle import load_bundle
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     t0 = time.time()
     when = parse_tick(tick, cfg.promotion.tick_minutes)

@@ -27,8 +27,18 @@ from typing import TYPE_CHECKING
 from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
-from medxfer.ssl.trainee import export_backbone
-from medxfer.train.plan import SSL_TASK, RunPlan
+from medxfer.ssl.trainee import SSLTrainee, export_backbone
+from medxfer.train.plan import (
+    SSL_TASK,
+    DataPlan,
+    RunPlan,
+    data_mode,
+    in_memory_limit,
+    shard_rows,
+    split_bytes,
+    steps_per_epoch,
+    workers,
+)
 
 if TYPE_CHECKING:
     from medxfer.lifecycle.bundle import Bundle
@@ -66,6 +76,28 @@ def data_fingerprint(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
 
 
+def plan_pretraining(cfg: JobConfig, caches: list[str], n_images: int, image_shape: tuple[int, int, int],
+                     use_gpu: bool, worker_memory: float | None = None) -> RunPlan:
+    """The plan of a self-supervised pretraining run over the training splits of ``caches``."""
+    from medxfer.models import stem_for_size
+
+    world = workers(cfg)
+    rows = shard_rows(n_images, world)
+    if cfg.train.batch_size < 2:
+        raise ConfigError(["train.batch_size: self-supervised pretraining needs at least 2 images per worker "
+                           "(batch norm in the projector); found 1"])
+    bs = min(cfg.train.batch_size, rows)  # a shard smaller than one batch still trains
+    limit = in_memory_limit(cfg, worker_memory)
+    return RunPlan(
+        stage="pretrain", task=SSL_TASK, num_outputs=0, num_grades=0, in_chans=int(image_shape[0]),
+        stem=stem_for_size(image_shape[-1], cfg.model.stem), class_counts=None, train_rows=n_images,
+        world=world, rows_per_worker=rows, batch_size=bs, drop_partial=True,
+        steps_per_epoch=steps_per_epoch(rows, bs, True), use_gpu=use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker,
+        data=DataPlan(caches=tuple(caches), mode=data_mode(split_bytes(n_images, image_shape), limit), validate=False,
+                      limit_bytes=limit),
+    )
+
+
 def build_card(cfg: JobConfig, sources: list[dict], plan: RunPlan, final: dict,
                source: Bundle | None = None) -> ModelCard:
     """The card (:func:`medxfer.lifecycle.card_builder.build_card`) plus ``pretraining``: method, sources, counts, loss."""
@@ -95,15 +127,16 @@ def pretrain_inputs(cfg: JobConfig, use_gpu: bool, source: Bundle | None = None)
     """Prepare every manifest's cache (each under its own key) and plan the pretraining run."""
     from medxfer.data.cache import prepare
     from medxfer.data.cache.stream import list_pieces
+    from medxfer.lifecycle.card_builder import bundle_writer
     from medxfer.train.launch import StageInputs, worker_memory
-    from medxfer.train.plan import plan_pretraining, streamed
+    from medxfer.train.plan import streamed
 
     sources, caches, parts = [], [], []
     for m in manifests_of(cfg):
         prepared = prepare(source_config(cfg, m))
-        n = int(prepared.card["counts"]["train"]["total"])
+        n = prepared.cached_rows("train")
         sources.append({"manifest": storage.normalize(m), "cache_key": prepared.key, "cache_uri": prepared.uri,
-                        "train_images": n, "source_names": sorted(prepared.card.get("sources", {}))})
+                        "train_images": n, "source_names": prepared.source_names})
         caches.append(prepared.uri)
         parts.append(prepared)
     n_images = sum(s["train_images"] for s in sources)
@@ -117,8 +150,11 @@ def pretrain_inputs(cfg: JobConfig, use_gpu: bool, source: Bundle | None = None)
     return StageInputs(
         plan=plan, describe=f"({cfg.pretrain.method}) on {n_images} unlabeled training images from "
                             f"{len(sources)} source(s) ({names})",
-        card=lambda best, state: build_card(cfg, sources, plan, state.history[-1] if state.history else {}, source),
-        export=export_backbone, data_fingerprint=data_fingerprint([s["cache_key"] for s in sources]),
+        trainee=SSLTrainee,
+        write_bundle=bundle_writer(
+            lambda best, state: build_card(cfg, sources, plan, state.history[-1] if state.history else {}, source),
+            export=export_backbone),
+        data_fingerprint=data_fingerprint([s["cache_key"] for s in sources]),
         result_extra={"method": cfg.pretrain.method, "train_images": n_images, "sources": sources},
     )
 
@@ -133,7 +169,7 @@ def run_pretrain(cfg: JobConfig) -> dict:
     def inputs(use_gpu: bool) -> StageInputs:
         source = None
         if cfg.model.init not in ("scratch", "imagenet"):
-            from medxfer.train.jobs import check_source
+            from medxfer.supervised.stage import check_source
 
             source = check_source(cfg)  # must exist, verify and match the backbone before workers start
         return pretrain_inputs(cfg, use_gpu, source)

@@ -175,7 +175,7 @@ class SSLTrainee:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from medxfer.train.batches import augment_seed
-        from medxfer.train.supervised import sum_across_workers
+        from medxfer.train.collectives import sum_across_workers
 
         gen = torch.Generator().manual_seed(augment_seed(self.cfg.train.seed, epoch, self.session.rank))
         steps = self.plan.steps_per_epoch

@@ -1,9 +1,10 @@
 """The one epoch driver every stage runs: train, validate, keep the best, checkpoint by policy, stop.
 
 Source training, fine-tuning, self-supervised pretraining and an experiment's trials all call
-:func:`run_epochs`; what differs between them is the *trainee* (how one epoch trains and how it
-is validated: :mod:`medxfer.train.supervised`, :mod:`medxfer.ssl.trainee`) and the *session*
-(where progress, checkpoints and stop requests go: :mod:`medxfer.train.session`). So the
+:func:`run_epochs`; what differs between them is the *trainee*, which the stage hands over (how
+one epoch trains and how it is validated: :mod:`medxfer.supervised.classifier_trainee`,
+:mod:`medxfer.ssl.trainee`), and the *session* (where progress, checkpoints and stop requests
+go: :mod:`medxfer.train.session`). So the
 recipe an experiment measures is the recipe ``medxfer finetune`` runs, step for step.
 
 Checkpoints follow a policy (``train.checkpoint``) instead of every epoch: one is written when
@@ -45,6 +46,13 @@ class Trainee(Protocol):
         """Training state beyond model, optimiser and schedule (a weight average), for checkpoints."""
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+
+class TraineeFactory(Protocol):
+    """How a stage's trainee is made on a worker (the trainee class itself): the job config, the run plan,
+    this rank's data, its device, ``wrap`` (Ray Train's ``prepare_model``: DDP when world > 1) and the session."""
+
+    def __call__(self, cfg, plan, data, device: torch.device, wrap, session: Session) -> Trainee: ...
 
 
 class Session(Protocol):

@@ -1,11 +1,12 @@
 """The one launcher: source-train, finetune and pretrain runs, and an experiment's trials.
 
-A run is: prepare its data (the content-keyed cache), plan it (:mod:`medxfer.train.plan`), hand
-``train_func`` to Ray Train's ``TorchTrainer``, then turn the final checkpoint into a model
-bundle and ``result.json``. What differs between stages arrives as :class:`StageInputs` — the
-plan (with the pieces its workers stream, when the data is too large for their memory), how
-weights are exported, how the card is built —
-made by :func:`supervised_inputs` here and by ``medxfer.ssl.pretrain.pretrain_inputs``.
+A run is: check its folder (:mod:`medxfer.train.runs`), let the stage prepare its data and plan it,
+hand ``train_func`` to Ray Train's ``TorchTrainer``, then have the stage write the final checkpoint's
+weights as a model bundle, and write ``result.json``. What differs between stages arrives as
+:class:`StageInputs` — the plan (with the pieces its workers stream, when the data is too large for
+their memory), the trainee each worker builds, how the bundle and its card are written — made by
+the stage (``medxfer.supervised.stage.supervised_inputs``, ``medxfer.ssl.pretrain.pretrain_inputs``).
+The engine itself names no stage.
 
 With ``scaling.num_workers: 0`` the run trains in this process (Ray Train's local mode): no Ray
 cluster, worker group or control actor to start, which on one machine is most of a short
@@ -30,15 +31,22 @@ from typing import TYPE_CHECKING
 from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import DataError, MedxferError
-from medxfer.train.plan import RunPlan, plan_training, streamed
+from medxfer.train.plan import RunPlan
 
 if TYPE_CHECKING:
-    from medxfer.data.cache import PreparedData
-    from medxfer.lifecycle.bundle import Bundle
-    from medxfer.lifecycle.card import ModelCard
     from medxfer.train.checkpoint import TrainState
+    from medxfer.train.engine import TraineeFactory
 
 log = logging.getLogger("medxfer.train")
+
+
+@dataclass(frozen=True)
+class WrittenBundle:
+    """The bundle a stage wrote at the end of its run, as the run's ``result.json`` records it."""
+
+    id: str
+    lineage: dict  # the card's lineage, as JSON
+
 
 @dataclass
 class StageInputs:
@@ -46,41 +54,14 @@ class StageInputs:
 
     plan: RunPlan
     describe: str  # "on 546 train / 78 val images" for the start line
-    card: Callable[[dict, TrainState], ModelCard]  # (best epoch's metrics, state) -> the bundle card
-    export: Callable[[dict], dict] = lambda weights: weights  # noqa: E731 - the tensors the bundle holds
+    #: Builds the stage's trainee on each worker: (cfg, plan, data, device, wrap, session) -> Trainee. A class
+    #: defined at a module's top level, so that Ray pickles it by reference (workers import its module).
+    trainee: TraineeFactory
+    #: (bundle folder URI, the exported weights the final checkpoint holds, the best epoch's metrics, state):
+    #: writes the model bundle with its card.
+    write_bundle: Callable[[str, dict, dict, TrainState], WrittenBundle]
     data_fingerprint: str = ""
     result_extra: dict = field(default_factory=dict)
-
-
-def split_rows(prepared: PreparedData, split: str) -> int:
-    """Rows of a split as served (after ``label_fraction``), from the cache card, without Ray."""
-    kept = prepared.kept_rows(split)
-    return len(kept) if kept is not None else int(prepared.card["counts"][split]["total"])
-
-
-def supervised_inputs(cfg: JobConfig, stage: str, prepared: PreparedData, use_gpu: bool,
-                      source: Bundle | None = None) -> StageInputs:
-    """Source training and fine-tuning on one prepared dataset."""
-    from medxfer.lifecycle.card_builder import resolve_positive_class
-    from medxfer.train.jobs import supervised_card
-
-    n_train, n_val = split_rows(prepared, "train"), split_rows(prepared, "val")
-    if n_val == 0:
-        raise DataError(f"{prepared.uri}: the validation split is empty; add a split column with 'val' rows "
-                        "or set data.split_fractions")
-    plan = plan_training(cfg, stage, prepared, n_train, use_gpu, worker_memory=worker_memory(cfg, use_gpu),
-                         n_val=n_val)
-    if plan.data.mode == "stream":
-        from medxfer.data.cache.stream import list_pieces
-
-        plan = streamed(plan, list_pieces([prepared], "train"), list_pieces([prepared], "val"))
-    positive = resolve_positive_class(cfg, prepared.task, list(prepared.classes))
-    return StageInputs(
-        plan=plan, describe=f"on {n_train} train / {n_val} val images",
-        card=lambda best, state: supervised_card(cfg, stage, prepared, plan, source, positive, best),
-        data_fingerprint=prepared.key,
-        result_extra={"train_images": n_train, "val_images": n_val},
-    )
 
 
 def worker_memory(cfg: JobConfig, use_gpu: bool) -> float | None:
@@ -180,13 +161,13 @@ def _import_training() -> None:
 def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs]) -> dict:
     """Train (or resume) the run ``cfg.name``; write its bundle, config.yaml and result.json.
 
-    Before any work the run folder is checked (:func:`medxfer.lifecycle.runs.check_run`): a run made with
+    Before any work the run folder is checked (:func:`medxfer.train.runs.check_run`): a run made with
     other settings is refused, a finished one is reported and nothing is written again.
     ``make_inputs(use_gpu)`` prepares the data and plans the run (called once Ray is up).
     """
-    from medxfer.lifecycle.runs import check_run
     from medxfer.runtime import init_ray, quiet_ray_logs, require_shared_storage
     from medxfer.train import resume
+    from medxfer.train.runs import check_run
 
     t0 = time.time()
     layout = storage.Layout(cfg.storage.root)
@@ -215,7 +196,6 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     from ray.train.torch import TorchTrainer
 
     from medxfer.config.loading import dump_yaml
-    from medxfer.lifecycle.bundle import save_bundle
     from medxfer.train.checkpoint import read_best_weights, read_state
     from medxfer.train.control import Monitor
     from medxfer.train.worker import train_func
@@ -237,7 +217,7 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan, "control": monitor.channel(),
-                           "checkpoints": checkpoints},
+                           "checkpoints": checkpoints, "trainee": inputs.trainee},
         scaling_config=scaling,
         run_config=RunConfig(name=cfg.name) if in_process else run_config(cfg, layout.runs(), monitor.actor),
     )
@@ -250,7 +230,7 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         state, weights = read_state(d), read_best_weights(d)
     best_metrics = next((h for h in state.history if h.get("epoch") == state.best_epoch), None) if plan.scored else None
     best_metrics = best_metrics or (state.history[-1] if state.history else {})
-    card = save_bundle(storage.join(run_uri, "bundle"), inputs.export(weights), inputs.card(best_metrics, state))
+    bundle = inputs.write_bundle(storage.join(run_uri, "bundle"), weights, best_metrics, state)
     this_run = [h for h in state.history if h.get("time", 0) >= t_fit]
     status = _status(state, cfg, (result.metrics or {}).get("stopped") if this_run else None)
     metric = cfg.train.early_stopping.metric
@@ -276,9 +256,9 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
         "data_mode": plan.data.mode,
         "stopped_by": monitor.signal,
         "bundle": storage.join(run_uri, "bundle"),
-        "bundle_id": card.id,
+        "bundle_id": bundle.id,
         "data_fingerprint": inputs.data_fingerprint,
-        "lineage": card.lineage.model_dump(mode="json"),
+        "lineage": bundle.lineage,
         "history": state.history,
     }
     storage.write_json(storage.join(run_uri, "result.json"), out)
@@ -289,9 +269,9 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     return out
 
 
-def run_trial_weights(cfg: JobConfig, plan: RunPlan) -> dict:
-    """Run ``train_func`` in Ray Train's local mode (this process, nothing written); returns its outcome:
-    ``weights`` (the best epoch's), ``history``, ``best_epoch``, ``stopped``."""
+def run_trial_weights(cfg: JobConfig, plan: RunPlan, trainee: TraineeFactory) -> dict:
+    """Run ``train_func`` with ``trainee`` in Ray Train's local mode (this process, nothing written); returns
+    its outcome: ``weights`` (the best epoch's), ``history``, ``best_epoch``, ``stopped``."""
     import tempfile
 
     from ray.train import RunConfig, ScalingConfig
@@ -301,6 +281,6 @@ def run_trial_weights(cfg: JobConfig, plan: RunPlan) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = TorchTrainer(
-            train_func, train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan},
+            train_func, train_loop_config={"cfg": cfg.model_dump(mode="json"), "plan": plan, "trainee": trainee},
             scaling_config=ScalingConfig(num_workers=0), run_config=RunConfig(name=cfg.name, storage_path=tmp))
         return trainer.fit().return_value

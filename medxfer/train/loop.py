@@ -1,8 +1,9 @@
-"""One training epoch and one validation pass, as plain functions (no Ray in here).
+"""One training epoch and the outputs of a validation pass, as plain functions (no Ray in here).
 
 Why plain: the worker (``worker.py``) only wires these to Ray Train shards and a
 process group; everything that decides the numbers — the step, clipping, the non-finite
-guard, AMP, the metrics — is here and runs in a unit test on a few in-memory tensors.
+guard, AMP — is here and runs in a unit test on a few in-memory tensors. What a stage makes of
+the validation outputs is the stage's (``medxfer.supervised.valmetrics``).
 
 The order inside a step follows torchtitan: forward, loss, backward, clip, check that
 the gradient norm is finite, then ``optimizer.step()``. The finite check uses the norm of
@@ -23,7 +24,6 @@ import torch
 from torch import nn
 
 from medxfer.errors import MedxferError
-from medxfer.train.valmetrics import validation_metrics
 
 MAX_BAD_STEPS_IN_A_ROW = 10
 
@@ -155,23 +155,3 @@ def collect_outputs(model: nn.Module, batches: Iterable[dict], settings: StepSet
     if not outs:
         return np.zeros((0, 0), np.float32), np.zeros((0,), np.float32)
     return np.concatenate(outs), np.concatenate(labels)
-
-
-def evaluate_epoch(
-    model: nn.Module,
-    batches: Iterable[dict],
-    task: str,
-    loss_fn,
-    num_outputs: int,
-    settings: StepSettings,
-    gather: Callable[[object], list] | None = None,
-    num_grades: int | None = None,
-) -> dict[str, float]:
-    """Validation metrics over the union of every rank's batches (``gather`` returns all ranks' parts)."""
-    logits, labels = collect_outputs(model, batches, settings)
-    parts = gather((logits, labels)) if gather is not None else [(logits, labels)]
-    parts = [p for p in parts if len(p[1])]
-    if parts:
-        logits = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
-    return validation_metrics(task, logits, labels, loss_fn, num_outputs, num_grades)

@@ -1,5 +1,9 @@
 """The run plan: everything a worker needs besides the job config, decided once on the driver.
 
+Each stage plans its own runs (:func:`medxfer.supervised.planning.plan_training`,
+:func:`medxfer.ssl.pretrain.plan_pretraining`) with the rules here: the record, the shards, the
+steps per epoch, and whether the splits fit in a worker's memory or stream.
+
 Why a frozen dataclass and not a dict: the plan crosses a process boundary (driver -> Ray
 Train workers, or an experiment's trial task) and every field is read in several places; a
 typed, immutable record makes a missing or misspelt field an error at the driver, not a
@@ -23,10 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from medxfer.config import JobConfig
-from medxfer.errors import ConfigError, DataError
+from medxfer.errors import DataError
 
 if TYPE_CHECKING:
-    from medxfer.data.cache import PreparedData
     from medxfer.data.cache.stream import SplitStream
 
 #: Without ``data.in_memory_max_bytes`` and without a Ray cluster to ask (a plan made offline):
@@ -92,6 +95,15 @@ def workers(cfg: JobConfig) -> int:
     return max(1, cfg.scaling.num_workers)
 
 
+def shard_rows(n_images: int, world: int) -> int:
+    """The images each of ``world`` ranks trains on per epoch (equal shards); at least 2 (batch norm)."""
+    rows = n_images // world
+    if rows < 2:
+        raise DataError(f"{n_images} training images for {world} worker(s): each worker needs at least 2 "
+                        "(batch norm); add images or lower scaling.num_workers")
+    return rows
+
+
 def steps_per_epoch(rows: int, batch_size: int, drop_partial: bool) -> int:
     """Optimizer steps per epoch for ``rows`` images under the batch rules above."""
     full, rest = divmod(rows, batch_size)
@@ -123,60 +135,3 @@ def streamed(plan: RunPlan, train: SplitStream, val: SplitStream | None = None) 
     import dataclasses
 
     return dataclasses.replace(plan, data=dataclasses.replace(plan.data, train=train, val=val))
-
-
-def plan_training(cfg: JobConfig, stage: str, prepared: PreparedData, n_train: int, use_gpu: bool,
-                  persist: bool = True, worker_memory: float | None = None, n_val: int = 0) -> RunPlan:
-    """The plan of a source-train or finetune run on ``prepared``.
-
-    In memory, every worker holds the training and the validation split (``n_val`` images), so
-    both count against the limit (:func:`in_memory_limit`)."""
-    from medxfer.models import stem_for_size
-    from medxfer.train.losses import resolve_class_weights
-
-    world, bs = workers(cfg), cfg.train.batch_size
-    rows = n_train // world
-    if rows < 2:
-        raise DataError(f"{n_train} training images for {world} worker(s): each worker needs at least 2 "
-                        "(batch norm); add images or lower scaling.num_workers")
-    counts = tuple(int(c) for c in prepared.class_counts("train")) if prepared.task == "multiclass" else None
-    if counts is not None and cfg.train.loss in ("weighted_ce", "focal"):
-        resolve_class_weights(cfg.train.class_weights, counts, prepared.num_outputs)  # validates early
-    spec = prepared.spec
-    limit = in_memory_limit(cfg, worker_memory)
-    mode = data_mode(split_bytes(n_train + n_val, tuple(prepared.image_shape)), limit)
-    return RunPlan(
-        stage=stage, task=prepared.task, num_outputs=int(prepared.num_outputs), num_grades=len(prepared.classes),
-        in_chans=int(spec.channels), stem=stem_for_size(spec.size, cfg.model.stem),
-        class_counts=counts, train_rows=n_train, world=world, rows_per_worker=rows, batch_size=bs,
-        drop_partial=False, steps_per_epoch=steps_per_epoch(rows, bs, False), use_gpu=use_gpu,
-        cpus_per_worker=cfg.scaling.cpus_per_worker,
-        data=DataPlan(caches=(prepared.uri,), mode=mode, label_fraction=prepared.label_fraction,
-                      label_seed=prepared.label_seed, limit_bytes=limit),
-        persist=persist,
-    )
-
-
-def plan_pretraining(cfg: JobConfig, caches: list[str], n_images: int, image_shape: tuple[int, int, int],
-                     use_gpu: bool, worker_memory: float | None = None) -> RunPlan:
-    """The plan of a self-supervised pretraining run over the training splits of ``caches``."""
-    from medxfer.models import stem_for_size
-
-    world = workers(cfg)
-    rows = n_images // world
-    if rows < 2:
-        raise DataError(f"{n_images} training images for {world} worker(s): each worker needs at least 2 "
-                        "(batch norm); add images or lower scaling.num_workers")
-    if cfg.train.batch_size < 2:
-        raise ConfigError(["train.batch_size: self-supervised pretraining needs at least 2 images per worker "
-                           "(batch norm in the projector); found 1"])
-    bs = min(cfg.train.batch_size, rows)  # a shard smaller than one batch still trains
-    limit = in_memory_limit(cfg, worker_memory)
-    return RunPlan(
-        stage="pretrain", task=SSL_TASK, num_outputs=0, num_grades=0, in_chans=int(image_shape[0]),
-        stem=stem_for_size(image_shape[-1], cfg.model.stem), class_counts=None, train_rows=n_images,
-        world=world, rows_per_worker=rows, batch_size=bs, drop_partial=True,
-        steps_per_epoch=steps_per_epoch(rows, bs, True), use_gpu=use_gpu, cpus_per_worker=cfg.scaling.cpus_per_worker,
-        data=DataPlan(caches=tuple(caches), mode=data_mode(split_bytes(n_images, image_shape), limit), validate=False,
-                      limit_bytes=limit),
-    )

@@ -1,8 +1,9 @@
 """What each Ray Train worker runs, for every stage: take the data, prepare the model, loop, report.
 
 Kept as short as Ray Train's own examples: the data (:mod:`medxfer.train.rankdata`), the stage's
-trainee (:mod:`medxfer.train.supervised`, :mod:`medxfer.ssl.trainee`) and the epoch driver
-(:mod:`medxfer.train.engine`) are plain modules; this function only wires them to Ray Train.
+trainee and the epoch driver (:mod:`medxfer.train.engine`) are plain modules; this function only
+wires them to Ray Train. The trainee arrives in the config as the stage gave it to the launcher
+(``StageInputs.trainee``: a class, which Ray pickles by reference), so the engine names no stage.
 It runs the same way in a worker group and in Ray Train's local mode (``scaling.num_workers: 0``,
 or an experiment's trial, which returns the best weights instead of writing checkpoints).
 """
@@ -14,6 +15,7 @@ import functools
 import torch
 
 from medxfer.config import JobConfig
+from medxfer.train.engine import TraineeFactory
 from medxfer.train.plan import RunPlan
 
 
@@ -40,12 +42,9 @@ def train_func(config: dict) -> dict | None:
         torch.set_num_threads(max(1, int(plan.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     data = RankData(plan, session.rank, session.world, cfg.train.seed, cfg.evaluate.batch_size)
-    if plan.scored:
-        from medxfer.train.supervised import SupervisedTrainee as Trainee
-    else:
-        from medxfer.ssl.trainee import SSLTrainee as Trainee
+    make_trainee: TraineeFactory = config["trainee"]
     wrap = functools.partial(ray.train.torch.prepare_model, move_to_device=device)  # DDP when world > 1
-    trainee = Trainee(cfg, plan, data, device, wrap, session)
+    trainee = make_trainee(cfg, plan, data, device, wrap, session)
     outcome = run_epochs(trainee, session, cfg.train, plan.scored, plan.persist)
     if plan.persist:
         return None

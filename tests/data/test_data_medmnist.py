@@ -124,7 +124,7 @@ def test_every_2d_set_has_its_published_label_names_in_index_order():
 def test_import_names_classes_in_medmnist_order_and_records_the_finding(test_data, tmp_path, capsys):
     from medxfer.config.loading import validate_dict
     from medxfer.data.manifest import load_manifest
-    from medxfer.lifecycle.card import resolve_positive_class
+    from medxfer.supervised.classifier_card import resolve_positive_class
 
     npz = test_data / "medmnist" / "breastmnist.npz"
     named, index = tmp_path / "named", tmp_path / "index"
@@ -185,7 +185,7 @@ def test_manifests_imported_before_class_names_keep_working(test_data, tmp_path)
     from medxfer.config.loading import validate_dict
     from medxfer.data.importers import import_medmnist
     from medxfer.data.manifest import load_manifest
-    from medxfer.lifecycle.card import resolve_positive_class
+    from medxfer.supervised.classifier_card import resolve_positive_class
 
     import_medmnist(test_data / "medmnist" / "breastmnist.npz", str(tmp_path / "b"), label_names="index")
     old = {"name": "breastmnist", "source": "breastmnist.npz", "images": 780,

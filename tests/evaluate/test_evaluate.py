@@ -34,7 +34,7 @@ def manifest(test_data, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def trained(ray_cluster, store, manifest):
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     cfg = breast_job(store, manifest, train={"epochs": 1})
     result = run_training(cfg, "finetune")

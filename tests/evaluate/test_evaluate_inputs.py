@@ -24,8 +24,9 @@ def test_positive_class_named_at_import_reaches_the_card_and_the_report(test_dat
     from medxfer.config.loading import validate_dict
     from medxfer.evaluate import build_report
     from medxfer.lifecycle.bundle import save_bundle
-    from medxfer.lifecycle.card_builder import build_card, resolve_positive_class
+    from medxfer.lifecycle.card_builder import build_card
     from medxfer.models import create_model
+    from medxfer.supervised.classifier_card import resolve_positive_class
 
     z = np.load(test_data / "medmnist" / "breastmnist.npz")
     labels = z["train_labels"].reshape(-1)

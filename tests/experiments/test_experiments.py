@@ -135,17 +135,15 @@ def test_a_trial_and_finetune_with_the_same_settings_end_with_the_same_weights(r
 
     from medxfer.data.cache import prepare
     from medxfer.lifecycle.bundle import load_bundle
-    from medxfer.train.jobs import run_training
-    from medxfer.train.launch import run_trial_weights, split_rows
-    from medxfer.train.plan import plan_training
+    from medxfer.supervised.planning import plan_trial
+    from medxfer.supervised.stage import run_training, trial_weights
 
     manifest = breast_manifest(test_data, tmp_path / "breast")
     cfg = breast_job(str(tmp_path / "root"), manifest, name="same", data={"label_fraction": 0.5},
                      train={"epochs": 3, "batch_size": 32, "augment": True, "seed": 3, "warmup_epochs": 1})
     result = run_training(cfg, "finetune")
     prepared = prepare(cfg)
-    plan = plan_training(cfg, "finetune", prepared, split_rows(prepared, "train"), use_gpu=False, persist=False)
-    trial = run_trial_weights(cfg, plan)
+    trial = trial_weights(cfg, plan_trial(cfg, prepared))
     bundle = load_bundle(result["bundle"]).state_dict
     assert trial["best_epoch"] == result["best"]["epoch"]
     assert [h["val_auroc"] for h in trial["history"]] == [h["val_auroc"] for h in result["history"]]

@@ -107,9 +107,10 @@ def _card_key_reads(source: str) -> list[int]:
     The rule: outside ``medxfer/lifecycle/card.py`` (the card's own (de)serialisation) no code
     subscripts, ``.get``/``.pop``/``.setdefault``s or ``in``-tests an expression that is a model
     card as a dict. Such an expression is (1) a name or attribute called ``card`` — the name
-    medxfer gives the model card everywhere — except the attribute of a ``PreparedData`` (the
-    dataset card, ``dataset.json``; its owner is a name annotated ``PreparedData`` or assigned from
-    ``prepare(...)`` in the same module), or (2) a dict made from a card: ``card_json(...)``,
+    medxfer gives the model card everywhere; the dataset card (``PreparedData.card``,
+    ``dataset.json``) too, which outside its own package (``medxfer/data/cache/``) is read through
+    ``PreparedData``'s typed accessors (``rows``, ``cached_rows``, ``bad_file_count``, ...) — or (2) a
+    dict made from a card: ``card_json(...)``,
     ``<card>.model_dump(...)``, ``read_card(...)``, or a name assigned from one of those. Fields
     of a card that are dicts by design (``card.config["model"]``, ``card.metrics["epoch"]``) are
     attributes, not the card, so they pass. The typed card itself cannot be read by key at run
@@ -117,24 +118,13 @@ def _card_key_reads(source: str) -> list[int]:
     a dict, and a ``card`` variable that was never typed.
     """
     tree = ast.parse(source)
-    prepared: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.arg) and node.annotation is not None and "PreparedData" in ast.unparse(node.annotation):
-            prepared.add(node.arg)
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
-                "PreparedData" in ast.unparse(node.annotation):
-            prepared.add(node.target.id)
-        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
-                ast.unparse(node.value.func).split(".")[-1] == "prepare":
-            prepared |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-
     dicts: set[str] = set()
 
     def is_card(e: ast.expr) -> bool:
         if isinstance(e, ast.Name):
             return e.id == "card" or e.id in dicts
         if isinstance(e, ast.Attribute) and e.attr == "card":
-            return not (isinstance(e.value, ast.Name) and e.value.id in prepared)
+            return True
         if isinstance(e, ast.Call):
             f = e.func
             if isinstance(f, ast.Name) and f.id in ("card_json", "read_card"):
@@ -168,17 +158,18 @@ def _card_key_reads(source: str) -> list[int]:
     ('x = "operating_point" in bundle.card', True),
     ('x = card_json(c)["id"]', True),
     ('x = bundle.card.task, bundle.card.config["model"], card.metrics["epoch"]', False),
-    ('def f(prepared: PreparedData):\n    return prepared.card["counts"]', False),
-    ('p = prepare(cfg)\nx = p.card["input_rows"]', False),
+    ('def f(prepared: PreparedData):\n    return prepared.card["counts"]', True),
+    ('p = prepare(cfg)\nx = p.card["input_rows"]', True),
+    ('def f(prepared: PreparedData):\n    return prepared.cached_rows("train"), prepared.bad_file_count', False),
     ('d = cfg.model_dump()\nx = d["name"]', False),
 ])
 def test_the_string_key_rule_finds_what_it_should(code, bad):
     assert bool(_card_key_reads(code)) == bad
 
 
-def test_no_module_reads_a_model_card_by_string_key():
-    """Everywhere in medxfer/ and jobs/ but the card's own module, a model card is read by attribute
-    (see :func:`_card_key_reads` for the exact rule)."""
+def test_no_module_reads_a_card_by_string_key():
+    """Everywhere in medxfer/ and jobs/ but the cards' own modules, a model card is read by attribute and a
+    dataset card through ``PreparedData`` (see :func:`_card_key_reads` for the exact rule)."""
     own = REPO / "medxfer" / "lifecycle" / "card.py"
     found = {}
     for path in sorted([*(REPO / "medxfer").rglob("*.py"), *(REPO / "jobs").rglob("*.py")]):
@@ -187,4 +178,4 @@ def test_no_module_reads_a_model_card_by_string_key():
         lines = _card_key_reads(path.read_text(encoding="utf-8"))
         if lines:
             found[str(path.relative_to(REPO))] = lines
-    assert not found, f"model card read by string key (use its attributes): {found}"
+    assert not found, f"card read by string key (use the model card's attributes, PreparedData's accessors): {found}"

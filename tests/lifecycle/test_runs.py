@@ -1,4 +1,4 @@
-"""medxfer.lifecycle.runs: a run name keeps the model it was trained as."""
+"""medxfer.train.runs: a run name keeps the model it was trained as."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ def test_reused_run_name_with_other_model_is_refused(tmp_path):
     from medxfer.config import JobConfig
     from medxfer.config.loading import dump_yaml
     from medxfer.errors import ConfigError
-    from medxfer.lifecycle.runs import check_run
     from medxfer.train.resume import SNAPSHOT
+    from medxfer.train.runs import check_run
 
     cfg = JobConfig.model_validate({"name": "r", "model": {"backbone": "smallcnn"}})
     (tmp_path / "config.yaml").write_text(dump_yaml(cfg))

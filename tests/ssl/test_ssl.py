@@ -144,8 +144,7 @@ def test_export_backbone_has_exactly_the_classifiers_backbone_names():
 
 def test_driver_plan_sources_and_errors():
     from medxfer.errors import ConfigError, DataError
-    from medxfer.ssl.pretrain import data_fingerprint, manifests_of, source_config
-    from medxfer.train.plan import plan_pretraining
+    from medxfer.ssl.pretrain import data_fingerprint, manifests_of, plan_pretraining, source_config
 
     def plan_pretrain(cfg, n, chans, size, use_gpu):
         return plan_pretraining(cfg, ["/c"], n, (chans, size, size), use_gpu)

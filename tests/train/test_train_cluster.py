@@ -52,7 +52,7 @@ def test_streamed_run_on_every_cpu_trains_validates_the_whole_split_and_writes_i
     from medxfer.data.cache import prepare
     from medxfer.lifecycle.bundle import load_bundle
     from medxfer.lifecycle.inference import predict_arrays
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     manifest = breast_manifest(test_data, tmp_path / "breast")
     cfg = validate_dict(_job(str(tmp_path / "root"), manifest, "streamed", 28))
@@ -136,7 +136,7 @@ def test_two_nodes_lose_one_after_a_checkpoint_and_the_run_completes_when_a_node
     checkpoint, prints the restart and records it in result.json."""
     from medxfer.data.phantom import write_pngs
     from medxfer.lifecycle.bundle import load_bundle
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
     from medxfer.train.resume import latest
 
     cluster, (_, second) = two_nodes

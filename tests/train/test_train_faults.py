@@ -89,8 +89,8 @@ def test_worker_killed_mid_run_then_unwritable_checkpoint(ray_cluster, small_bre
     (2) The same run continued while its next checkpoint cannot be written: a clear failure, and the
     last good checkpoint and bundle stay loadable."""
     from medxfer.lifecycle.bundle import load_bundle
+    from medxfer.supervised.stage import run_training
     from medxfer.train.checkpoint import read_state, read_weights
-    from medxfer.train.jobs import run_training
 
     root = tmp_path / "store"
     cfg = validate_dict(_job(str(root), small_breast, "wk", epochs=4))

@@ -1,4 +1,5 @@
-"""medxfer.train.loop: the train step and validation every stage shares, without Ray."""
+"""medxfer.train.loop: the train step and validation outputs every stage shares (with the supervised
+stage's validation metrics), without Ray."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from trainutil import toy_batches
 
 from medxfer.config import TrainConfig
 from medxfer.models import create_model
+from medxfer.supervised.valmetrics import evaluate_epoch
 from medxfer.train.augment import random_affine_flip
-from medxfer.train.loop import StepSettings, collect_outputs, evaluate_epoch, train_epoch
+from medxfer.train.loop import StepSettings, collect_outputs, train_epoch
 from medxfer.train.losses import build_loss
 from medxfer.train.optim import build_optimizer
 

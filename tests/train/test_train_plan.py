@@ -1,4 +1,4 @@
-"""medxfer.train.plan and the driver's source checks, on a real BreastMNIST cache, without Ray."""
+"""medxfer.supervised.planning (on medxfer.train.plan's rules) and the driver's source checks, on a real BreastMNIST cache, without Ray."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ def test_plan_and_source_checks(tmp_path, test_data):
     from medxfer.data.cache import prepare
     from medxfer.errors import ConfigError
     from medxfer.lifecycle.bundle import save_bundle
-    from medxfer.train.jobs import check_source
-    from medxfer.train.plan import plan_training
+    from medxfer.supervised.planning import plan_training
+    from medxfer.supervised.stage import check_source
 
     cfg = breast_job(
         str(tmp_path / "root"),
@@ -59,7 +59,8 @@ def test_the_in_memory_limit_counts_both_splits_and_defaults_to_a_quarter_of_a_w
     from evalutil import breast_job, breast_manifest
 
     from medxfer.data.cache import prepare
-    from medxfer.train.plan import IN_MEMORY_MAX_BYTES, in_memory_limit, plan_training, split_bytes
+    from medxfer.supervised.planning import plan_training
+    from medxfer.train.plan import IN_MEMORY_MAX_BYTES, in_memory_limit, split_bytes
 
     cfg = breast_job(str(tmp_path / "root"), breast_manifest(test_data, tmp_path / "breast"))
     assert in_memory_limit(cfg, 16 * 1024**3) == 4 * 1024**3  # a quarter of what one worker can count on

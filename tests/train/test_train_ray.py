@@ -71,7 +71,7 @@ def test_source_resume_then_finetune_on_s3(data_root, tmp_path, capsys):
     at epoch 2), then fine-tuning on BreastMNIST from the source bundle via ``finetune --source``."""
     from medxfer.cli.train_commands import cmd_finetune
     from medxfer.data.cache import prepare
-    from medxfer.train.jobs import run_training
+    from medxfer.supervised.stage import run_training
 
     cfg = JobConfig.model_validate(_cfg(data_root, "src", "pneumonia", epochs=3, max_epochs_this_run=2))
     first = run_training(cfg, "source")

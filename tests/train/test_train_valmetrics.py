@@ -10,8 +10,8 @@ from sklearn import metrics as skm
 
 from medxfer.config import TrainConfig
 from medxfer.metrics import EPOCH_METRICS
+from medxfer.supervised.valmetrics import validation_metrics
 from medxfer.train.losses import build_loss, masked_bce
-from medxfer.train.valmetrics import validation_metrics
 
 
 def test_validation_metrics_per_task():

@@ -61,6 +61,47 @@ class PreparedData:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.card["image_shape"])
 
+    # The card's fields other code needs, typed: outside this package nothing reads dataset.json by key.
+
+    def cached_rows(self, split: str) -> int:
+        """Images of ``split`` in the cache (before ``label_fraction``), from the card."""
+        return int(self.card["counts"][split]["total"])
+
+    def rows(self, split: str) -> int:
+        """Images of ``split`` as served (after ``label_fraction``), without Ray."""
+        kept = self.kept_rows(split)
+        return len(kept) if kept is not None else self.cached_rows(split)
+
+    @property
+    def total_rows(self) -> int:
+        """Images in the cache, every split."""
+        return int(self.card["total"])
+
+    @property
+    def input_rows(self) -> int:
+        """Rows of the manifest(s) the cache was built from, bad files included."""
+        return int(self.card["input_rows"])
+
+    @property
+    def bad_file_count(self) -> int:
+        """Images that could not be decoded and were left out (listed in ``dataset.json``)."""
+        return int(self.card["bad_files"]["count"])
+
+    @property
+    def source_names(self) -> list[str]:
+        """The sources (manifest ``source`` column) the cached images came from, sorted."""
+        return sorted(self.card.get("sources", {}))
+
+    @property
+    def decode_seconds(self) -> float:
+        """How long decoding took when the cache was built."""
+        return self.card["timing"]["decode_seconds"]
+
+    @property
+    def images_per_second(self) -> float | None:
+        """Decoding throughput when the cache was built (None: too fast to measure)."""
+        return self.card["timing"]["images_per_second"]
+
     def split_uri(self, split: str) -> str:
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -70,7 +111,7 @@ class PreparedData:
         import pyarrow as pa
         import pyarrow.dataset as pads
 
-        if self.card["counts"][split]["total"] == 0:
+        if self.cached_rows(split) == 0:
             return None
         fs, path = storage.pyarrow_fs(self.split_uri(split))
         t = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=columns)
@@ -101,7 +142,7 @@ class PreparedData:
         """
         import ray.data
 
-        if self.card["counts"][split]["total"] == 0:
+        if self.cached_rows(split) == 0:
             return ray.data.from_items([])
         from medxfer.runtime import cluster_cpus, init_ray, require_shared_storage
 

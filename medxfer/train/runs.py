@@ -1,4 +1,9 @@
-"""Is this the same run? The one check source-train, finetune and pretrain make before any work.
+"""Is this the same run? The one check the launcher makes for every stage (source-train, finetune,
+pretrain) before any work.
+
+Why in the engine: the run folder is the engine's — its checkpoint records
+(:mod:`medxfer.train.resume`), ``config.yaml`` and ``result.json`` are written by the launcher, and
+only the bundle's file name is read from what a stage writes there — so no stage needs to be asked.
 
 A run name is a promise: ``runs/<name>/`` holds the weights of exactly the settings in its
 ``config.yaml``. Re-running a name therefore has three outcomes, and only three:
@@ -29,7 +34,7 @@ from medxfer import storage
 from medxfer.config import JobConfig
 from medxfer.errors import ConfigError
 
-log = logging.getLogger("medxfer.lifecycle.runs")
+log = logging.getLogger("medxfer.train.runs")
 
 SHAPING_SECTIONS = ("data", "preprocess", "model", "train", "pretrain")
 NOT_SHAPING = frozenset({"train.max_epochs_this_run", "train.checkpoint.every_minutes", "train.checkpoint.every_epochs",

@@ -1,7 +1,9 @@
 """The supervised trainee (source training and fine-tuning): the model, one epoch, one validation.
 
-Everything that decides the numbers lives in plain functions elsewhere — the step
-(:mod:`medxfer.train.loop`), losses, optimiser and schedule, augmentation — and this class only
+The stage hands this class to the engine (:class:`medxfer.train.launch.StageInputs`), which builds
+it on every rank. Everything that decides the numbers lives in plain functions elsewhere — the step
+(:mod:`medxfer.train.loop`), losses, optimiser and schedule, augmentation, the validation metrics
+(:mod:`medxfer.supervised.valmetrics`) — and this class only
 puts them together for one rank. Validation covers the whole split on any number of ranks:
 each rank scores its part and the outputs are gathered, so val AUROC equals the one-process number.
 """
@@ -14,10 +16,12 @@ import torch
 
 from medxfer.config import JobConfig
 from medxfer.models import create_model, load_source_weights, reinit_last_stage, unwrap
+from medxfer.supervised.valmetrics import evaluate_epoch
 from medxfer.train.augment import random_affine_flip
 from medxfer.train.batches import augment_seed
 from medxfer.train.checkpoint import state_dict_cpu
-from medxfer.train.loop import StepSettings, evaluate_epoch, pick_amp_dtype, train_epoch
+from medxfer.train.collectives import all_gather, broadcast_buffers, sum_across_workers
+from medxfer.train.loop import StepSettings, pick_amp_dtype, train_epoch
 from medxfer.train.losses import build_loss
 from medxfer.train.optim import (
     apply_freeze,
@@ -46,24 +50,6 @@ def init_model(cfg: JobConfig, plan: RunPlan) -> tuple[torch.nn.Module, dict | N
     return model, report
 
 
-def all_gather(obj) -> list:
-    import torch.distributed as dist
-
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def sum_across_workers(values: list[float]) -> list[float]:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def build_mix(train_cfg, num_classes: int):
     """Mixup and/or CutMix on a batch (torchvision's), or None when both are off."""
     from torchvision.transforms import v2
@@ -73,15 +59,6 @@ def build_mix(train_cfg, num_classes: int):
     if not ops:
         return None
     return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
-
-
-def broadcast_buffers(model: torch.nn.Module, world: int) -> None:
-    """Rank 0's batch-norm statistics on every rank, so all ranks validate the same weights."""
-    import torch.distributed as dist
-
-    if world > 1 and dist.is_available() and dist.is_initialized():
-        for b in model.buffers():
-            dist.broadcast(b.data, src=0)
 
 
 class SupervisedTrainee:

@@ -12,11 +12,15 @@ the loss. Early stopping can pick the best epoch by any of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
 import torch
+from torch import nn
 
 from medxfer.metrics import metrics_for
 from medxfer.metrics.views import task_inputs, task_kinds
+from medxfer.train.loop import StepSettings, collect_outputs
 
 
 def epoch_metrics(task: str, scores: np.ndarray, labels: np.ndarray, num_grades: int) -> dict[str, float]:
@@ -39,3 +43,23 @@ def validation_metrics(task: str, logits: np.ndarray, labels: np.ndarray, loss_f
     scores = outputs_to_scores(lt, task).numpy()
     return {"val_loss": loss, **epoch_metrics(task, scores, np.asarray(labels), num_grades or num_outputs),
             "val_n": int(len(labels))}
+
+
+def evaluate_epoch(
+    model: nn.Module,
+    batches: Iterable[dict],
+    task: str,
+    loss_fn,
+    num_outputs: int,
+    settings: StepSettings,
+    gather: Callable[[object], list] | None = None,
+    num_grades: int | None = None,
+) -> dict[str, float]:
+    """Validation metrics over the union of every rank's batches (``gather`` returns all ranks' parts)."""
+    logits, labels = collect_outputs(model, batches, settings)
+    parts = gather((logits, labels)) if gather is not None else [(logits, labels)]
+    parts = [p for p in parts if len(p[1])]
+    if parts:
+        logits = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+    return validation_metrics(task, logits, labels, loss_fn, num_outputs, num_grades)
