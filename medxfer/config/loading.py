@@ -66,7 +66,8 @@ def describe_error(err: dict, source: str, root: type[BaseModel] = JobConfig) ->
 
 def parse_overrides(overrides: list[str] | None) -> dict:
     """Turn ``["train.lr=0.01", "name=x"]`` into a nested dict; values are YAML scalars."""
-    out: dict = {}
+    flat: dict = {}
+    names: dict[str, str] = {}
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError([f"--set {item}: expected section.key=value"])
@@ -75,14 +76,25 @@ def parse_overrides(overrides: list[str] | None) -> dict:
             value = safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        flat[key] = value
+        names[key] = f"--set {item}"
+    return nest_dotted(flat, names)
+
+
+def nest_dotted(flat: dict, names: dict[str, str] | None = None) -> dict:
+    """``{"train.lr": 1, "name": "x"}`` -> ``{"train": {"lr": 1}, "name": "x"}``: how ``--set`` and an
+    experiment arm's ``set`` address the config tree. ``names``: how each key is named in errors."""
+    out: dict = {}
+    for key, value in flat.items():
+        name = (names or {}).get(key, key)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
-            raise ConfigError([f"--set {item}: empty key"])
+            raise ConfigError([f"{name}: empty key"])
         cur = out
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
             if not isinstance(cur, dict):
-                raise ConfigError([f"--set {item}: {p} is set both as a value and a section"])
+                raise ConfigError([f"{name}: {p} is set both as a value and a section"])
         cur[parts[-1]] = value
     return out
 

@@ -1,4 +1,5 @@
-"""PNG plots for evaluation reports: ROC with the operating point, reliability diagram, confusion matrix.
+"""PNG plots for evaluation reports (ROC with the operating point, reliability diagram, confusion matrix) and for
+experiments (test AUROC against the fraction of labels).
 
 Matplotlib with the Agg backend (no display on a cluster pod); each function returns PNG
 bytes so the caller decides where they go (a local folder or S3, through ``storage``).
@@ -110,3 +111,60 @@ def confusion_png(matrix: list[list[int]], labels: list[str], title: str) -> byt
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
     return _png(fig)
+
+
+def label_efficiency_png(rows: list[dict], title: str) -> bytes:
+    """Test AUROC against the label fraction, one line per arm; below, each arm minus scratch.
+
+    The bars are 95% bootstrap intervals (the test images resampled) where the trials carry their test
+    scores: of the seed-mean AUROC above, of the paired difference below. Without scores, the spread
+    over seeds (± std) above and no lower panel.
+    """
+    plt = _plt()
+    arms = sorted({r["arm"] for r in rows}, key=lambda a: (a != "scratch", a))
+    fracs = sorted({r["fraction"] for r in rows})
+    with_ci = all(r.get("test_auroc_ci") and all(np.isfinite(r["test_auroc_ci"])) for r in rows)
+    paired = [r for r in rows if r.get("paired_vs_scratch") and all(np.isfinite(r["paired_vs_scratch"]["ci"]))]
+    if paired:
+        fig, (ax, axd) = plt.subplots(2, 1, figsize=(6.4, 6.2), dpi=120, sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    colours = {a: f"C{i}" for i, a in enumerate(arms)}
+    # Arms side by side at each fraction (a few per cent apart on the log axis), so intervals do not hide each other.
+    dodge = {a: 1 + 0.04 * (i - (len(arms) - 1) / 2) for i, a in enumerate(arms)}
+    for arm in arms:
+        rs = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["fraction"])
+        x = np.array([r["fraction"] for r in rs]) * dodge[arm]
+        m = np.array([r["test_auroc_mean"] for r in rs])
+        if with_ci:
+            err = np.abs(np.array([r["test_auroc_ci"] for r in rs]).T - m)
+        else:
+            err = np.array([r["test_auroc_std"] for r in rs])
+        ax.errorbar(x, m, yerr=err, marker="o", capsize=3, label=arm, color=colours[arm],
+                    linestyle="--" if arm == "scratch" else "-")
+    ax.set_ylabel("test AUROC " + ("(mean over seeds, 95% CI)" if with_ci else "(mean ± std over seeds)"))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    bottom = ax
+    if paired:
+        for arm in arms:
+            rs = sorted((r for r in paired if r["arm"] == arm), key=lambda r: r["fraction"])
+            if not rs:
+                continue
+            x = np.array([r["fraction"] for r in rs]) * dodge[arm]
+            d = np.array([r["paired_vs_scratch"]["difference"] for r in rs])
+            err = np.abs(np.array([r["paired_vs_scratch"]["ci"] for r in rs]).T - d)
+            axd.errorbar(x, d, yerr=err, marker="o", capsize=3, color=colours[arm], label=f"{arm} - scratch")
+        axd.axhline(0.0, color="grey", lw=0.8, ls="--")
+        axd.set_ylabel("AUROC minus scratch\n(paired 95% CI)")
+        axd.grid(alpha=0.3)
+        bottom = axd
+    bottom.set_xscale("log")
+    bottom.set_xticks(fracs)
+    bottom.set_xticklabels([f"{f:.0%}" for f in fracs])
+    bottom.minorticks_off()
+    bottom.set_xlabel("fraction of target training labels")
+    fig.tight_layout()
+    return _png(fig)  # bbox_inches="tight": long titles and two-line labels are not cut

@@ -148,7 +148,8 @@ def all_label_rows(results: dict, comparison: dict) -> list[dict]:
 def run_demo(data_dir: str | None, root: str, fast: bool = False) -> dict:
     from medxfer.data.importers import import_medmnist
     from medxfer.evaluate import compare_bundles, evaluate_bundle
-    from medxfer.experiments.label_efficiency import plot_png, reading, run_label_efficiency
+    from medxfer.evaluate.plots import label_efficiency_png
+    from medxfer.experiments.label_efficiency import reading, run_label_efficiency
     from medxfer.lifecycle.model_registry import Registry
     from medxfer.runtime import init_ray
     from medxfer.supervised.stage import run_training
@@ -193,7 +194,7 @@ def run_demo(data_dir: str | None, root: str, fast: bool = False) -> dict:
     title = (f"{TARGET}{tag}: transfer from a {SOURCE} source vs scratch; positive class {positive}\n"
              f"{LOW_FRACTION:.0%}: mean of {len(cfgs['low_labels'].experiment.seeds)} seeds x "
              f"{cfgs['low_labels'].train.epochs} epochs; 100%: one seed x {cfgs['transfer'].train.epochs} epochs")
-    storage.write_bytes(plot, plot_png(by_fraction, title))
+    storage.write_bytes(plot, label_efficiency_png(by_fraction, title))
     # Promotion: the transfer model is proposed first (becomes champion on an empty registry),
     # then the scratch model must beat it by the configured margin to replace it.
     reg = Registry(root, "breast-demo")

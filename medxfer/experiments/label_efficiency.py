@@ -24,7 +24,6 @@ The table reports the mean and spread per cell and the difference to the arm nam
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -34,23 +33,12 @@ import numpy as np
 
 from medxfer import storage
 from medxfer.config import JobConfig
-from medxfer.config.loading import deep_merge, validate_dict
+from medxfer.config.loading import deep_merge, nest_dotted, validate_dict
 from medxfer.errors import StorageError
+from medxfer.evaluate import plots
 from medxfer.lifecycle.csv_out import rows_to_csv
 
 log = logging.getLogger("medxfer.experiments.label_efficiency")
-
-
-def nest_dotted(flat: dict) -> dict:
-    """``{"train.lr": 1}`` -> ``{"train": {"lr": 1}}``."""
-    out: dict = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        cur = out
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = value
-    return out
 
 
 def trial_config(cfg: JobConfig, arm, fraction: float, seed: int) -> JobConfig:
@@ -224,70 +212,6 @@ def table_markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_png(rows: list[dict], title: str) -> bytes:
-    """Test AUROC against the label fraction, one line per arm; below, each arm minus scratch.
-
-    The bars are 95% bootstrap intervals (the test images resampled) where the trials carry their test
-    scores: of the seed-mean AUROC above, of the paired difference below. Without scores, the spread
-    over seeds (± std) above and no lower panel.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arms = sorted({r["arm"] for r in rows}, key=lambda a: (a != "scratch", a))
-    fracs = sorted({r["fraction"] for r in rows})
-    with_ci = all(r.get("test_auroc_ci") and all(np.isfinite(r["test_auroc_ci"])) for r in rows)
-    paired = [r for r in rows if r.get("paired_vs_scratch") and all(np.isfinite(r["paired_vs_scratch"]["ci"]))]
-    if paired:
-        fig, (ax, axd) = plt.subplots(2, 1, figsize=(6.4, 6.2), dpi=120, sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 2]})
-    else:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    colours = {a: f"C{i}" for i, a in enumerate(arms)}
-    # Arms side by side at each fraction (a few per cent apart on the log axis), so intervals do not hide each other.
-    dodge = {a: 1 + 0.04 * (i - (len(arms) - 1) / 2) for i, a in enumerate(arms)}
-    for arm in arms:
-        rs = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["fraction"])
-        x = np.array([r["fraction"] for r in rs]) * dodge[arm]
-        m = np.array([r["test_auroc_mean"] for r in rs])
-        if with_ci:
-            err = np.abs(np.array([r["test_auroc_ci"] for r in rs]).T - m)
-        else:
-            err = np.array([r["test_auroc_std"] for r in rs])
-        ax.errorbar(x, m, yerr=err, marker="o", capsize=3, label=arm, color=colours[arm],
-                    linestyle="--" if arm == "scratch" else "-")
-    ax.set_ylabel("test AUROC " + ("(mean over seeds, 95% CI)" if with_ci else "(mean ± std over seeds)"))
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    bottom = ax
-    if paired:
-        for arm in arms:
-            rs = sorted((r for r in paired if r["arm"] == arm), key=lambda r: r["fraction"])
-            if not rs:
-                continue
-            x = np.array([r["fraction"] for r in rs]) * dodge[arm]
-            d = np.array([r["paired_vs_scratch"]["difference"] for r in rs])
-            err = np.abs(np.array([r["paired_vs_scratch"]["ci"] for r in rs]).T - d)
-            axd.errorbar(x, d, yerr=err, marker="o", capsize=3, color=colours[arm], label=f"{arm} - scratch")
-        axd.axhline(0.0, color="grey", lw=0.8, ls="--")
-        axd.set_ylabel("AUROC minus scratch\n(paired 95% CI)")
-        axd.grid(alpha=0.3)
-        bottom = axd
-    bottom.set_xscale("log")
-    bottom.set_xticks(fracs)
-    bottom.set_xticklabels([f"{f:.0%}" for f in fracs])
-    bottom.minorticks_off()
-    bottom.set_xlabel("fraction of target training labels")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", bbox_inches="tight")  # long titles and two-line labels are not cut
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     """Run every trial of ``cfg.experiment`` and write table (md, csv), trials (json) and plot (png)."""
     import ray
@@ -348,7 +272,7 @@ def run_label_efficiency(cfg: JobConfig, out: str | None = None) -> dict:
     md = table_markdown(rows, title)
     storage.write_text(storage.join(out, "table.md"), md)
     storage.write_text(storage.join(out, "table.csv"), _csv(rows))
-    storage.write_bytes(storage.join(out, "label_efficiency.png"), plot_png(rows, title))
+    storage.write_bytes(storage.join(out, "label_efficiency.png"), plots.label_efficiency_png(rows, title))
     result = {"kind": "medxfer-label-efficiency/1", "config": cfg.model_dump(mode="json"), "trials": trials,
               "summary": rows, "wall_time_s": round(time.time() - t0, 1), "data_fingerprint": prepared.key,
               "out": out}

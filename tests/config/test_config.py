@@ -290,3 +290,12 @@ def test_deep_nesting_is_refused_in_one_line_naming_the_file(tmp_path):
     with pytest.raises(ConfigError, match="data.classes: expected a valid list"):
         load_config(None, ["data.classes=" + "[" * 5000 + "]" * 5000])
     assert load_config(_write(tmp_path, "data:\n  classes: [a, b]\n")).data.classes == ["a", "b"]
+
+
+def test_nest_dotted_addresses_the_config_tree_and_refuses_a_value_that_is_also_a_section():
+    from medxfer.config.loading import nest_dotted
+
+    assert nest_dotted({"train.lr": 0.1, "model.init": "x", "name": "n"}) == {
+        "train": {"lr": 0.1}, "model": {"init": "x"}, "name": "n"}
+    with pytest.raises(ConfigError, match="train is set both as a value and a section"):
+        nest_dotted({"train": 1, "train.lr": 0.1})

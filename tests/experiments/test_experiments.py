@@ -10,17 +10,11 @@ from evalutil import breast_job, breast_manifest, tiny_bundle
 
 from medxfer.config import ExperimentArm
 from medxfer.experiments.label_efficiency import (
-    nest_dotted,
     run_label_efficiency,
     summarize,
     table_markdown,
     trial_config,
 )
-
-
-def test_nest_dotted():
-    assert nest_dotted({"train.lr": 0.1, "model.init": "x", "name": "n"}) == {
-        "train": {"lr": 0.1}, "model": {"init": "x"}, "name": "n"}
 
 
 def test_trial_config_applies_arm_fraction_and_seed(tmp_path):
@@ -168,7 +162,8 @@ def test_paired_difference_between_arms_uses_the_same_test_resamples():
 
 
 def test_summary_rows_carry_intervals_and_read_as_one_sentence():
-    from medxfer.experiments.label_efficiency import plot_png, reading, summarize, test_auroc
+    from medxfer.evaluate.plots import label_efficiency_png
+    from medxfer.experiments.label_efficiency import reading, summarize, test_auroc
 
     rng = np.random.default_rng(1)
     y = (rng.random(156) < 0.3).astype(int)
@@ -191,9 +186,9 @@ def test_summary_rows_carry_intervals_and_read_as_one_sentence():
     assert d["ci"][0] > 0
     assert reading(rows["same"]).endswith("no significant difference between same and scratch")
     assert reading(rows["scratch"]) is None  # the baseline is not compared with itself
-    assert plot_png(list(rows.values()), "t")[:4] == b"\x89PNG"
+    assert label_efficiency_png(list(rows.values()), "t")[:4] == b"\x89PNG"
     # Trials without test scores (older results) still plot, with the spread over seeds.
     bare = [{k: v for k, v in t.items() if k not in ("test_scores", "test_labels")} for t in trials]
     rows = summarize(bare)
     assert all(r["test_auroc_ci"] is None and r["paired_vs_scratch"] is None for r in rows)
-    assert plot_png(rows, "t")[:4] == b"\x89PNG" and reading(rows[0]) is None
+    assert label_efficiency_png(rows, "t")[:4] == b"\x89PNG" and reading(rows[0]) is None
