@@ -18,6 +18,8 @@ from medxfer.runtime.allocator import glibc_tunables
 log = logging.getLogger("medxfer")
 
 _SHAREABLE = {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"}
+#: Whether :func:`init_ray` started a Ray of this command's own on this machine (it cannot grow).
+_OWN_RAY = False
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -66,6 +68,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # "local": a Ray of this command's own, even when someone ran `ray start` on this host (ray.init()
     # would join that cluster, and refuse num_cpus there): RAY_ADDRESS is how a cluster is chosen.
+    global _OWN_RAY
+    _OWN_RAY = True
     ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
@@ -265,6 +269,39 @@ def require_shared_storage(uris: list[str | None], shared: bool, declare: str = 
         "each node would read and write its own disk, so cache shards and checkpoints written on one are missing "
         "on the others. Use storage every node sees: storage.root: s3://<bucket>/<prefix> (and the data there), "
         f"or a folder mounted at the same path on every node, declared with {declare}")
+
+
+def require_placeable(scaling, use_gpu: bool) -> None:
+    """Refuse (exit 2) a worker group that the Ray this command started on this machine can never place.
+
+    That Ray has this machine's CPUs and GPUs and no more: Ray Train would wait for the workers'
+    placement group forever (the shipped jobs' 2 workers of 2 CPUs and a GPU, run as they are on a
+    2-core laptop). A cluster named by ``RAY_ADDRESS`` may grow (an autoscaler, a node that returns),
+    so there the run waits and the watchdog says what it waits for."""
+    if not _OWN_RAY or scaling.num_workers == 0:
+        return
+    import ray
+
+    room, cpus, gpus = 0, 0.0, 0.0
+    for node in ray.nodes():
+        res = node.get("Resources") or {}
+        if not node.get("Alive"):
+            continue
+        cpus, gpus = cpus + res.get("CPU", 0.0), gpus + res.get("GPU", 0.0)
+        fits = res.get("CPU", 0.0) // scaling.cpus_per_worker
+        if use_gpu:
+            fits = min(fits, res.get("GPU", 0.0) // scaling.gpus_per_worker)
+        room += int(fits)
+    if room >= scaling.num_workers:
+        return
+    asked = f"{scaling.cpus_per_worker:g} CPU" + (f" and {scaling.gpus_per_worker:g} GPU" if use_gpu else "")
+    fixes = ["Lower scaling.num_workers or scaling.cpus_per_worker"]
+    if use_gpu and gpus < scaling.gpus_per_worker:
+        fixes.append("set scaling.use_gpu: auto (GPUs when there are some)")
+    raise ClusterError(
+        f"scaling: {scaling.num_workers} worker(s) of {asked} each, and the Ray this command started on this "
+        f"machine has {cpus:g} CPU and {gpus:g} GPU: room for {room}, so training could never start. "
+        f"{'; '.join(fixes)}, or run on a Ray cluster that has them (RAY_ADDRESS)")
 
 
 def cluster_cpus() -> float:

@@ -165,7 +165,7 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     other settings is refused, a finished one is reported and nothing is written again.
     ``make_inputs(use_gpu)`` prepares the data and plans the run (called once Ray is up).
     """
-    from medxfer.runtime import init_ray, quiet_ray_logs, require_shared_storage
+    from medxfer.runtime import init_ray, quiet_ray_logs, require_placeable, require_shared_storage
     from medxfer.train import resume
     from medxfer.train.runs import check_run
 
@@ -205,6 +205,8 @@ def launch(cfg: JobConfig, stage: str, make_inputs: Callable[[bool], StageInputs
     checkpoints = resume.RunCheckpoints(run_uri, cfg.train.checkpoint.keep, writes=in_process,
                                         handed=found.uri if found is not None and (in_process or not found.ray) else None)
     scaling, use_gpu = scaling_config(cfg)
+    if not in_process:
+        require_placeable(cfg.scaling, use_gpu)
     # The actor starts while the data is prepared.
     monitor = Monitor(cfg.name, in_process=in_process, watch=None if in_process else watch(cfg, scaling, run_uri))
     inputs = make_inputs(use_gpu)

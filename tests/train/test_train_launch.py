@@ -104,3 +104,21 @@ def test_a_signal_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(b
     assert res["status"] == "max_epochs_this_run" and res["resumed"] and res["resumed_from_epoch"] == stopped_at
     assert [h["epoch"] for h in res["history"]] == list(range(1, stopped_at + 2))
     assert "resuming source after epoch" in again.stdout + again.stderr
+
+
+def test_workers_the_commands_own_ray_can_never_place_are_refused_before_any_work(breast, tmp_path):
+    """The shipped jobs' shape (2 workers, all of a machine's CPUs each, GPUs) on a machine without them:
+    exit 2 with the numbers and the fixes, before the data is preprocessed, not a wait for a placement
+    group that a Ray of the command's own can never grant."""
+    job = yaml.safe_load(open(_job(tmp_path, breast, "too-big", 2)))
+    job["scaling"] = {"num_workers": 2, "cpus_per_worker": os.cpu_count(), "use_gpu": True}
+    path = tmp_path / "too-big.yaml"
+    path.write_text(yaml.safe_dump(job))
+    p = subprocess.run([sys.executable, "-m", "medxfer", "source-train", "--config", str(path)],
+                       capture_output=True, text=True, env=_env(), timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 2, out[-3000:]
+    assert f"scaling: 2 worker(s) of {os.cpu_count()} CPU and 1 GPU each" in out
+    assert "training could never start" in out and "scaling.num_workers" in out and "RAY_ADDRESS" in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "root" / "cache").exists()  # refused before preprocessing
