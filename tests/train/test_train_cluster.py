@@ -62,7 +62,7 @@ def test_streamed_run_on_every_cpu_trains_validates_the_whole_split_and_writes_i
     assert out["final"]["train_loss"] < out["history"][0]["train_loss"]
     X, y = prepare(cfg).numpy("val")
     bundle = load_bundle(out["bundle"])
-    assert bundle.card["metrics"]["epoch"] == out["best"]["epoch"]
+    assert bundle.card.metrics["epoch"] == out["best"]["epoch"]
     p = predict_arrays(bundle.build_model(), X, "multiclass")
     assert out["best"]["val_n"] == len(y) == 78
     assert roc_auc_score(y, p[:, 1]) == pytest.approx(out["best"]["val_auroc"], abs=1e-4)
@@ -170,4 +170,4 @@ def test_two_nodes_lose_one_after_a_checkpoint_and_the_run_completes_when_a_node
     assert len(printed) == 1 and f"from epoch {restart['resumed_from_epoch']}" in printed[0], printed
     assert storage.read_json(storage.join(run, "result.json"))["restarts"] == out["restarts"]
     assert np.isfinite(out["best"]["val_loss"]) and out["best"]["val_n"] == 36
-    assert load_bundle(out["bundle"]).card["metrics"]["epoch"] == out["best"]["epoch"]
+    assert load_bundle(out["bundle"]).card.metrics["epoch"] == out["best"]["epoch"]
