@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medxfer.errors import StorageError
-from medxfer.storage.backend import Backend, NotFound, TooLarge, backend_for, register, schemes
+from medxfer.storage.backend import Backend, NotAFile, NotFound, TooLarge, backend_for, register, schemes
 from medxfer.storage.layout import Layout
 from medxfer.storage.tree import copy_tree
 from medxfer.storage.uri import (
@@ -36,12 +36,12 @@ from medxfer.storage.uri import (
 )
 
 __all__ = [
-    "Backend", "Layout", "NotFound", "Resolved", "StorageError", "backend_for", "basename", "copy_tree", "delete",
-    "exists", "is_dir", "is_text", "join", "links_leaving", "list_dir", "list_files", "local_dir", "local_file", "local_path",
-    "makedirs", "missing", "node_local", "normalize", "os_error", "parent", "put_if_absent", "pyarrow_fs",
-    "ray_storage", "read_bytes", "read_head", "read_json", "read_many", "read_text", "register", "relative_name",
-    "resolve_names", "s3_client", "schemes", "supported", "text_path", "TooLarge", "write_bytes", "write_json",
-    "write_many", "write_text",
+    "Backend", "Layout", "NotAFile", "NotFound", "Resolved", "StorageError", "backend_for", "basename", "copy_tree",
+    "delete", "exists", "is_dir", "is_text", "join", "links_leaving", "list_dir", "list_files", "local_dir",
+    "local_file", "local_path", "makedirs", "missing", "node_local", "normalize", "os_error", "parent",
+    "put_if_absent", "pyarrow_fs", "ray_storage", "read_bytes", "read_head", "read_json", "read_many", "read_text",
+    "register", "relative_name", "resolve_names", "s3_client", "schemes", "supported", "text_path", "TooLarge",
+    "write_bytes", "write_json", "write_many", "write_text",
 ]
 
 def node_local(uri: str) -> bool:

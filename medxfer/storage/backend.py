@@ -42,6 +42,19 @@ class TooLarge(StorageError):
         return f"file is {size}, above the limit of {self.limit:,}; not read"
 
 
+class NotAFile(StorageError):
+    """The name is a FIFO, a device, a socket or a folder, not a file; it was not read (a property of
+    the path, like :class:`TooLarge`: an image's caller records it as a bad file)."""
+
+    def __init__(self, uri: str, kind: str):
+        self.uri, self.kind = uri, kind
+        super().__init__(f"{uri}: {self.reason}")
+
+    @property
+    def reason(self) -> str:
+        return f"not a regular file ({self.kind}); medxfer reads image files only"
+
+
 class Backend:
     """One kind of storage. URIs passed in are full (``s3://b/k``, ``/abs/path``, ``file:///p``)."""
 

@@ -12,11 +12,13 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from medxfer.errors import StorageError
-from medxfer.storage.backend import Backend, NotFound, TooLarge, register
+from medxfer.storage.backend import Backend, NotAFile, NotFound, TooLarge, register
 from medxfer.storage.uri import LOCAL, local_path, scheme, text_path
 
 
@@ -54,6 +56,29 @@ def _device_of(uri: str) -> str:
     return f"the file system mounted at {text_path(path)}"
 
 
+@contextmanager
+def _open_regular(uri: str) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+    """``(file, its stat)`` for a regular file, unbuffered; anything else is a StorageError naming its kind.
+
+    Why: images come from folders nobody has looked at. Opening a FIFO for reading waits for a writer
+    that may never come (so it is opened non-blocking, then set back to blocking), and a device may
+    never end: either named like an image is one bad file, not a batch that never finishes."""
+    fd = os.open(local_path(uri), os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAFile(uri, _kind(st.st_mode))
+        os.set_blocking(fd, True)
+        yield f, st
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
 def inside(path: str, real_root: str) -> bool:
     """Whether ``path``, symlinks resolved, is ``real_root`` or lies under it (already resolved)."""
     real = os.path.realpath(path)
@@ -86,29 +111,28 @@ class LocalBackend(Backend):
 
     def read_head(self, uri: str, nbytes: int) -> bytes:
         try:
-            with open(local_path(uri), "rb") as f:
+            with _open_regular(uri) as (f, _):
                 return f.read(nbytes)
         except OSError as e:
             raise local_error(uri, e, "read") from None
 
     def read_at_most(self, uri: str, max_bytes: int) -> bytes:
         """``fstat`` first, then reads of what the file holds, never past ``max_bytes + 1``: a sparse
-        or growing file, or a device that never ends, costs no more than the limit (and a small file
-        no buffer of the limit's size)."""
+        or growing file costs no more than the limit (and a small file no buffer of the limit's size).
+
+        Only regular files are read (:func:`_open_regular`)."""
         try:
-            with open(local_path(uri), "rb", buffering=0) as f:
-                st = os.fstat(f.fileno())
-                if stat.S_ISREG(st.st_mode) and st.st_size > max_bytes:
+            with _open_regular(uri) as (f, st):
+                if st.st_size > max_bytes:
                     raise TooLarge(uri, st.st_size, max_bytes)
-                regular = stat.S_ISREG(st.st_mode)
                 parts, got = [], 0
-                want = st.st_size + 1 if regular and st.st_size else 1 << 20
+                want = st.st_size + 1 if st.st_size else 1 << 20
                 while got <= max_bytes:
                     ask = min(want, max_bytes + 1 - got)
                     part = f.read(ask)
                     parts.append(part)
                     got += len(part)
-                    if not part or (regular and len(part) < ask):
+                    if not part or len(part) < ask:
                         break  # end of file (a short read of a regular file is its end)
                     want = 1 << 20
         except OSError as e:

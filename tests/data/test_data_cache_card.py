@@ -54,3 +54,20 @@ def test_bad_files_policy_partial_cache_and_rebuild(test_data, ray_cluster, tmp_
     capsys.readouterr()
     assert main(["preprocess", "--config", str(job)]) == 0
     assert f"cache hit: {p2.uri}" in capsys.readouterr().out
+
+
+
+def test_a_fifo_in_a_training_manifest_is_refused_by_name_before_any_decoding(test_data, tmp_path):
+    """A FIFO left in an export folder (opening it waits for a writer) is no image file: the manifest
+    check names it, as it names a missing file, before anything is read; nothing waits for ever."""
+    import os
+
+    manifest = mini_dataset(test_data, tmp_path / "ds")
+    os.mkfifo(tmp_path / "ds" / "img" / "pipe.png")
+    with open(manifest, "a") as f:
+        f.write("img/pipe.png,a,train\n")
+    cfg = load_config(None, [f"data.manifest={manifest}", f"storage.root={tmp_path / 'store'}", "preprocess.size=24",
+                             "data.engine=local", "data.max_bad_fraction=0.5"])
+    with pytest.raises(DataError, match=r"1 of 15 image file\(s\) do not exist or are not regular files.*img/pipe\.png"):
+        prepare(cfg)
+    assert not (tmp_path / "store").exists() or not list((tmp_path / "store").rglob("dataset.json"))

@@ -23,7 +23,7 @@ def test_duplicates_missing_files_and_escapes(tmp_path):
         load_manifest(write_csv(tmp_path, dup), DataConfig())
     for i in range(7):
         os.remove(tmp_path / df.loc[i, "path"])
-    with pytest.raises(DataError, match=r"7 of 12 image file\(s\) do not exist, e\.g\. .*img/a/0\.png"):
+    with pytest.raises(DataError, match=r"7 of 12 image file\(s\) do not exist or are not regular files.*e\.g\. .*img/a/0\.png"):
         load_manifest(write_csv(tmp_path, df), DataConfig())
     # check_files=False skips only the existence check
     assert len(load_manifest(write_csv(tmp_path, df), DataConfig(), check_files=False)) == 12
@@ -59,7 +59,7 @@ def test_s3_manifest_relative_paths_and_missing_files(s3_root):
     out = load_manifest(storage.join(root, "manifest.csv"), DataConfig())
     assert out["path"].iloc[0] == storage.join(root, "img/a/0.png")
     storage.delete(storage.join(root, "img/b/2.png"))
-    with pytest.raises(DataError, match=r"1 of 8 image file\(s\) do not exist, e\.g\. s3://.*img/b/2\.png"):
+    with pytest.raises(DataError, match=r"1 of 8 image file\(s\) do not exist or are not regular files.*e\.g\. s3://.*img/b/2\.png"):
         load_manifest(storage.join(root, "manifest.csv"), DataConfig())
 
 

@@ -89,6 +89,30 @@ def test_predict_manifest_missing_file_and_fail_on_bad(ray_cluster, bundle, test
     assert not (tmp_path / "out2" / "predictions.parquet").exists()
 
 
+def test_a_fifo_named_in_a_manifest_is_one_error_row_not_a_batch_that_never_ends(bundle, test_data, tmp_path):
+    """A FIFO waits for a writer when opened; a worklist naming one (a pipe left by an export tool)
+    still gives every good file its prediction and the FIFO one error row naming its kind."""
+    import os
+    import threading
+
+    cxr = test_data / "images" / "cxr"
+    os.mkfifo(tmp_path / "pipe.png")
+    man = tmp_path / "m.csv"
+    pd.DataFrame({"path": [str(cxr / "tbx11k_tb_tb0005.png"), "pipe.png"]}).to_csv(man, index=False)
+    box: dict = {}
+    th = threading.Thread(target=lambda: box.update(s=predict(bundle, str(man), str(tmp_path / "out"), engine="local")),
+                          daemon=True)
+    th.start()
+    th.join(120)
+    if th.is_alive():
+        with open(tmp_path / "pipe.png", "wb"):  # a writer lets the stuck reader go
+            pass
+        pytest.fail("predict waited on the FIFO")
+    df = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert list(df["error"] == "") == [True, False] and box["s"]["n_predicted"] == 1
+    assert "not a regular file (a FIFO)" in df["error"][1], df["error"][1]
+
+
 def test_predictions_table_ordinal_and_multilabel():
     rows = pd.DataFrame({"index": [0, 1], "path": ["a", "b"],
                          "scores": [np.array([2.6]), np.array([np.nan])], "error": ["", "bad file"]})

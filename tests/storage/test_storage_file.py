@@ -39,3 +39,30 @@ def test_links_leaving_a_folder_are_found_through_linked_files_and_linked_folder
     assert sorted(os.path.relpath(f, root) for f in storage.links_leaving(str(root), files)) == [
         "linked/secret.png", "sub/out.png"]
     assert storage.links_leaving(str(root), [str(root / "gone.png")]) == []  # missing: reported elsewhere
+
+
+def test_a_fifo_or_device_named_as_an_image_is_refused_at_once_not_waited_on(tmp_path):
+    """Opening a FIFO for reading waits for a writer that never comes; a device may never end. Both
+    are StorageErrors naming the kind of file, returned in the file's place by ``read_many`` at once,
+    so a folder or manifest that names one costs one bad row, not a batch that never finishes."""
+    import threading
+
+    fifo, dev, good = tmp_path / "scan.png", tmp_path / "zero.png", tmp_path / "good.png"
+    os.mkfifo(fifo)
+    dev.symlink_to("/dev/zero")
+    good.write_bytes(b"png")
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(storage.read_many([str(fifo), str(dev), str(good)], 1 << 20)),
+                              daemon=True)
+    reader.start()
+    reader.join(30)
+    if reader.is_alive():  # unblock the reader thread (a writer opens the FIFO), then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("reading a FIFO waited for a writer")
+    fifo_err, dev_err, data = got[0]
+    assert isinstance(fifo_err, StorageError) and "not a regular file (a FIFO)" in str(fifo_err), fifo_err
+    assert isinstance(dev_err, StorageError) and "not a regular file (a character device)" in str(dev_err), dev_err
+    assert data == b"png"
+    with pytest.raises(StorageError, match=r"not a regular file \(a FIFO\)"):
+        storage.read_head(str(fifo), 64)  # the header sample for channels: auto opens files too

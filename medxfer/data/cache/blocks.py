@@ -105,6 +105,8 @@ def _preprocess_all(paths: list[str], spec_json: str, limits: DecodeLimits):
             for i, (p, blob) in enumerate(zip(chunk, blobs, strict=True), start):
                 if isinstance(blob, storage.TooLarge):
                     out[i] = (None, oversized_reason(blob), None)
+                elif isinstance(blob, storage.NotAFile):  # a FIFO or a device named like an image
+                    out[i] = (None, blob.reason, None)
                 elif isinstance(blob, StorageError):
                     # Not a bad image but storage failing after its retries: skipping would quietly
                     # shrink the dataset under an unchanged cache key. Stop; nothing is cached.

@@ -93,7 +93,8 @@ def check_image_files(df: pd.DataFrame, uris: list[str], what: str) -> None:
     missing = storage.missing(df["path"].tolist())
     if missing:
         raise DataError(
-            f"{what}: {len(missing)} of {len(df)} image file(s) do not exist, e.g. "
+            f"{what}: {len(missing)} of {len(df)} image file(s) do not exist or are not regular files "
+            "(a folder, a FIFO, a device), e.g. "
             f"{', '.join(missing[:MAX_LISTED])}; fix the paths (relative paths resolve against the manifest's folder)"
         )
 
