@@ -51,7 +51,8 @@ class TrainConfig(_Section):
         description="Stop after this many epochs in this invocation (the next run with the same "
         "name resumes). Useful to split long runs and to test resume.",
     )
-    batch_size: int = Field(64, ge=1, description="Images per worker per step.")
+    batch_size: int = Field(64, ge=2, description="Images per worker per step; at least 2, as batch norm "
+                            "cannot normalise a batch of one image.")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Optimiser.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (of the head, with backbone_lr_mult).")
     weight_decay: float = Field(1e-4, ge=0, description="Decoupled weight decay (AdamW) or L2 (SGD).")
