@@ -113,3 +113,30 @@ def small_breast(test_data, tmp_path_factory) -> str:
             parts.append(g.sample(max(2, round(len(g) * n / len(sub))), random_state=0))
     pd.concat(parts).to_csv(folder / "small.csv", index=False)
     return str(folder / "small.csv")
+
+
+@pytest.fixture
+def two_nodes(s3_server, monkeypatch):
+    """A head without CPUs (the command, its control actor and Ray Train's controller) and two nodes of 2 CPUs,
+    in this process; the session's single-node Ray, when it runs, is stopped first and started again after."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from medxfer.runtime import init_ray
+
+    had_session = ray.is_initialized()
+    if had_session:
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+    cluster.wait_for_nodes()
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    init_ray()
+    try:
+        yield cluster, workers
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        monkeypatch.delenv("RAY_ADDRESS")
+        if had_session:
+            init_ray(num_cpus=4)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from medxfer.errors import ClusterError
 from medxfer.runtime.allocator import glibc_tunables
+from medxfer.runtime.ray_errors import route_ray_errors
 
 log = logging.getLogger("medxfer")
 
@@ -32,6 +33,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     import ray
 
     start_data_tasks_promptly()
+    if not logging.getLogger("medxfer").isEnabledFor(logging.DEBUG):
+        route_ray_errors()  # a lost node is one line in medxfer's words, not Ray's 50
     if ray.is_initialized():
         return
     quiet_ray_logs()
