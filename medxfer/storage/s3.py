@@ -23,10 +23,12 @@ from medxfer.storage.backend import Backend, NotFound, TooLarge, register
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    p = urlparse(uri)
-    if p.scheme != "s3" or not p.netloc:
+    """``(bucket, key)``. Everything after the bucket is the key, as S3 has it: ``#`` and ``?`` are
+    characters of a key (``scan#2.dcm``), not a URL's fragment or query."""
+    bucket, _, key = uri[len("s3://"):].partition("/") if uri.startswith("s3://") else ("", "", "")
+    if not bucket:
         raise StorageError(f"{uri}: not an s3://bucket/key URI")
-    return p.netloc, p.path.lstrip("/")
+    return bucket, key.lstrip("/")
 
 
 #: Retries of transient errors (boto3's standard mode and pyarrow's retry strategy) before a StorageError.
@@ -211,7 +213,7 @@ class S3Backend(Backend):
 
     def delete(self, uri: str, recursive: bool = False) -> None:
         bucket, key = split_s3(uri)
-        keys = [split_s3(u)[1] for u in self.list_files(uri)] if recursive else [key]
+        keys = [o["Key"] for page in self._pages(uri)[2] for o in page.get("Contents", [])] if recursive else [key]
         try:
             for i in range(0, len(keys), 1000):
                 batch = [{"Key": k} for k in keys[i : i + 1000]]
@@ -263,8 +265,11 @@ class S3Backend(Backend):
             raise s3_error(uri, e, "list") from None
 
     def list_files(self, uri: str) -> list[str]:
+        """Every object under ``uri`` but folder markers: the empty ``name/`` objects that the S3
+        console's "Create folder" and some sync tools write, which are no files."""
         bucket, _, pages = self._pages(uri)
-        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", []))
+        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", [])
+                      if not o["Key"].endswith("/"))
 
     def list_dir(self, uri: str) -> list[str]:
         _, prefix, pages = self._pages(uri, Delimiter="/")

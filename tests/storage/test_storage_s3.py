@@ -53,3 +53,23 @@ def test_s3_filesystems_handed_to_ray_carry_no_credentials(s3_server, monkeypatc
     fs2 = pickle.loads(pickle.dumps(storage.pyarrow_fs(f"s3://{bucket}/x.txt")[0]))
     with fs2.open_input_stream(f"{bucket}/x.txt") as f:
         assert f.read() == b"hello"
+
+
+def test_keys_are_read_as_s3_has_them_and_folder_markers_are_no_files(s3_root):
+    """``#`` and ``?`` are characters of an S3 key (a partner's ``scan#2.dcm``), not a URL's fragment or
+    query; the empty ``name/`` objects that the S3 console's "Create folder" writes are no files."""
+    names = ["scan#2.png", "what?.png", "a b.png", "pct%20.png", "ünï.png"]
+    for i, name in enumerate(names):
+        storage.write_bytes(storage.join(s3_root, "in", name), bytes([i]) * 4)
+    from medxfer.storage.s3 import split_s3
+
+    bucket, key = split_s3(storage.join(s3_root, "in"))
+    storage.s3_client().put_object(Bucket=bucket, Key=f"{key}/folder/", Body=b"")
+    files = storage.list_files(storage.join(s3_root, "in"))
+    assert sorted(f.rsplit("/", 1)[1] for f in files) == sorted(names)
+    got = storage.read_many(files, 1 << 20)
+    assert {f.rsplit("/", 1)[1]: g for f, g in zip(files, got, strict=True)} == {
+        n: bytes([i]) * 4 for i, n in enumerate(names)}
+    assert storage.exists(storage.join(s3_root, "in", "scan#2.png"))
+    storage.delete(storage.join(s3_root, "in"), recursive=True)  # the marker too
+    assert storage.s3_client().list_objects_v2(Bucket=bucket, Prefix=f"{key}/").get("KeyCount") == 0
