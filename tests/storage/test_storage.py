@@ -162,9 +162,12 @@ class MemoryBackend(storage.Backend):
         return sorted({k[len(prefix):].split("/", 1)[0] for k in self.list_files(uri)})
 
 
-def test_a_backend_registered_for_a_scheme_serves_every_call(tmp_path):
+def test_a_backend_registered_for_a_scheme_serves_every_call(tmp_path, monkeypatch):
     """Registering one class is all a new storage needs: the facade, copying trees across backends,
     manifests' path checks and the many-file reader then work with its URIs."""
+    from medxfer.storage import backend
+
+    monkeypatch.setattr(backend, "_BACKENDS", dict(backend._BACKENDS))  # "mem" served by this test only
     mem = MemoryBackend()
     storage.register("mem", mem)
     storage.write_json("mem://bucket/a/card.json", {"v": 1})
