@@ -80,14 +80,15 @@ def _tag(batch: dict, part: str) -> dict:
 
 def score_splits(bundle_uri: str, prepared, splits: list[str], batch_size: int = 256) -> dict[str, dict]:
     """Run the bundle over ``splits`` of ``prepared`` with a Ray Data actor pool (one pipeline for all splits)."""
+    from medxfer.data.cache.blocks import TASK_RETRIES, map_batches_bounded
     from medxfer.lifecycle.predict import map_bundle
     from medxfer.runtime import init_ray
 
     init_ray()
     ds = None
     for s in dict.fromkeys(splits):
-        part = prepared.dataset(s).select_columns(["image", "label", "path"]).map_batches(
-            _tag, fn_kwargs={"part": s}, batch_format="numpy", num_cpus=0.25)
+        part = map_batches_bounded(prepared.dataset(s).select_columns(["image", "label", "path"]), _tag,
+                                   fn_kwargs={"part": s}, batch_format="numpy", num_cpus=0.25, max_retries=TASK_RETRIES)
         ds = part if ds is None else ds.union(part)
     ds = map_bundle(ds, bundle_uri, batch_size)
     acc: dict[str, dict[str, list]] = {s: {"path": [], "label": [], "scores": []} for s in splits}

@@ -9,6 +9,7 @@ caches nothing: skipping would quietly shrink the dataset under an unchanged key
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -35,18 +36,34 @@ DATA_CPUS = 0.25  # per Ray Data task: leaves room next to Ray Train workers
 TASK_RETRIES = 2
 
 
-def map_batches_bounded(ds, fn, **kwargs):
-    """``ds.map_batches(fn, **kwargs)`` where kwargs may hold Ray's retry options (``max_retries``,
-    ``max_restarts``, ``max_task_retries``). Ray 2.60 takes them only as extra remote arguments, which
-    it marks deprecated for 2.64 without a named replacement; medxfer needs them, since Ray Data's
-    defaults retry without limit, so the warning is silenced here, in the one place that passes them."""
+@contextmanager
+def _retry_options_allowed():
+    """Ray 2.60 takes Ray's retry options (``max_retries``, ``max_restarts``, ``max_task_retries``) only
+    as extra remote arguments, which it marks deprecated for 2.64 without a named replacement; medxfer
+    needs them, since Ray Data's defaults retry without limit, so the warning is silenced here, around
+    the calls that pass them."""
     import warnings
 
     from ray.util.annotations import RayDeprecationWarning
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RayDeprecationWarning, message=".*ray_remote_args.*")
+        yield
+
+
+def map_batches_bounded(ds, fn, **kwargs):
+    """``ds.map_batches(fn, **kwargs)`` where kwargs may hold Ray's retry options."""
+    with _retry_options_allowed():
         return ds.map_batches(fn, **kwargs)
+
+
+def read_parquet_bounded(path: str, max_retries: int, **kwargs):
+    """``ray.data.read_parquet`` whose read tasks run at most ``max_retries`` more times. Give the map
+    that follows the same options: Ray Data fuses a read and a map only when their options match."""
+    import ray.data
+
+    with _retry_options_allowed():
+        return ray.data.read_parquet(path, ray_remote_args={"max_retries": max_retries}, **kwargs)
 
 
 class ImageFacts(NamedTuple):

@@ -14,7 +14,13 @@ import pandas as pd
 
 from medxfer import storage
 from medxfer.config import PreprocessConfig
-from medxfer.data.cache.blocks import DATA_CPUS, decode_rows
+from medxfer.data.cache.blocks import (
+    DATA_CPUS,
+    TASK_RETRIES,
+    decode_rows,
+    map_batches_bounded,
+    read_parquet_bounded,
+)
 from medxfer.data.manifest import SPLITS, encode_labels, label_subsample, portable_keys, split_counts
 from medxfer.errors import DataError
 
@@ -152,15 +158,17 @@ class PreparedData:
         # core, and on small machines spawning them costs more than reading the cache.
         conc = max(1, int(round(cluster_cpus())))
         fs, path = storage.pyarrow_fs(self.split_uri(split))
-        ds = ray.data.read_parquet(
+        ds = read_parquet_bounded(
             path,
+            TASK_RETRIES,  # Ray Data's default: without limit
             filesystem=fs,
             columns=["row", "path", "label", "image"],
             partitioning=None,
             num_cpus=DATA_CPUS,
             concurrency=conc,
         )
-        ds = ds.map_batches(
+        ds = map_batches_bounded(
+            ds,
             decode_rows,
             batch_format="numpy",
             fn_kwargs={
@@ -172,6 +180,7 @@ class PreparedData:
             },
             num_cpus=DATA_CPUS,
             compute=ray.data.TaskPoolStrategy(size=conc),
+            max_retries=TASK_RETRIES,
         )
         return ds if with_path else ds.drop_columns(["path"])
 
