@@ -39,8 +39,9 @@ class FailureSection(_Section):
         gt=0,
         description="When no training step or epoch is heard from the workers for this many seconds, the command "
         "says why: waiting for a placement group the cluster cannot place (the resources asked and those it "
-        "has), a node lost and the checkpoint the run will resume from, or busy workers. Repeated every "
-        "watchdog_s while the silence lasts. None: never.",
+        "has), a node lost and the checkpoint the run will resume from, or busy workers. Likewise when no "
+        "batch of preprocess's or predict's Ray Data pipeline arrives: the cluster's CPUs and how many are "
+        "free. Repeated every watchdog_s while the silence lasts. None: never.",
     )
 
 class StorageSection(_Section):

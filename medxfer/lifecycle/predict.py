@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from medxfer import storage
+from medxfer.config import FailureSection
 from medxfer.data.cache.blocks import TASK_RETRIES, map_batches_bounded
 from medxfer.data.decode import DEFAULT_MAX_IMAGE_BYTES, SUFFIXES
 from medxfer.data.decode.sandbox import (
@@ -181,6 +182,9 @@ class BundlePredictor:
 # allowed). Decoding runs in budgeted workers, so no file can kill a replica; a lost node fails the
 # prediction, which the same command reruns. Tasks: TASK_RETRIES (medxfer.data.cache.blocks).
 ACTOR_RESTARTS = 0
+
+#: Seconds without a batch before the Ray engine says why: ``failure.watchdog_s``'s default.
+DEFAULT_WATCHDOG_S = FailureSection.model_fields["watchdog_s"].default
 
 
 def actor_pool(max_size: int | None = None):
@@ -383,10 +387,11 @@ def _predict_local(bundle, paths: list[str], batch_size: int, decode_kwargs: dic
 
 
 def _predict_ray(bundle_uri: str, paths: list[str], batch_size: int, decode_kwargs: dict,
-                 shared: bool = False) -> pd.DataFrame:
+                 shared: bool = False, watchdog_s: float | None = None) -> pd.DataFrame:
     import ray
 
     from medxfer.runtime import init_ray, require_shared_storage
+    from medxfer.runtime.waiting import watched
 
     init_ray()
     # Tasks and replicas on any node read the images and the bundle.
@@ -397,7 +402,13 @@ def _predict_ray(bundle_uri: str, paths: list[str], batch_size: int, decode_kwar
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(n // 8, 512)))
     ds = map_batches_bounded(ds, decode_batch, fn_kwargs=decode_kwargs, batch_size=LOCAL_DECODE_BATCH,
                              batch_format="numpy", max_retries=TASK_RETRIES)
-    return map_bundle(ds, bundle_uri, batch_size).to_pandas()
+    parts = []
+    # A decode task and a model replica each take a CPU (Ray Data's default), or the replica a GPU.
+    with watched("predict", n, watchdog_s, need=1.0) as progress:
+        for batch in map_bundle(ds, bundle_uri, batch_size).iter_batches(batch_format="pandas", batch_size=None):
+            parts.append(batch)
+            progress.tick(len(batch))
+    return pd.concat(parts, ignore_index=True)
 
 
 def predict(
@@ -415,11 +426,14 @@ def predict(
     max_decode_bytes: int | None = None,
     decode_timeout_s: float | None = None,
     shared: bool = False,
+    watchdog_s: float | None = DEFAULT_WATCHDOG_S,
 ) -> dict:
     """Predict every image of a folder or manifest; write predictions.parquet/.csv + summary.json.
 
     ``shared``: local inputs and bundle are mounted on every Ray node (a local folder on a cluster of
     several nodes is refused without it, as ``storage.shared`` does for training).
+    ``watchdog_s``: with the Ray engine, each time this many seconds pass without a batch, say why
+    (:mod:`medxfer.runtime.waiting`); None: never.
 
     ``report`` / ``registry_version``: where the operating point comes from (see the module docstring).
     ``engine``: 'local' (this process, no Ray), 'ray' (Ray Data tasks and an actor pool), or 'auto'
@@ -448,7 +462,7 @@ def predict(
     if engine == "local":
         rows = _predict_local(bundle, paths, batch_size, decode_kwargs)
     else:
-        rows = _predict_ray(bundle_uri, paths, batch_size, decode_kwargs, shared)
+        rows = _predict_ray(bundle_uri, paths, batch_size, decode_kwargs, shared, watchdog_s)
     rows = rows.sort_values("index").reset_index(drop=True)
     if len(rows) != n:  # an invariant: one row per input, whatever happened to the file
         raise DataError(f"prediction returned {len(rows)} rows for {n} inputs")

@@ -113,6 +113,41 @@ def test_a_fifo_named_in_a_manifest_is_one_error_row_not_a_batch_that_never_ends
     assert "not a regular file (a FIFO)" in df["error"][1], df["error"][1]
 
 
+def test_predict_on_a_cluster_whose_cpus_are_held_says_why_and_goes_on_when_freed(ray_cluster, bundle, test_data,
+                                                                                     tmp_path, caplog):
+    """Another job holding every CPU of the cluster (an actor here) left ``predict --engine ray`` waiting
+    without a word. Within its watchdog time the command names the cluster's CPUs, the free ones and
+    what a task needs; once the CPUs are freed it finishes with every row."""
+    import logging
+
+    import ray
+    from trainutil import in_background, wait_for
+
+    cxr = test_data / "images" / "cxr"
+    man = tmp_path / "m.csv"
+    pd.DataFrame({"path": [str(cxr / "tbx11k_tb_tb0005.png"), str(cxr / "siim_monochrome2.dcm")]}).to_csv(man,
+                                                                                                       index=False)
+    free = wait_for(lambda: (c := ray.available_resources().get("CPU", 0)) == int(c) and c, 60,
+                    "the session's CPUs to be free")  # a whole number: Ray asks that of more than one CPU
+    hog = ray.remote(num_cpus=free)(type("OtherJob", (), {"ping": lambda self: 1})).remote()
+    ray.get(hog.ping.remote())
+    try:
+        with caplog.at_level(logging.INFO, logger="medxfer"):
+            th, box = in_background(lambda: predict(bundle, str(man), str(tmp_path / "out"), engine="ray",
+                                                    watchdog_s=2))
+            said = wait_for(lambda: next((r.getMessage() for r in caplog.records if "nothing finished" in
+                                          r.getMessage()), None) or ("err" in box and "failed"), 60, "the watchdog")
+            assert "err" not in box and "out" not in box, box
+    finally:
+        ray.kill(hog)
+    th.join(180)
+    assert not th.is_alive() and "err" not in box, box.get("err")
+    assert said.startswith("predict: nothing finished for ") and "(0 of 2 images done)" in said, said
+    assert f"the cluster has {ray.cluster_resources()['CPU']:g} CPU" in said and ", 0 free" in said, said
+    assert "other work holds the CPUs" in said, said
+    assert box["out"]["n_predicted"] == 2
+
+
 def test_predictions_table_ordinal_and_multilabel():
     rows = pd.DataFrame({"index": [0, 1], "path": ["a", "b"],
                          "scores": [np.array([2.6]), np.array([np.nan])], "error": ["", "bad file"]})

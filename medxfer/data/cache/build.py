@@ -79,6 +79,7 @@ def _run_pipeline(df: pd.DataFrame, cfg: JobConfig, shards: str) -> pd.DataFrame
     import ray.data
 
     from medxfer.runtime import cluster_cpus, init_ray, require_shared_storage
+    from medxfer.runtime.waiting import watched
 
     init_ray()
     # Tasks on any node read the images and write the shards.
@@ -99,11 +100,15 @@ def _run_pipeline(df: pd.DataFrame, cfg: JobConfig, shards: str) -> pd.DataFrame
         compute=ray.data.TaskPoolStrategy(size=max(1, min(len(blocks), int(round(cpus))))),
         max_retries=TASK_RETRIES,
     )
+    parts = []
     try:
-        meta = ds.to_pandas()
+        with watched("preprocess", len(df), cfg.failure.watchdog_s, DATA_CPUS) as progress:
+            for block in ds.iter_batches(batch_format="pandas", batch_size=None):
+                parts.append(block)
+                progress.tick(len(block))
     except ray.exceptions.RayError as e:
         raise _task_error(e) from None
-    return meta.sort_values("row").reset_index(drop=True)
+    return pd.concat(parts, ignore_index=True).sort_values("row").reset_index(drop=True)
 
 
 _TASK_ERRORS = {"StorageError": StorageError, "DataError": DataError, "MedxferError": MedxferError}
