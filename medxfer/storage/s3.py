@@ -213,7 +213,7 @@ class S3Backend(Backend):
 
     def delete(self, uri: str, recursive: bool = False) -> None:
         bucket, key = split_s3(uri)
-        keys = [o["Key"] for page in self._pages(uri)[2] for o in page.get("Contents", [])] if recursive else [key]
+        keys = self._keys(uri)[1] if recursive else [key]  # folder markers too
         try:
             for i in range(0, len(keys), 1000):
                 batch = [{"Key": k} for k in keys[i : i + 1000]]
@@ -264,12 +264,16 @@ class S3Backend(Backend):
         except Exception as e:  # noqa: BLE001
             raise s3_error(uri, e, "list") from None
 
+    def _keys(self, uri: str) -> tuple[str, list[str]]:
+        """``(bucket, every key under uri)``, folder markers included."""
+        bucket, _, pages = self._pages(uri)
+        return bucket, [o["Key"] for page in pages for o in page.get("Contents", [])]
+
     def list_files(self, uri: str) -> list[str]:
         """Every object under ``uri`` but folder markers: the empty ``name/`` objects that the S3
         console's "Create folder" and some sync tools write, which are no files."""
-        bucket, _, pages = self._pages(uri)
-        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", [])
-                      if not o["Key"].endswith("/"))
+        bucket, keys = self._keys(uri)
+        return sorted(f"s3://{bucket}/{k}" for k in keys if not k.endswith("/"))
 
     def list_dir(self, uri: str) -> list[str]:
         _, prefix, pages = self._pages(uri, Delimiter="/")
